@@ -1,0 +1,1 @@
+"""softprompt: prompt tuning on a frozen language model."""

