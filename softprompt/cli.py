@@ -94,6 +94,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add their own subcommands with `add_commands(subparsers)`; imports stay light
+# (heavy libraries are imported inside the command functions).
+_EXTENSIONS: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softprompt", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -140,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="a JSON object of the template's fields, or plain text for a one-field template (repeatable); else stdin lines")
     _add_model_args(p)
     p.set_defaults(func=_cmd_predict)
+
+    import importlib
+
+    for module in _EXTENSIONS:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
