@@ -39,6 +39,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from softprompt.tasks import load_spec, load_task, write_prepared
+
+    spec = load_spec(args.task)
+    stats: dict = {}
+    meta = write_prepared(spec, load_task(spec, args.data_dir, stats), args.out, stats)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
 def _load_prompt_or_empty(path: str | None, lm):
     import torch
 
@@ -128,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
+
+    pr = sub.add_parser("prepare", help="write a task's normalized text-to-text examples (split.jsonl + meta.json)")
+    pr.add_argument("--task", required=True, help="task name or spec path")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--data-dir", default=None, help="data location (default: $SOFTPROMPT_DATA_DIR or ../shared/data)")
+    pr.set_defaults(func=_cmd_prepare)
 
     e = sub.add_parser("evaluate", help="score a prompt (or zero-shot) on a task split", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--task", required=True)
