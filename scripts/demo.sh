@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: offline SmolLM2-135M, the shared SST-2 data, local outputs.
+# The main job on the embedded default: the prompt-tuning pipeline (the same one compiled for
+# Kubeflow) run on this machine by kfp.local: offline SmolLM2-135M, the shared SST-2 data, two
+# prompts trained in parallel, their ensemble, evaluation, and registration behind the quality gate
+# in a local registry under runs/. A small step budget and evaluation subsets keep it to minutes
+# on two cores; a second run reuses every cached step and only registers again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-run_dir=${RUN_DIR:-runs/demo-sst2}
-.venv/bin/softprompt train --task sst2 --run-dir "$run_dir" --prompt-length 20 --init class_label \
-  --train-batch-size 16 --micro-batch-size 8 --max-steps 60 --eval-every 20 --eval-max-examples 200
-echo "prompt: $run_dir/prompt.safetensors  metrics: $run_dir/metrics.jsonl  result: $run_dir/result.json"
+root=${DEMO_ROOT:-runs/demo}
+mkdir -p "$root"
+.venv/bin/python -m components.runner prompt-tuning --task sst2 --root "$root" --output "$root/last-run.json" \
+  --set base_model=smollm2-135m \
+  --set 'prompt_configs=[{"seed": 0, "init": "class_label"}, {"seed": 1, "init": "class_label"}]' \
+  --set prompt_length=20 --set batch_size=8 --set micro_batch_size=8 \
+  --set max_steps="${DEMO_STEPS:-30}" --set eval_every="${DEMO_STEPS:-30}" --set eval_max_examples=100 \
+  --set max_train_examples=2000 --set max_dev_examples=100 --set max_test_examples=200 \
+  | tee "$root/last-run.log" | sed -n '/^registered:/,$p'
+echo "result JSON: $root/last-run.json   full log: $root/last-run.log   pipeline runs (outputs, cache): $root/pipelines"

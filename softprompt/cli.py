@@ -32,10 +32,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes, eval_every=args.eval_every, patience=args.patience,
         eval_max_examples=args.eval_max_examples, eval_batch_size=args.batch_size,
         max_input_tokens=args.max_input_tokens, seed=args.seed, data_dir=args.data_dir,
+        prepared_dir=args.prepared_dir, target_prefix=args.target_prefix, device=args.device, dtype=args.dtype,
     )
-    result = train(config, args.run_dir, progress=not args.no_progress)
-    print(json.dumps(result, indent=2))
-    print(f"best prompt: {Path(args.run_dir) / 'prompt.safetensors'}", file=sys.stderr)
+    from softprompt.distributed import process_group
+
+    with process_group(config.device) as rank:  # under torchrun: data-parallel over all processes
+        result = train(config, args.run_dir, progress=not args.no_progress)
+    if rank == 0:
+        print(json.dumps(result, indent=2))
+        print(f"best prompt: {Path(args.run_dir) / 'prompt.safetensors'}", file=sys.stderr)
     return 0
 
 
@@ -65,10 +70,10 @@ def _load_prompt_or_empty(path: str | None, lm):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from softprompt.model import load_frozen_lm
     from softprompt.scoring import encode_examples, evaluate
-    from softprompt.tasks import load_spec, load_task
+    from softprompt.tasks import load_prepared, load_spec, load_task
 
     spec = load_spec(args.task)
-    data = load_task(spec, args.data_dir)
+    data = load_prepared(args.prepared_dir) if args.prepared_dir else load_task(spec, args.data_dir)
     if args.split not in data:
         raise SystemExit(f"error: task {spec.name} has no split {args.split!r} (has {sorted(data)})")
     examples = data[args.split][: args.limit] if args.limit else data[args.split]
@@ -106,7 +111,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands with `add_commands(subparsers)`; imports stay light
 # (heavy libraries are imported inside the command functions).
-_EXTENSIONS: tuple[str, ...] = ()
+_EXTENSIONS: tuple[str, ...] = ("softprompt.data_version", "softprompt.experiments_cli", "softprompt.serve_cli", "softprompt.registry.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=None, help="stop after N evaluations without improvement")
     t.add_argument("--eval-max-examples", type=int, default=1000, help="dev subset size for early stopping")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--target-prefix", default="", help="text before every target; '<extra_id_0> ' = span corruption + sentinel (T5)")
+    t.add_argument("--prepared-dir", default=None, help="read examples written by `softprompt prepare` (not raw data)")
+    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="frozen weights' dtype (bfloat16 on GPU)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
@@ -152,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", default="rank", choices=("rank", "generate"), help="rank classification or free generation")
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
     e.add_argument("--output", default=None, help="also write the metrics JSON here")
+    e.add_argument("--prepared-dir", default=None, help="read examples written by `softprompt prepare` (not raw data)")
     _add_model_args(e)
     e.set_defaults(func=_cmd_evaluate)
 

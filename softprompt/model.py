@@ -82,6 +82,9 @@ class FrozenLM(nn.Module):
         bos = tokenizer.bos_token_id
         self.lead_ids = [bos] if (not self.is_encoder_decoder and bos is not None and probe[:1] == [bos]) else []
         self._fingerprint: str | None = None
+        # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
+        # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.lm_adapt).
+        self.target_prefix = ""
 
     @property
     def device(self) -> torch.device:
@@ -104,9 +107,10 @@ class FrozenLM(nn.Module):
         return ids, False
 
     def encode_target(self, text: str) -> list[int]:
-        """Target text -> ids ending in EOS. Decoder-only targets follow the input after a space."""
+        """Target text -> ids ending in EOS, after `target_prefix`. Decoder-only targets follow the
+        input after a space."""
         prefix = "" if self.is_encoder_decoder else " "
-        return self.tokenize(prefix + text) + [self.eos_id]
+        return self.tokenize(prefix + self.target_prefix + text) + [self.eos_id]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] -> embeddings [..., E], through the model's own embedding module (with any scaling)."""
@@ -143,15 +147,37 @@ class FrozenLM(nn.Module):
             raise ValueError(f"prompts must be [P, E] or [B={batch}, P, E], got {list(prompts.shape)}")
         return prompts
 
-    def _decoder_prefix(self, prompts: torch.Tensor, rows: Sequence[Sequence[int]]):
-        """Embeds `[lead; P; row]` right-padded. Returns (embeds [B, T, E], mask [B, T], lengths [B])."""
-        lead = len(self.lead_ids)
-        ids, lengths = _pad([self.lead_ids + list(r) for r in rows], self.pad_id, self.device)
-        tok = self.embed(ids)  # [B, lead + T, E]
-        prompts = self.expand_prompts(prompts, len(rows)).to(device=tok.device, dtype=tok.dtype)
-        embeds = torch.cat([tok[:, :lead], prompts, tok[:, lead:]], dim=1)
-        lengths = lengths + prompts.shape[1]
-        return embeds, _mask(lengths, embeds.shape[1]), lengths
+    def _run_decoder(self, prompts: torch.Tensor, rows: Sequence[Sequence[int]], use_cache: bool = False):
+        """Runs `[lead; P; row]` for each row (right-padded).
+
+        Returns (hidden [B, T, H] at the rows' own positions, last [B, H] the hidden state of each
+        row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None). When one [P, E] prompt serves the whole batch,
+        `[lead; P]` is the same causal prefix for every row: it runs once and its key/value cache
+        is shared (repeated B times), which saves P of every row's lead + P + T positions (exact;
+        gradients still reach the prompt through the cache).
+        """
+        B = len(rows)
+        ids, tok_len = _pad(rows, self.pad_id, self.device)
+        tok = self.embed(ids)  # [B, T, E]
+        lead = self.embed(torch.tensor(self.lead_ids, dtype=torch.long, device=self.device))  # [l, E]
+        prompts = prompts.to(device=tok.device, dtype=tok.dtype)
+        prefix_len = lead.shape[0] + prompts.shape[-2]
+        lengths = tok_len + prefix_len
+        mask = _mask(lengths, prefix_len + tok.shape[1])
+        if prompts.dim() == 2 and prefix_len > 0:
+            prefix = torch.cat([lead, prompts])[None]  # [1, l + P, E]
+            cache = self.model.base_model(inputs_embeds=prefix, use_cache=True).cache
+            cache.batch_repeat_interleave(B)
+            positions = (prefix_len + torch.arange(tok.shape[1], device=self.device))[None].expand(B, -1)
+            out = self.model.base_model(inputs_embeds=tok, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            hidden = out.last_hidden_state
+        else:
+            prompts = self.expand_prompts(prompts, B)
+            embeds = torch.cat([lead[None].expand(B, -1, -1), prompts, tok], dim=1)
+            out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=use_cache)
+            hidden = out.last_hidden_state[:, prefix_len:]
+        last = hidden[torch.arange(B, device=self.device), tok_len - 1]
+        return hidden, last, mask, lengths, (out.cache if use_cache else None)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on selected hidden states [N, H] -> log-probs [N, V] (with Gemma's soft-capping)."""
@@ -182,13 +208,12 @@ class FrozenLM(nn.Module):
         if self.is_encoder_decoder:
             return self._seq2seq_target_logprobs(prompts, batch)
         rows = [list(x) + list(y) for x, y in zip(batch.inputs, batch.targets, strict=True)]
-        embeds, mask, _ = self._decoder_prefix(prompts, rows)
-        hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        # Target token k of example i sits at lead + P + len(x_i) + k; it is predicted one position earlier.
-        offset = len(self.lead_ids) + prompts.shape[-2]
+        self.expand_prompts(prompts, len(rows))  # shape check
+        hidden, _, _, _, _ = self._run_decoder(prompts, rows)
+        # Target token k of example i sits at row position len(x_i) + k; it is predicted one earlier.
         row_idx, pos_idx, tgt = [], [], []
         for i, (x, y) in enumerate(zip(batch.inputs, batch.targets, strict=True)):
-            start = offset + len(x)
+            start = len(x)
             for k, t in enumerate(y):
                 row_idx.append(i)
                 pos_idx.append(start + k - 1)
@@ -233,15 +258,13 @@ class FrozenLM(nn.Module):
             token_lp = torch.log_softmax(out.logits.float(), -1).gather(2, labels.clamp(min=0)[..., None]).squeeze(2)
             return (token_lp * dec_mask).sum(1).view(B, L)
 
-        embeds, mask, lengths = self._decoder_prefix(prompts, inputs)
-        out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
-        last = out.last_hidden_state[torch.arange(B, device=self.device), lengths - 1]  # [B, H]
+        self.expand_prompts(prompts, B)  # shape check
+        _, last, mask, lengths, cache = self._run_decoder(prompts, inputs, use_cache=True)
         first_lp = self._head(last)  # [B, V]: predicts each choice's first token
         choice_ids, choice_len = _pad(choices, self.pad_id, self.device)  # [L, M]
         scores = first_lp[:, choice_ids[:, 0]]  # [B, L]
         if choice_ids.shape[1] > 1:
             # Feed tokens 0..M-2 of every choice after each input, reading the cache of the prefix.
-            cache = out.cache
             cache.batch_repeat_interleave(L)
             feed = choice_ids[:, :-1].repeat(B, 1)  # [B*L, M-1]
             pos = lengths.repeat_interleave(L)[:, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
@@ -271,10 +294,9 @@ class FrozenLM(nn.Module):
             )
             seqs = [row[1:].tolist() for row in out]  # drop the decoder start token
         else:
-            embeds, mask, lengths = self._decoder_prefix(prompts, inputs)
-            out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
-            cache = out.cache
-            nxt = self._head(out.last_hidden_state[torch.arange(B, device=self.device), lengths - 1]).argmax(-1)
+            self.expand_prompts(prompts, B)  # shape check
+            _, last, mask, lengths, cache = self._run_decoder(prompts, inputs, use_cache=True)
+            nxt = self._head(last).argmax(-1)
             seqs = [[] for _ in range(B)]
             done = torch.zeros(B, dtype=torch.bool, device=self.device)
             for step in range(max_new_tokens):

@@ -99,7 +99,8 @@ def evaluate(
     return metrics
 
 
-def lm_loss(lm: FrozenLM, prompts: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean negative log-likelihood of the target tokens: the prompt-tuning objective."""
+def lm_loss(lm: FrozenLM, prompts: torch.Tensor, batch: Batch, normalizer: int | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the target tokens, summed and divided by `normalizer` (default:
+    this batch's target-token count, i.e. the mean): the prompt-tuning objective."""
     logprobs, _ = lm.target_logprobs(prompts, batch)
-    return -logprobs.mean()
+    return -logprobs.sum() / (normalizer or logprobs.numel())

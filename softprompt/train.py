@@ -16,6 +16,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -60,19 +61,12 @@ class TrainConfig:
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)."})
     dtype: str = field(default="float32", metadata={"help": "Frozen weights' dtype: float32 or bfloat16 (GPU)."})
     prepared_dir: str | None = field(default=None, metadata={"help": "Read normalized examples written by `softprompt prepare` instead of raw data."})
+    target_prefix: str = field(default="", metadata={"help": "Text put before every target; '<extra_id_0> ' is the paper's 'span corruption + sentinel' setting for T5."})
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, dict):
             self.prompt = prompt_lib.PromptConfig(**self.prompt)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        for name in ("batch_size", "micro_batch_size", "max_steps", "eval_every", "max_input_tokens", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_optimization(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +78,20 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
         return cls(**raw)
+
+
+def check_optimization(config) -> None:
+    """Validation shared by every training config (prompt tuning, model tuning): optimizer name,
+    positive sizes, batch a multiple of the micro-batch, positive learning rate."""
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for name in ("batch_size", "micro_batch_size", "max_steps", "eval_every", "max_input_tokens", "eval_batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.batch_size % config.micro_batch_size:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size {config.micro_batch_size}")
+    if config.lr <= 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
 
 
 def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -123,14 +131,21 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def _average_gradients(prompt: torch.nn.Parameter, loss: float, world: int) -> float:
-    """All-reduces the prompt gradient (and the logged loss) to their mean over processes: the
-    same update as one process computing the whole batch, when shards hold equal token counts."""
+def _sum_across_processes(prompt: torch.nn.Parameter, loss: float) -> float:
+    """All-reduces (sums) the prompt gradient and the logged loss. Every process normalized its
+    loss by the whole step's target-token count, so the sum is exactly the single-process update."""
     torch.distributed.all_reduce(prompt.grad)
-    prompt.grad /= world
     total = torch.tensor([loss], device=prompt.device)
     torch.distributed.all_reduce(total)
-    return float(total) / world
+    return float(total)
+
+
+def _from_rank0(value: float, device: torch.device) -> float:
+    """Rank 0's value on every process. Stop decisions must agree: a process that left the loop
+    alone would leave the others waiting in all_reduce forever."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(tensor, src=0)
+    return float(tensor)
 
 
 class MetricsLog:
@@ -171,6 +186,9 @@ def train(
         if split not in data:
             raise ValueError(f"task {spec.name}: no {split!r} split to train on")
     lm = lm or load_frozen_lm(config.model, device=config.device, dtype=config.dtype)
+    if lm.target_prefix != config.target_prefix:
+        lm = copy.copy(lm)  # same frozen weights, own target prefix: the caller's object is untouched
+        lm.target_prefix = config.target_prefix
     world, rank = _world()
     if config.batch_size % (config.micro_batch_size * world):
         raise ValueError(f"batch_size {config.batch_size} must split into micro-batches of {config.micro_batch_size} on {world} processes")
@@ -180,6 +198,8 @@ def train(
     config_path = run_dir / "config.json"
     if config_path.exists() and json.loads(config_path.read_text()) != config.to_dict():
         raise ValueError(f"{run_dir} holds a run with a different config; use a new run directory")
+    if world > 1:
+        torch.distributed.barrier()  # all have read config.json before the writer rewrites it
     if writer:
         config_path.write_text(json.dumps(config.to_dict(), indent=2))
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=writer)
@@ -238,23 +258,29 @@ def train(
         bar = tqdm(total=config.max_steps, initial=state["step"], desc=f"train {spec.name}", unit="step")
     stop_reason = "max_steps"
     while state["step"] < config.max_steps:
+        if world > 1:
+            state["elapsed"] = _from_rank0(state["elapsed"], lm.device)
         if config.max_minutes is not None and state["elapsed"] >= config.max_minutes * 60:
             stop_reason = "time_budget"
             break
         if config.patience is not None and state["evals_since_best"] >= config.patience:
             stop_reason = "early_stopping"
             break
-        # Each process takes every world-th example of the step's batch (data parallelism).
-        indices = batch_indices(len(train_enc.inputs), config.batch_size, state["step"], config.seed)[rank::world]
+        indices = batch_indices(len(train_enc.inputs), config.batch_size, state["step"], config.seed)
+        # The loss is the mean over the whole step's target tokens, however the step is split into
+        # micro-batches and processes, so accumulation and data parallelism change no update.
+        step_tokens = sum(len(train_enc.targets[i]) for i in indices)
+        # Each process takes every world-th example; micro-batches group similar lengths (less padding).
+        mine = sorted(indices[rank::world], key=lambda i: len(train_enc.inputs[i]))
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for k in range(accumulation):
-            chunk = _subset(train_enc, indices[k * config.micro_batch_size : (k + 1) * config.micro_batch_size])
-            loss = lm_loss(lm, prompt, Batch(chunk.inputs, chunk.targets)) / accumulation
+            chunk = _subset(train_enc, mine[k * config.micro_batch_size : (k + 1) * config.micro_batch_size])
+            loss = lm_loss(lm, prompt, Batch(chunk.inputs, chunk.targets), normalizer=step_tokens)
             loss.backward()
             total += loss.item()
         if world > 1:
-            total = _average_gradients(prompt, total, world)
+            total = _sum_across_processes(prompt, total)
         optimizer.step()
         state["step"] += 1
         state["elapsed"] = time.monotonic() - started

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# The session-scoped `s3_server` fixture (a real SeaweedFS S3 server, started only when used).
+pytest_plugins = ["s3server"]
+
 POSITIVE = ["great", "wonderful", "superb", "lovely", "brilliant"]
 NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible"]
 FILLER = ["the", "movie", "was", "plot", "acting", "really", "quite", "and", "a", "story", "film", "cast"]

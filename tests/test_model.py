@@ -102,3 +102,17 @@ def test_truncation_keeps_the_end(tiny_causal):
     ids, cut = tiny_causal.encode_input("the movie was really quite great and the plot", 3)
     full = tiny_causal.tokenize("the movie was really quite great and the plot")
     assert cut and ids == full[-3:]
+
+
+def test_bos_lead_is_kept_first_on_every_path(tiny_causal):
+    """Tokenizers that add BOS (Gemma) get [BOS; P; X]: shared-prefix and per-example paths agree."""
+    import copy
+
+    lm = copy.copy(tiny_causal)
+    lm.lead_ids = [lm.tokenizer.bos_token_id]
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    shared = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    per_example = label_scores(lm, prompt.expand(3, -1, -1).clone(), inputs, ["positive", "negative"])
+    assert torch.allclose(shared, per_example, atol=1e-5)
+    assert not torch.allclose(shared, label_scores(tiny_causal, prompt, inputs, ["positive", "negative"]), atol=1e-3)

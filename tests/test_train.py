@@ -115,3 +115,13 @@ def test_batch_order_is_deterministic_and_covers_epochs():
 def test_config_validation(toy_task, kw, message):
     with pytest.raises(ValueError, match=message):
         _config(toy_task, **kw)
+
+
+def test_micro_batching_does_not_change_the_update(tiny_causal, toy_task, tmp_path):
+    """The loss is normalized by the whole step's target tokens: accumulation is exact."""
+    prompts = []
+    for micro in (8, 2):
+        run = tmp_path / f"micro{micro}"
+        train(_config(toy_task, max_steps=2, eval_every=2, micro_batch_size=micro), run, lm=tiny_causal, progress=False)
+        prompts.append(torch.load(run / "checkpoint.pt", weights_only=True)["prompt"])
+    assert torch.allclose(prompts[0], prompts[1], atol=1e-5)

@@ -1,0 +1,121 @@
+"""Peak memory of serving K tasks with one model, and of a training step (softprompt vs PEFT).
+
+Serving K tasks: K prompts are read from safetensors files (as pulled from the registry) and R
+requests spread over the K tasks are scored in one mixed batch (softprompt.serve's
+mixed_label_scores). The cost of serving K tasks is the process's peak RSS (CPU; GPU: allocated
+bytes) while doing so, model included; the target compares K=100 with K=1.
+Training: the peak above the steady state during one step of each implementation (the same
+setup as bench.train_vs_peft).
+
+    nice -n 19 python -m bench.memory [--tasks-resident 1,10,100] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bench.common import (
+    Report,
+    base_parser,
+    check_args,
+    fixed_batch,
+    load_lm,
+    mib,
+    parse_ints,
+    peak_memory,
+    summary,
+)
+from bench.train_vs_peft import Trainers
+from softprompt.model import Batch
+from softprompt.prompt import load_prompt, random_uniform, save_prompt
+from softprompt.serve import mixed_label_scores
+
+TARGET_EXTRA = 0.01
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = base_parser(__doc__.split("\n")[0], reps=3)
+    p.add_argument("--tasks-resident", default="1,10,100", help="K, tasks served by one model")
+    p.add_argument("--requests", type=int, default=32, help="R, requests per served batch")
+    p.add_argument("--serve-input-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8, help="training batch")
+    p.add_argument("--input-tokens", type=int, default=128, help="training input length")
+    p.add_argument("--label-words", default="negative,positive")
+    p.add_argument("--skip-training", action="store_true", help="serving only (no PEFT needed)")
+    args = p.parse_args(argv)
+    check_args(args)
+    if args.quick:
+        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
+    ks = parse_ints(args.tasks_resident, "--tasks-resident")
+    words = args.label_words.split(",")
+
+    report = Report("memory", "Peak memory: serving K tasks, and training vs PEFT", args, argv)
+    lm = load_lm(args)
+    model_bytes = sum(t.numel() * t.element_size() for t in lm.model.state_dict().values())
+    results: dict = {"model_bytes": model_bytes}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = torch.Generator().manual_seed(args.seed)
+        files = [Path(tmp) / f"task{k}.safetensors" for k in range(max(ks))]
+        for f in files:
+            save_prompt(random_uniform(args.prompt_length, lm.dim, gen), f)
+        inputs, _ = fixed_batch(lm, args.requests, args.serve_input_tokens, words, args.seed)
+
+        def serve(k: int) -> None:
+            prompts = [load_prompt(f).to(lm.device) for f in files[:k]]  # resident for the service's life
+            mixed_label_scores(lm, [prompts[i % k] for i in range(len(inputs))], inputs, [words] * len(inputs))
+
+        for _ in range(args.warmup):
+            serve(ks[0])
+        serving = {k: [] for k in ks}
+        for r in range(args.reps):
+            for k in ks[r % len(ks):] + ks[: r % len(ks)]:
+                serving[k].append(peak_memory(lambda k=k: serve(k), lm.device))
+    base_k = min(ks)
+    rows = []
+    results["serving"] = {}
+    for k in ks:
+        peak = summary([m["peak"] for m in serving[k]])
+        extra = summary([a["peak"] / b["peak"] - 1 for a, b in zip(serving[k], serving[base_k], strict=True)])
+        results["serving"][k] = {"peak": peak, "delta": summary([m["delta"] for m in serving[k]]), "extra_vs_min_k": extra,
+                                 "prompt_bytes": k * args.prompt_length * lm.dim * 4}
+        rows.append([k, mib(peak["median"]), mib(results["serving"][k]["delta"]["median"]), mib(k * args.prompt_length * lm.dim * 4),
+                     f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})"])
+    report.table(f"Serving K tasks: R={args.requests} requests of {args.serve_input_tokens} tokens in one mixed batch, "
+                 f"model weights {mib(model_bytes)} MiB", ["K", "peak MiB (process)", "peak above start MiB", "prompts MiB", f"vs K={base_k}"], rows)
+    if 100 in ks and 1 in ks:
+        extra = results["serving"][100]["extra_vs_min_k"]["median"]
+        report.target("serving 100 tasks vs 1", f"< {TARGET_EXTRA:.0%} more memory", extra * 100, extra < TARGET_EXTRA, "%")
+
+    if not args.skip_training:
+        trainers = Trainers(lm, args.prompt_length, args.seed)
+        batch = Batch(*fixed_batch(lm, args.batch_size, args.input_tokens, words, args.seed))
+        steps = {"softprompt": lambda: trainers.ours(batch), "PEFT": lambda: trainers.peft(batch)}
+        for fn in steps.values():
+            for _ in range(max(args.warmup, 1)):  # optimizer state exists before measuring
+                fn()
+        train = {name: [] for name in steps}
+        for r in range(args.reps):
+            for name in list(steps)[r % 2:] + list(steps)[: r % 2]:
+                train[name].append(peak_memory(steps[name], lm.device))
+        results["training"] = {name: {"peak": summary([m["peak"] for m in v]), "delta": summary([m["delta"] for m in v])}
+                               for name, v in train.items()}
+        report.table(f"Training step: B={args.batch_size}, {args.input_tokens} input + {args.prompt_length} prompt tokens",
+                     ["implementation", "peak above steady state MiB", "process peak MiB"],
+                     [[name, mib(v["delta"]["median"]), mib(v["peak"]["median"])] for name, v in results["training"].items()])
+        ratio = results["training"]["PEFT"]["delta"]["median"] / results["training"]["softprompt"]["delta"]["median"]
+        results["training"]["peft_over_ours_delta"] = ratio
+        report.note(f"Training: PEFT's step needs {ratio:.2f}x softprompt's extra memory (full-vocabulary logits at every position).")
+    report.results = results
+    report.note("CPU memory is the process RSS: freed heap is returned (malloc_trim) and the kernel's high-water mark reset "
+                "(/proc/self/clear_refs) before each measurement; `peak above start` is what the measured work added.")
+    report.write(lm.device)
+    return report.results
+
+
+if __name__ == "__main__":
+    main()

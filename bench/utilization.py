@@ -1,0 +1,125 @@
+"""Achieved FLOP/s of a prompt-tuning training step and of inference, against the machine's
+measured matrix-multiply peak (the physical limit for this work), all in one interleaved run.
+
+- peak: best torch.mm of square fp32 (GPU: the model's dtype) matrices, sizes --mm-sizes.
+- training step: softprompt's step (forward, backward to the prompt, Adafactor) on B fixed-length
+  inputs; FLOPs as in bench/flops.py (4 N B T + 12 T^2 d L B + 4 V E H: no weight gradients).
+- inference: rank classification of B inputs over the label words (FrozenLM.score_choices: one
+  forward over [P; X] plus the label tokens from its KV cache).
+On a GPU this is model FLOPs utilization (MFU) against the measured, not the datasheet, peak.
+
+    nice -n 19 python -m bench.utilization [--reps 5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from bench.common import (
+    Report,
+    base_parser,
+    check_args,
+    fixed_batch,
+    fmt,
+    fmt_spread,
+    interleaved,
+    load_lm,
+    matmul_peak,
+    parse_ints,
+    summary,
+)
+from bench.flops import ModelShape
+from softprompt.model import Batch, FrozenLM
+from softprompt.prompt import PromptConfig, random_uniform
+from softprompt.scoring import lm_loss
+from softprompt.train import TrainConfig, make_optimizer
+
+TARGET_UTILIZATION = 0.75
+
+
+def scoring_flops(shape: ModelShape, lm: FrozenLM, batch: int, width: int, choices: Sequence[Sequence[int]]) -> int:
+    """score_choices: a forward over `width` positions with the head on the last one, then every
+    choice's tokens but the last fed from the cache (head on each)."""
+    total = shape.forward(batch, width, head_rows=batch)["total"]
+    feed = max(map(len, choices)) - 1
+    if feed:
+        rows = batch * sum(len(c) - 1 for c in choices)
+        total += shape.forward(batch * len(choices), feed, head_rows=rows, keys=width + feed)["total"]
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = base_parser(__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, default=8, help="training batch")
+    p.add_argument("--infer-batch-size", type=int, default=16, help="inference batch")
+    p.add_argument("--input-tokens", type=int, default=128)
+    p.add_argument("--label-words", default="negative,positive")
+    p.add_argument("--mm-sizes", default="1024,1536,2048", help="square matmul sizes for the peak")
+    args = p.parse_args(argv)
+    check_args(args)
+    if args.quick:
+        args.reps, args.warmup, args.mm_sizes = min(args.reps, 2), min(args.warmup, 1), "128,256"
+    sizes = parse_ints(args.mm_sizes, "--mm-sizes")
+    words = args.label_words.split(",")
+
+    report = Report("utilization", "FLOP/s of training and inference vs the measured matmul peak", args, argv)
+    lm = load_lm(args)
+    shape = ModelShape.of(lm)
+    P, lead = args.prompt_length, len(lm.lead_ids)
+    prompt = torch.nn.Parameter(random_uniform(P, lm.dim, torch.Generator().manual_seed(args.seed)).to(lm.device))
+    opt = make_optimizer(TrainConfig(prompt=PromptConfig(length=P)), [prompt])
+    train_batch = Batch(*fixed_batch(lm, args.batch_size, args.input_tokens, words, args.seed))
+    infer_inputs, _ = fixed_batch(lm, args.infer_batch_size, args.input_tokens, words, args.seed + 1)
+    choices = [lm.encode_target(w) for w in words]
+    mm_dtype = lm.embedding.weight.dtype
+    peaks: list[dict] = []
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        lm_loss(lm, prompt, train_batch).backward()
+        opt.step()
+
+    times = interleaved(
+        {
+            "matmul": lambda: peaks.append(matmul_peak(sizes, device=lm.device, dtype=mm_dtype)),
+            "train_step": train_step,
+            "inference": lambda: lm.score_choices(prompt.detach(), infer_inputs, choices),
+        },
+        args.reps, args.warmup, lm.device,
+    )
+    peaks = peaks[-args.reps :]
+    peak = summary([pk["peak"] for pk in peaks])
+    width = lead + P + args.input_tokens
+    train_width = width + max(map(len, train_batch.targets))
+    flops = {
+        "train_step": shape.prompt_step(args.batch_size, train_width, head_rows=sum(map(len, train_batch.targets))),
+        "inference": {"total": scoring_flops(shape, lm, args.infer_batch_size, width, choices)},
+    }
+    rows, results = [], {"peak_flops": peak, "per_size": {n: summary([pk["per_size"][n] for pk in peaks]) for n in sizes}}
+    rows.append(["matmul peak (best of sizes " + ",".join(map(str, sizes)) + ")", "", fmt_spread(peak, 1e-9), "100%"])
+    for name, label in (("train_step", f"training step, B={args.batch_size}, T={train_width}"),
+                        ("inference", f"rank classification, B={args.infer_batch_size}, T={width}, L={len(words)}")):
+        f = flops[name]["total"]
+        rate = summary([f / t for t in times[name]])
+        util = summary([f / t / peak["median"] for t in times[name]])
+        results[name] = {"flops": flops[name], "seconds": summary(times[name]), "flops_per_s": rate, "utilization": util}
+        rows.append([label, fmt_spread(summary(times[name])), fmt_spread(rate, 1e-9), f"{util['median']:.0%} ({util['min']:.0%}-{util['max']:.0%})"])
+    report.table("Achieved vs measured peak (median (min-max))", ["work", "seconds", "GFLOP/s", "of peak"], rows)
+    report.table("Matmul throughput by size", ["n", "GFLOP/s"],
+                 [[n, fmt_spread(results["per_size"][n], 1e-9)] for n in sizes])
+    report.target("training step utilization", f">= {TARGET_UTILIZATION:.0%} of matmul peak",
+                  results["train_step"]["utilization"]["median"] * 100, results["train_step"]["utilization"]["median"] >= TARGET_UTILIZATION, "%")
+    report.results = {**results, "model_shape": shape.to_dict()}
+    report.note(f"FLOPs of the training step: {fmt(flops['train_step']['total'] / 1e9)} G = linear {fmt(flops['train_step']['linear'] / 1e9)} "
+                f"+ attention {fmt(flops['train_step']['attention'] / 1e9)} + LM head {fmt(flops['train_step']['head'] / 1e9)}; "
+                f"N = {shape.body_params:,} decoder-stack linear parameters, L = {shape.layers}, d = {shape.attn_dim}, V = {shape.vocab}. "
+                "Formula and what is left out: bench/flops.py (forward 2NBT + 4T^2dLB + 2VEH; frozen weights, so the backward "
+                "computes input gradients only: 4NBT + 12T^2dLB + 4VEH per step instead of 6NBT).")
+    report.write(lm.device)
+    return report.results
+
+
+if __name__ == "__main__":
+    main()

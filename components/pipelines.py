@@ -1,0 +1,213 @@
+"""The two pipelines: LM adaptation (once per base checkpoint) and prompt tuning (per task).
+
+prompt-tuning:
+  prepare_data -> ParallelFor(prompt_configs): train_prompt [GPU pool]
+               -> ensemble_prompts(Collected runs) -> evaluate -> register_prompt (quality gate)
+lm-adaptation:
+  lm_adapt_model [GPU pool] -> the checkpoint path that task pipelines take as `base_model`
+
+The same pipeline objects run on a Kubeflow cluster (compiled YAML, `components.compile`) and on
+one machine (kfp.local, `components.runner`); the Kubernetes settings (GPU, node pool, volume)
+are no-ops locally. Caching and retries are set per step:
+
+  step        cache  retries  why
+  prepare     on     2        deterministic in its parameters (pass data_version to key new data)
+  lm-adapt    on     2        expensive and deterministic; a retry starts over (no resume)
+  train       on     3        preemptible GPU pods; a retry resumes from the run's checkpoint.pt
+  ensemble    on     2        deterministic given the runs; recomputed if preempted
+  evaluate    on     2        deterministic given the ensemble
+  register    off    0        side effects: must read the registry's current alias every run, and
+                              a blind retry after a publish would register a duplicate version
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import HTML, Artifact, Metrics, Model
+
+from components.cluster import CHECKPOINT_MOUNT, DEFAULT_REGISTRY_URI, ClusterConfig
+from components.steps import (
+    ensemble_prompts,
+    evaluate,
+    lm_adapt_model,
+    prepare_data,
+    register_prompt,
+    train_prompt,
+)
+
+PROMPT_TUNING_NAME = "softprompt-prompt-tuning"
+LM_ADAPTATION_NAME = "softprompt-lm-adaptation"
+DEFAULT_PROMPT_CONFIGS = [
+    {"seed": 0, "init": "class_label"},
+    {"seed": 1, "init": "class_label"},
+    {"seed": 2, "init": "sampled_vocab"},
+]
+
+
+
+class PromptTuningOutputs(NamedTuple):
+    registration: Artifact  # the registry record: version, alias decision, manifest
+    report: HTML
+    metrics: Metrics
+    ensemble: Model
+
+
+class LMAdaptationOutputs(NamedTuple):
+    checkpoint: Model
+    model_path: str  # what prompt-tuning runs take as base_model
+
+
+def _on_gpu_pool(task: dsl.PipelineTask, cluster: ClusterConfig, retries: int) -> dsl.PipelineTask:
+    """A model step: one GPU, scheduled onto the tainted GPU pool, the checkpoint volume mounted."""
+    task.set_accelerator_type(cluster.accelerator_type).set_accelerator_limit(cluster.accelerator_limit)
+    task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
+    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="900s")
+    kubernetes.add_node_selector(task, label_key=cluster.node_selector[0], label_value=cluster.node_selector[1])
+    key, value, effect = cluster.toleration
+    kubernetes.add_toleration(task, key=key, operator="Equal", value=value, effect=effect)
+    kubernetes.mount_pvc(task, pvc_name=cluster.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+    return task
+
+
+def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
+    """The prompt-tuning pipeline with `cluster`'s Kubernetes settings compiled in."""
+    cluster = cluster or ClusterConfig()
+
+    @dsl.pipeline(
+        name=PROMPT_TUNING_NAME,
+        description="Prompt tuning (Lester et al. 2021) for one task: N prompts in parallel on the GPU pool, "
+        "their ensemble, evaluation, and registration behind a quality gate on the dev metric.",
+    )
+    def prompt_tuning(
+        task: str = "sst2",
+        base_model: str = "smollm2-135m",
+        prompt_configs: list = DEFAULT_PROMPT_CONFIGS,
+        prompt_length: int = 20,
+        optimizer: str = "adafactor",
+        lr: float = 0.3,
+        batch_size: int = 32,
+        micro_batch_size: int = 8,
+        max_steps: int = 1000,
+        max_minutes: float = 0.0,
+        eval_every: int = 100,
+        patience: int = 0,
+        eval_max_examples: int = 1000,
+        max_input_tokens: int = 256,
+        eval_batch_size: int = 32,
+        data_dir: str = "",
+        data_version: str = "",
+        max_train_examples: int = 0,
+        max_dev_examples: int = 0,
+        max_test_examples: int = 0,
+        data_seed: int = 0,
+        checkpoint_root: str = CHECKPOINT_MOUNT + "/prompt-runs",
+        registry_uri: str = DEFAULT_REGISTRY_URI,
+        alias: str = "production",
+        min_improvement: float = 0.0,
+        code_version: str = "",
+        nearest_k: int = 5,
+    ) -> PromptTuningOutputs:
+        """Parameters:
+        task: task name (tasks/<name>.yaml in the image) or a spec path.
+        base_model: offline short name (smollm2-135m, gemma3-270m), hub name, or a checkpoint dir, e.g. the
+            `model_path` output of the LM-adaptation pipeline (on the checkpoint volume).
+        prompt_configs: one prompt per item, trained in parallel: {"seed": int, "init": class_label |
+            sampled_vocab | random_uniform | text, "init_text": str}.
+        prompt_length: P, prompt vectors per prompt (paper: 100; 20 is cheap and close).
+        optimizer, lr: adafactor | adamw | sgd, and its learning rate (paper: Adafactor, 0.3).
+        batch_size, micro_batch_size: examples per optimizer step, and per forward (accumulated).
+        max_steps, max_minutes: step budget, and wall-clock budget per prompt (0 = none).
+        eval_every, patience, eval_max_examples: dev evaluation every K steps on at most this many
+            dev examples; stop after `patience` evaluations without a new best (0 = never).
+        max_input_tokens, eval_batch_size: input truncation (keeps the end) and scoring batch size.
+        data_dir: the raw data location in the pod ('' = $SOFTPROMPT_DATA_DIR of the image).
+        data_version: tag or DVC hash of the data at data_dir; part of the prepare step's cache key.
+        max_train_examples, max_dev_examples, max_test_examples, data_seed: seeded subsets (0 = all).
+        checkpoint_root: where training checkpoints live so a preempted step resumes (the checkpoint
+            volume); '' keeps them in the output artifact (one machine).
+        registry_uri, alias, min_improvement: the registry; the alias moves to the new prompt only if
+            its dev score beats the alias's current prompt by more than min_improvement.
+        code_version: git sha recorded in the manifest.
+        nearest_k: nearest vocabulary tokens per prompt vector in the report.
+        """
+        prepare = prepare_data(
+            task=task, data_dir=data_dir, data_version=data_version, max_train_examples=max_train_examples,
+            max_dev_examples=max_dev_examples, max_test_examples=max_test_examples, seed=data_seed,
+        ).set_display_name("prepare data")
+        prepare.set_retry(num_retries=2, backoff_duration="30s").set_caching_options(enable_caching=True)
+
+        with dsl.ParallelFor(prompt_configs, name="prompts") as prompt_config:
+            train = train_prompt(
+                task=task, train_dev=prepare.outputs["train_dev"], base_model=base_model, prompt_config=prompt_config,
+                prompt_length=prompt_length, optimizer=optimizer, lr=lr, batch_size=batch_size,
+                micro_batch_size=micro_batch_size, max_steps=max_steps, max_minutes=max_minutes, eval_every=eval_every,
+                patience=patience, eval_max_examples=eval_max_examples, eval_batch_size=eval_batch_size, max_input_tokens=max_input_tokens,
+                checkpoint_root=checkpoint_root, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ).set_display_name("train prompt")
+            _on_gpu_pool(train, cluster, retries=cluster.train_retries).set_caching_options(enable_caching=True)
+
+        ensemble = ensemble_prompts(
+            task=task, runs=dsl.Collected(train.outputs["run"]), train_dev=prepare.outputs["train_dev"],
+            base_model=base_model, max_input_tokens=max_input_tokens, eval_batch_size=eval_batch_size,
+        ).set_display_name("ensemble")
+        _on_gpu_pool(ensemble, cluster, retries=2).set_caching_options(enable_caching=True)
+
+        evaluation = evaluate(
+            task=task, ensemble=ensemble.outputs["ensemble"], test_set=prepare.outputs["test_set"], base_model=base_model,
+            max_input_tokens=max_input_tokens, eval_batch_size=eval_batch_size, nearest_k=nearest_k,
+        ).set_display_name("evaluate")
+        _on_gpu_pool(evaluation, cluster, retries=2).set_caching_options(enable_caching=True)
+
+        register = register_prompt(
+            task=task, ensemble=ensemble.outputs["ensemble"], summary=evaluation.outputs["summary"], registry_uri=registry_uri,
+            alias=alias, min_improvement=min_improvement, dataset_version=prepare.outputs["Output"], code_version=code_version,
+        ).set_display_name("register (quality gate)")
+        register.set_caching_options(enable_caching=False)
+
+        return PromptTuningOutputs(register.outputs["registration"], evaluation.outputs["report"], evaluation.outputs["metrics"],
+                       ensemble.outputs["ensemble"])
+
+    return prompt_tuning
+
+
+def build_lm_adaptation_pipeline(cluster: ClusterConfig | None = None):
+    """The LM-adaptation pipeline with `cluster`'s Kubernetes settings compiled in."""
+    cluster = cluster or ClusterConfig()
+
+    @dsl.pipeline(
+        name=LM_ADAPTATION_NAME,
+        description="LM adaptation of an encoder-decoder checkpoint with the prefix-LM objective (run once per base "
+        "checkpoint); its model_path output is the base_model of every prompt-tuning run.",
+    )
+    def lm_adaptation(
+        base_model: str = "google/t5-v1_1-base",
+        corpus: str = "sst2",
+        data_dir: str = "",
+        steps: int = 1000,
+        lr: float = 1e-3,
+        batch_size: int = 16,
+        max_tokens: int = 128,
+        seed: int = 0,
+        export_dir: str = CHECKPOINT_MOUNT + "/base-models",
+    ) -> LMAdaptationOutputs:
+        """Parameters:
+        base_model: encoder-decoder checkpoint (hub name or dir); decoder-only models need no adaptation.
+        corpus: unlabeled text: a .txt file (one document per line) or a task name whose train inputs are used
+            (the paper used C4).
+        data_dir: the raw data location when corpus is a task name ('' = the image's default).
+        steps, lr, batch_size, max_tokens, seed: prefix-LM training (paper: 100K steps).
+        export_dir: a folder on the checkpoint volume that the adapted checkpoint is copied to, so task
+            pipelines can load it as base_model ('' = the artifact's own path; one machine).
+        """
+        adapt = lm_adapt_model(
+            base_model=base_model, corpus=corpus, data_dir=data_dir, steps=steps, lr=lr, batch_size=batch_size,
+            max_tokens=max_tokens, seed=seed, export_dir=export_dir,
+        ).set_display_name("LM-adapt")
+        _on_gpu_pool(adapt, cluster, retries=2).set_caching_options(enable_caching=True)
+        return LMAdaptationOutputs(adapt.outputs["checkpoint"], adapt.outputs["Output"])
+
+    return lm_adaptation
+
+
+prompt_tuning_pipeline = build_prompt_tuning_pipeline()
+lm_adaptation_pipeline = build_lm_adaptation_pipeline()

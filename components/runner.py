@@ -1,0 +1,259 @@
+"""Launching the pipelines: on this machine with kfp.local (the embedded default), or on Kubeflow.
+
+    run_prompt_tuning("sst2", {"max_steps": 20}, mode="local")   # -> registered version, report, ...
+    run_prompt_tuning("sst2", {"max_steps": 2000}, mode="kfp", kfp_host="http://ml-pipeline:8888")
+    run_lm_adaptation({"base_model": "google/t5-v1_1-base"}, mode="kfp", kfp_host=...)
+
+Local mode runs the very pipeline that `components.compile` writes for the cluster, each step a
+subprocess of this Python environment (SubprocessRunner(use_venv=False): nothing is installed);
+the Kubernetes settings are ignored. Only the cluster-specific parameter defaults are swapped for
+local ones (a registry and checkpoints under runs/, see `local_defaults`).
+
+Command line: `python -m components.runner prompt-tuning --task sst2 --set max_steps=20 ...`.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from components.cluster import PIPELINE_SERVICE_ACCOUNT
+from components.pipelines import lm_adaptation_pipeline, prompt_tuning_pipeline
+
+DEFAULT_ROOT = Path("runs")
+MODES = ("local", "kfp")
+
+
+def pipeline_parameters(pipeline) -> dict:
+    """{name: default} of a pipeline's parameters, from its compiled component spec."""
+    inputs = pipeline.component_spec.inputs or {}
+    return {name: spec.default for name, spec in inputs.items()}
+
+
+def _check_params(pipeline, params: dict) -> None:
+    known = pipeline_parameters(pipeline)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for pipeline {pipeline.name}; known: {', '.join(sorted(known))}")
+
+
+def local_defaults(root: Path) -> dict:
+    """Prompt-tuning parameters that differ on one machine: a local registry, and checkpoints kept
+    in the output artifacts (a retry in the same run finds them there)."""
+    return {"registry_uri": str((root / "registry").resolve()), "checkpoint_root": ""}
+
+
+@contextlib.contextmanager
+def _threads_per_step(parallel: int):
+    """kfp.local runs up to two loop iterations at once: split the cores between them instead of
+    oversubscribing (each torch process would otherwise take every core). Caller settings win."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, parallel)))
+    for n in names:
+        os.environ.setdefault(n, threads)
+    try:
+        yield
+    finally:
+        for n, value in saved.items():
+            if value is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = value
+
+
+def run_local(pipeline, arguments: dict, pipeline_root: str | Path, cache: bool = True, parallel: int = 1) -> dict:
+    """Runs `pipeline` on this machine with kfp.local; returns its outputs (artifacts and values).
+
+    `cache`: reuse a step's outputs when the same step ran before with the same inputs (the cache
+    lives in `pipeline_root/.kfp_cache`). Raises RuntimeError when a step fails (after its retries).
+    """
+    import warnings
+
+    from kfp import local
+
+    _check_params(pipeline, arguments)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), enable_caching=cache,
+               raise_on_error=True)
+    with warnings.catch_warnings(), _threads_per_step(parallel):
+        # Expected locally: the project image and the GPU/node-pool settings have no meaning here.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        task = pipeline(**arguments)
+    return dict(task.outputs)
+
+
+def _run_kfp(pipeline, params: dict, kfp_host: str | None, run_name: str | None, experiment: str | None,
+             wait: bool, timeout_s: int) -> dict:
+    import kfp
+
+    client = kfp.Client(host=kfp_host)
+    # The pipeline's service account holds the registry write access (infra/k8s); no keys in params.
+    result = client.create_run_from_pipeline_func(pipeline, arguments=params, run_name=run_name, experiment_name=experiment,
+                                                  service_account=PIPELINE_SERVICE_ACCOUNT)
+    out = {"mode": "kfp", "host": kfp_host, "run_id": result.run_id, "status": "SUBMITTED"}
+    if wait:
+        run = client.wait_for_run_completion(result.run_id, timeout=timeout_s)
+        out["status"] = str(run.state)
+    return out
+
+
+def run_prompt_tuning(
+    task: str,
+    params: dict | None = None,
+    mode: str = "local",
+    kfp_host: str | None = None,
+    *,
+    root: str | Path = DEFAULT_ROOT,
+    cache: bool = True,
+    run_name: str | None = None,
+    experiment: str | None = None,
+    wait: bool = False,
+    timeout_s: int = 6 * 3600,
+) -> dict:
+    """Runs the prompt-tuning pipeline for `task`; `params` override the pipeline's parameters.
+
+    mode "local": kfp.local on this machine (registry under `root`/registry unless params say
+    otherwise); returns {"mode", "status", "run_id", "run_dir", "task" (the registry's task name),
+    "registry_uri", "manifest_uri", "version", "promoted", "decision", "manifest", "registration",
+    "report", "metrics", "seconds"}.
+    mode "kfp": submits to the Kubeflow Pipelines API at `kfp_host`; returns {"mode", "host",
+    "run_id", "status"} ("SUBMITTED", or the final state with wait=True).
+    """
+    params = dict(params or {})
+    if "task" in params and params["task"] != task:
+        raise ValueError(f"params['task']={params['task']!r} contradicts task={task!r}")
+    params["task"] = task
+    if mode == "kfp":
+        _check_params(prompt_tuning_pipeline, params)
+        return _run_kfp(prompt_tuning_pipeline, params, kfp_host, run_name, experiment, wait, timeout_s)
+    if mode != "local":
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    root = Path(root)
+    arguments = local_defaults(root) | params
+    n_prompts = len(arguments.get("prompt_configs", pipeline_parameters(prompt_tuning_pipeline)["prompt_configs"]))
+    started = time.monotonic()
+    outputs = run_local(prompt_tuning_pipeline, arguments, root / "pipelines", cache=cache, parallel=min(2, n_prompts))
+    registration = json.loads(Path(outputs["registration"].path).read_text())
+    run_dir = Path(outputs["registration"].path).parent.parent
+    return {
+        "mode": "local",
+        "status": "SUCCEEDED",
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "task": registration["task"],  # the spec's name, as the registry knows it (`task` may be a path)
+        "registry_uri": registration["registry_uri"],
+        "manifest_uri": registration["manifest_uri"],
+        "version": registration["version"],
+        "promoted": registration["promoted"],
+        "decision": registration["decision"],
+        "manifest": registration["manifest"],
+        "registration": outputs["registration"].path,
+        "report": outputs["report"].path,
+        "metrics": dict(outputs["metrics"].metadata),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def run_lm_adaptation(
+    params: dict | None = None,
+    mode: str = "local",
+    kfp_host: str | None = None,
+    *,
+    root: str | Path = DEFAULT_ROOT,
+    cache: bool = True,
+    run_name: str | None = None,
+    experiment: str | None = None,
+    wait: bool = False,
+    timeout_s: int = 24 * 3600,
+) -> dict:
+    """Runs the LM-adaptation pipeline. mode "local" returns {"mode", "status", "model_path",
+    "checkpoint", "metadata", "seconds"}: pass model_path as the prompt-tuning `base_model`.
+    mode "kfp" returns {"mode", "host", "run_id", "status"}."""
+    params = dict(params or {})
+    if mode == "kfp":
+        _check_params(lm_adaptation_pipeline, params)
+        return _run_kfp(lm_adaptation_pipeline, params, kfp_host, run_name, experiment, wait, timeout_s)
+    if mode != "local":
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    started = time.monotonic()
+    arguments = {"export_dir": ""} | params
+    outputs = run_local(lm_adaptation_pipeline, arguments, Path(root) / "pipelines", cache=cache)
+    return {
+        "mode": "local",
+        "status": "SUCCEEDED",
+        "model_path": outputs["model_path"],
+        "checkpoint": outputs["checkpoint"].path,
+        "metadata": dict(outputs["checkpoint"].metadata),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def describe(result: dict) -> str:
+    """Where a local prompt-tuning run put things, for people."""
+    manifest = result["manifest"]
+    registry = result["registry_uri"].rstrip("/")
+    lines = [
+        f"registered: task {result['task']} version {result['version']} in {registry} "
+        f"({'promoted to production' if result['promoted'] else 'production unchanged'})",
+        f"  decision:  {result['decision']}",
+        f"  manifest:  {result['manifest_uri']}",
+        f"  prompt:    {registry}/blobs/sha256/{manifest['blob_sha256']}  [P, E] = {manifest['shape']}",
+        f"  metrics:   dev {manifest['metrics']['dev']['score']:.4f}, test {manifest['metrics']['test']['score']:.4f} "
+        f"(ensemble test {manifest['metrics']['ensemble']['test']['score']:.4f}); all in the manifest's 'metrics'",
+        f"  report:    {result['report']}",
+        f"  run:       {result['run_dir']} ({result['seconds']} s)",
+    ]
+    return "\n".join(lines)
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    """key=value pairs; values are JSON when they parse as JSON (numbers, lists), else strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.runner", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="pipeline", required=True)
+    for name in ("prompt-tuning", "lm-adaptation"):
+        p = sub.add_parser(name, help=f"run the {name} pipeline")
+        if name == "prompt-tuning":
+            p.add_argument("--task", required=True, help="task name or spec path")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable; JSON values)")
+        p.add_argument("--mode", choices=MODES, default="local")
+        p.add_argument("--kfp-host", default=None, help="Kubeflow Pipelines API (mode kfp)")
+        p.add_argument("--root", default=str(DEFAULT_ROOT), help="local outputs: pipelines/ (runs, cache) and registry/")
+        p.add_argument("--no-cache", action="store_true", help="run every step again")
+        p.add_argument("--wait", action="store_true", help="mode kfp: wait for the run to finish")
+        p.add_argument("--output", default=None, help="also write the result JSON to this file")
+    args = parser.parse_args(argv)
+    params = _parse_sets(args.set)
+    common = dict(mode=args.mode, kfp_host=args.kfp_host, root=args.root, cache=not args.no_cache, wait=args.wait)
+    if args.pipeline == "prompt-tuning":
+        result = run_prompt_tuning(args.task, params, **common)
+    else:
+        result = run_lm_adaptation(params, **common)
+    text = json.dumps(result, indent=2, default=str)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    if args.pipeline == "prompt-tuning" and result["mode"] == "local":
+        print(describe(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

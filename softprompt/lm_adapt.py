@@ -1,0 +1,142 @@
+"""LM adaptation of encoder-decoder checkpoints (Lester et al. 2021, section 3.1).
+
+T5 checkpoints are pre-trained on span corruption: they never saw natural text as output, and
+frozen, they make poor prompt-tuning bases. LM adaptation continues their self-supervised
+training for a while with the prefix-LM objective: a natural-text prefix goes into the encoder
+and the decoder produces its continuation. The result is a new checkpoint, adapted once and then
+frozen and reused by every task (load it with `load_frozen_lm(out_dir)`).
+
+The paper's two alternatives need no new checkpoint:
+- "span corruption": prompt-tune the original checkpoint as is;
+- "span corruption + sentinel": the same, with a sentinel before every target
+  (`TrainConfig(target_prefix="<extra_id_0> ")`), so targets look like pre-training outputs.
+
+Decoder-only models (SmolLM2, Gemma 3) were pre-trained on exactly the LM objective: they need no
+adaptation, and `lm_adapt` refuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from softprompt.model import OFFLINE_MODELS, Batch, load_frozen_lm
+from softprompt.scoring import lm_loss
+from softprompt.tasks import load_spec, load_task
+from softprompt.train import OPTIMIZERS, MetricsLog, make_optimizer
+
+DECODER_ONLY_MESSAGE = (
+    "{model} is a decoder-only model: it was pre-trained with the language-modelling objective "
+    "already and needs no LM adaptation; prompt-tune it directly"
+)
+
+
+@dataclass
+class LMAdaptConfig:
+    """Continued pre-training of an encoder-decoder checkpoint with the prefix-LM objective."""
+
+    model: str = field(metadata={"help": "Encoder-decoder checkpoint (local dir or hub name)."})
+    corpus: str = field(metadata={"help": "Unlabeled text: a .txt file (one document per line) or a task name whose train inputs are used."})
+    steps: int = field(default=1000, metadata={"help": "Optimizer steps (paper: 100K; configurable)."})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate (T5 pre-training: Adafactor 1e-3 constant here)."})
+    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
+    beta2_decay: float = field(default=0.8, metadata={"help": "Adafactor second-moment decay exponent."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per step."})
+    max_tokens: int = field(default=128, metadata={"help": "Window of each document, split into prefix and continuation."})
+    min_tokens: int = field(default=4, metadata={"help": "Documents shorter than this are skipped."})
+    seed: int = field(default=0, metadata={"help": "Seeds windows, split points and order."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data location when corpus is a task name."})
+    log_every: int = field(default=10, metadata={"help": "Log the loss every K steps."})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_tokens < 2:
+            raise ValueError(f"min_tokens must be >= 2 (a prefix and a continuation), got {self.min_tokens}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def read_corpus(corpus: str, data_dir: str | None = None) -> list[str]:
+    """Documents of the corpus: lines of a text file, or a task's training inputs (labels unused)."""
+    path = Path(corpus)
+    if path.suffix in (".txt", ".text"):
+        if not path.is_file():
+            raise FileNotFoundError(f"corpus file not found: {path}")
+        docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        docs = [e.input for e in load_task(load_spec(corpus), data_dir)["train"]]
+    if not docs:
+        raise ValueError(f"corpus {corpus}: no text")
+    return docs
+
+
+def prefix_lm_example(ids: list[int], eos_id: int, max_tokens: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """One prefix-LM pair from a document's ids: a random window of at most `max_tokens`, split at
+    a random point into (prefix + EOS, continuation + EOS)."""
+    if len(ids) > max_tokens:
+        start = rng.randrange(len(ids) - max_tokens + 1)
+        ids = ids[start : start + max_tokens]
+    cut = rng.randint(1, len(ids) - 1)
+    return ids[:cut] + [eos_id], ids[cut:] + [eos_id]
+
+
+def lm_adapt(config: LMAdaptConfig, out_dir: str | Path) -> dict:
+    """Adapts `config.model` with the prefix-LM objective; writes the new checkpoint (weights,
+    tokenizer, lm_adapt.json, metrics.jsonl) to `out_dir` and returns the summary."""
+    from transformers import AutoConfig
+
+    # The offline short names and GGUF files are all decoder-only (GGUF loads as a causal LM).
+    known_causal = config.model in OFFLINE_MODELS or config.model.endswith(".gguf")
+    if known_causal or not getattr(AutoConfig.from_pretrained(config.model), "is_encoder_decoder", False):
+        raise ValueError(DECODER_ONLY_MESSAGE.format(model=config.model))
+    from softprompt.baselines import empty_prompt, trainable_copy  # one way to unfreeze a model
+
+    docs = read_corpus(config.corpus, config.data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_log = MetricsLog(out / "metrics.jsonl")
+    lm = trainable_copy(load_frozen_lm(config.model))
+    tokenized = [ids for ids in (lm.tokenize(d) for d in docs) if len(ids) >= config.min_tokens]
+    if not tokenized:
+        raise ValueError(f"corpus {config.corpus}: no document has {config.min_tokens} tokens or more")
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    optimizer = make_optimizer(config, [p for p in lm.model.parameters() if p.requires_grad])
+    none = empty_prompt(lm)
+    losses, started = [], time.monotonic()
+    for step in range(1, config.steps + 1):
+        pairs = [prefix_lm_example(rng.choice(tokenized), lm.eos_id, config.max_tokens, rng) for _ in range(config.batch_size)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = lm_loss(lm, none, Batch([x for x, _ in pairs], [y for _, y in pairs]))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % config.log_every == 0 or step == config.steps:
+            metrics_log.write(event="step", step=step, loss=round(sum(losses[-config.log_every :]) / len(losses[-config.log_every :]), 5),
+                              elapsed=round(time.monotonic() - started, 2))
+    lm.model.save_pretrained(str(out))
+    lm.tokenizer.save_pretrained(str(out))
+    window = max(1, min(10, len(losses) // 4))
+    summary = {
+        "objective": "prefix_lm",
+        "base_model": config.model,
+        "config": asdict(config),
+        "documents": len(tokenized),
+        "steps": config.steps,
+        "first_loss": sum(losses[:window]) / window,
+        "last_loss": sum(losses[-window:]) / window,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "out_dir": str(out),
+    }
+    (out / "lm_adapt.json").write_text(json.dumps(summary, indent=2))
+    return summary

