@@ -201,38 +201,45 @@ def softprompt_retraining():
         print(f"task {p.task}: registered v{manifest.version}; {out['decision'] or ''}")
         return out
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def summarize(planned: list[dict], results: list[dict]) -> dict:
-        """What this run did, whatever happened upstream."""
-        done = {r["task"]: r for r in results}
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)  # reads XComs only: nothing to retry
+    def summarize() -> dict:
+        """What this run did, whatever happened upstream (XComs pulled here: a failed upstream
+        task has none, which an argument could not express)."""
         ti = get_current_context()["ti"]
-        failed = []
+        planned = ti.xcom_pull(task_ids="plan")
+        if planned is None:
+            print("planning failed: nothing was launched (see resolve_settings / plan)")
+            return {"planned": False, "unchanged": [], "retrained": [], "failed": []}
+        retrained, failed = [], []
         for index, p in enumerate(planned):
-            if p["task"] not in done:
-                error = ti.xcom_pull(task_ids="retrain", key="error", map_indexes=index)
-                failed.append({"task": p["task"], "reason": p["reason"], "error": error or "did not finish (see its log)"})
-        summary = {"unchanged": ti.xcom_pull(task_ids="plan", key="unchanged") or [],
-                   "retrained": [done[t] for t in sorted(done)], "failed": failed}
-        print(f"unchanged: {', '.join(summary['unchanged']) or 'none'}")
-        for r in summary["retrained"]:
-            print(f"retrained {r['task']} ({r['reason']}): v{r['version']}, dev {r['dev_score']}; {r['decision']}")
-        for f in failed:
-            print(f"FAILED {f['task']}: {f['error']}")
-        return summary
+            result = ti.xcom_pull(task_ids="retrain", map_indexes=index)
+            if result is not None:
+                retrained.append(result)
+                print(f"retrained {p['task']} ({p['reason']}): v{result['version']}, dev {result['dev_score']}; {result['decision']}")
+            else:
+                error = ti.xcom_pull(task_ids="retrain", key="error", map_indexes=index) or "did not finish (see its log)"
+                failed.append({"task": p["task"], "reason": p["reason"], "error": error})
+                print(f"FAILED {p['task']}: {error}")
+        unchanged = ti.xcom_pull(task_ids="plan", key="unchanged") or []
+        print(f"unchanged: {', '.join(unchanged) or 'none'}")
+        return {"planned": True, "unchanged": unchanged, "retrained": retrained, "failed": failed}
 
     @task
     def verdict(summary: dict) -> None:
         """Fails the run when a task failed, so the run's state tells the truth."""
         from airflow.sdk.exceptions import AirflowFailException
 
+        if not summary["planned"]:
+            raise AirflowFailException("planning failed; see the resolve_settings and plan tasks")
         if summary["failed"]:
             raise AirflowFailException(f"{len(summary['failed'])} task(s) failed: "
                                        + "; ".join(f["error"] for f in summary["failed"]))
 
     config = resolve_settings()
     planned = plan(config)
-    results = retrain.partial(config=config).expand(plan=planned)
-    verdict(summarize(planned, results))
+    summary = summarize()
+    retrain.partial(config=config).expand(plan=planned) >> summary
+    verdict(summary)
 
 
 softprompt_retraining()

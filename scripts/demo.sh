@@ -14,5 +14,5 @@ mkdir -p "$root"
   --set prompt_length=20 --set batch_size=8 --set micro_batch_size=8 \
   --set max_steps="${DEMO_STEPS:-30}" --set eval_every="${DEMO_STEPS:-30}" --set eval_max_examples=100 \
   --set max_train_examples=2000 --set max_dev_examples=100 --set max_test_examples=200 \
-  | tee "$root/last-run.log" | sed -n '/^registered:/,$p'
+  | tee "$root/last-run.log" | sed -n '/^ *registered:/,$p'
 echo "result JSON: $root/last-run.json   full log: $root/last-run.log   pipeline runs (outputs, cache): $root/pipelines"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,9 @@ def test_dags_load_with_conventions(airflow_home):
         assert tags <= set(dag.tags) and dag.owner == "ml-platform" and "###" in dag.doc_md
         assert dag.catchup is False and dag.max_active_runs == 1
         for t in dag.tasks:
-            assert t.owner == "ml-platform" and t.retries >= 1 and t.retry_delay.total_seconds() >= 60, t.task_id
+            assert t.owner == "ml-platform" and t.retry_delay.total_seconds() >= 60, t.task_id
+            # The summary only reads XComs: it alone runs once.
+            assert t.retries == 0 if t.task_id == "summarize" else t.retries >= 1, t.task_id
     retraining = dags["softprompt_retraining"]
     assert retraining.task_dict["summarize"].trigger_rule == "all_done"
     assert retraining.task_dict["retrain"].execution_timeout is not None
@@ -214,14 +217,20 @@ def test_dags_load_with_conventions(airflow_home):
 
 
 def run_dag(dag_id: str, conf: dict | None = None) -> tuple[str, dict, dict]:
-    """dag.test(): (run state, {task_id or task_id[map_index]: state}, {task_id: return value})."""
+    """dag.test(): (run state, {task_id or task_id[map_index]: state}, {task_id: return value}).
+    Retries stay on, one second apart (dag.test() waits out retry delays); the state of a task
+    that ran more than once gets its number of tries appended ("failed/3")."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    dr = load_dags()[dag_id].test(run_conf=conf or {})
+    dag = load_dags()[dag_id]
+    for t in dag.tasks:
+        t.retry_delay, t.retry_exponential_backoff = timedelta(seconds=1), False
+    dr = dag.test(run_conf=conf or {})
     states = {}
     for ti in dr.get_task_instances():
-        states[ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"] = str(ti.state)
+        tries = f"/{ti.try_number}" if ti.try_number > 1 else ""
+        states[ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"] = str(ti.state) + tries
     with create_session() as session:
         rows = session.scalars(XComModel.get_many(run_id=dr.run_id, key="return_value", dag_ids=dag_id)).all()
         values = {row.task_id if row.map_index < 0 else f"{row.task_id}[{row.map_index}]": XComModel.deserialize_value(row)
@@ -300,7 +309,7 @@ def test_retraining_dag_trains_only_what_changed(configured, stand_in_pipeline):
     state, states, values = run_dag("softprompt_retraining")
     assert calls == [] and state == "success"
     assert not any(k.startswith("retrain[") for k in states) and states["retrain"] == "skipped"
-    assert values["summarize"] == {"unchanged": ["alpha", "gamma"], "retrained": [], "failed": []}
+    assert values["summarize"] == {"planned": True, "unchanged": ["alpha", "gamma"], "retrained": [], "failed": []}
 
     # 3. One data file changes: only that task is retrained, and its new version records the new data.
     append_row(cat["data_dir"], "gamma", {"sentence": "a superb film", "label": 1, "idx": 500})
@@ -320,10 +329,10 @@ def test_retraining_dag_trains_only_what_changed(configured, stand_in_pipeline):
 
     # 5. A bad pipeline parameter, or an unknown task, fails the run at once (no retry) before anything is launched.
     calls.clear()
-    state, states, _ = run_dag("softprompt_retraining", {"pipeline_params": {"max_step": 3}})
-    assert state == "failed" and states["resolve_settings"] == "failed" and calls == []
-    state, states, _ = run_dag("softprompt_retraining", {"tasks": ["delta"]})
-    assert state == "failed" and states["plan"] == "failed" and calls == []
+    for conf, failing in (({"pipeline_params": {"max_step": 3}}, "resolve_settings"), ({"tasks": ["delta"]}, "plan")):
+        state, states, values = run_dag("softprompt_retraining", conf)
+        assert state == "failed" and states[failing] == "failed" and states["verdict"] == "failed" and calls == []
+        assert values["summarize"]["planned"] is False
 
 
 def test_retraining_dag_reports_pipeline_failures_from_kubeflow(configured, monkeypatch):
@@ -343,8 +352,8 @@ def test_retraining_dag_reports_pipeline_failures_from_kubeflow(configured, monk
         def __init__(self, host=None):
             assert host == "http://kfp.test:8888"
 
-        def create_run_from_pipeline_func(self, pipeline, arguments, run_name=None, experiment_name=None):
-            submitted.update(arguments=arguments, run_name=run_name, experiment=experiment_name)
+        def create_run_from_pipeline_func(self, pipeline, arguments, run_name=None, experiment_name=None, **kwargs):
+            submitted.update(pipeline=pipeline.name, arguments=arguments, run_name=run_name, experiment=experiment_name)
             return type("Run", (), {"run_id": "run-42"})()
 
         def wait_for_run_completion(self, run_id, timeout):
@@ -359,7 +368,7 @@ def test_retraining_dag_reports_pipeline_failures_from_kubeflow(configured, monk
     state, states, values = run_dag("softprompt_retraining")
     assert state == "failed" and states["retrain[0]"] == "failed"
     assert values["summarize"]["failed"][0]["error"] == "task alpha: Kubeflow run run-42 ended FAILED; failed step(s): 'train prompt'"
-    assert submitted["experiment"] == "softprompt_retraining" and submitted["run_name"].startswith("softprompt_retraining-alpha-")
+    assert submitted["pipeline"] == "softprompt-prompt-tuning" and submitted["experiment"] == "softprompt_retraining" and submitted["run_name"].startswith("softprompt_retraining-alpha-")
     assert submitted["arguments"]["registry_uri"] == str(cat["registry"])
     assert submitted["arguments"]["data_version"].endswith(".dir") and submitted["arguments"]["base_model"] == "tiny-base"
 
@@ -415,5 +424,5 @@ def test_retraining_dag_runs_the_real_pipeline(configured, tiny_causal_dir, monk
     (cat["tasks_dir"] / "broken.yaml").unlink()
     state, states, values = run_dag("softprompt_retraining")
     assert state == "success" and states["retrain"] == "skipped"
-    assert values["summarize"] == {"unchanged": ["toy"], "retrained": [], "failed": []}
+    assert values["summarize"] == {"planned": True, "unchanged": ["toy"], "retrained": [], "failed": []}
     assert [m.version for m in open_registry(cat["registry"]).list_versions("toy")] == [1]
