@@ -32,7 +32,7 @@ from bench.common import (
 from bench.train_vs_peft import Trainers
 from softprompt.model import Batch
 from softprompt.prompt import load_prompt, random_uniform, save_prompt
-from softprompt.serve import mixed_label_scores
+from softprompt.scoring import mixed_label_scores
 
 TARGET_EXTRA = 0.01
 

@@ -1,7 +1,7 @@
 """Mixed-task batches vs per-task batches, as the service scores them.
 
 R requests arrive round-robin over K tasks (real test inputs of each task, its own prompt and
-label words). Mixed: softprompt.serve.mixed_label_scores scores all R rows in one forward with
+label words). Mixed: softprompt.scoring.mixed_label_scores scores all R rows in one forward with
 per-example prompts [R, P, E] over the union of the label words. Per task: scoring.label_scores
 once per task with its [P, E] prompt. Both must give every row the same scores.
 
@@ -28,8 +28,7 @@ from bench.common import (
     task_examples,
 )
 from softprompt.prompt import random_uniform
-from softprompt.scoring import encode_examples, label_scores
-from softprompt.serve import mixed_label_scores
+from softprompt.scoring import encode_examples, label_scores, mixed_label_scores
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -103,13 +103,20 @@ def _score(result: dict) -> float:
     return result["test"]["score"] if "test" in result else result["dev"]["score"]
 
 
+def _budget(base: TrainConfig) -> str:
+    """A run's training budget as the notes state it (a wall-clock bound makes the steps vary)."""
+    minutes = f" or {base.max_minutes:g} min (whichever comes first)" if base.max_minutes else ""
+    return f"at most {base.max_steps} steps{minutes} of batch {base.batch_size} per run"
+
+
 def _prompt_score(lm: FrozenLM, base: TrainConfig, td: TaskData, run_dir: Path) -> dict:
-    """Prompt tuning on one task: train (or resume) and report its metrics on the report split."""
+    """Prompt tuning on one task: train (or resume) and report its metrics on the report split,
+    with the steps the run took."""
     result = train(td.config(base), run_dir, lm=lm, spec=td.spec, progress=False)
     if "test" in result:
-        return result["test"] | {"split": "test"}
+        return result["test"] | {"split": "test", "steps": result["steps"]}
     best = prompt_lib.load_prompt(run_dir / "prompt.safetensors").to(lm.device)
-    return _evaluate_on(lm, best, base, td)
+    return _evaluate_on(lm, best, base, td) | {"steps": result["steps"]}
 
 
 def _evaluate_on(lm: FrozenLM, prompt, base: TrainConfig, td: TaskData) -> dict:
@@ -179,9 +186,10 @@ def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = 
     for path in prompt_files:
         names.append(str(path))
         prompts.append(prompt_lib.load_prompt(path))
+    steps = []
     for seed in seeds if not prompt_files else ():
         run = out / "runs" / f"{td.spec.name}-seed{seed}"
-        train(td.config(base, seed=seed), run, lm=lm, spec=td.spec, progress=False)
+        steps.append(train(td.config(base, seed=seed), run, lm=lm, spec=td.spec, progress=False)["steps"])
         names.append(str(run.relative_to(out)))
         prompts.append(prompt_lib.load_prompt(run / "prompt.safetensors"))
     if len(prompts) < 2:
@@ -194,8 +202,10 @@ def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = 
              [f"ensemble (majority vote of {len(prompts)})", res["ensemble"]["score"]]]
     notes = [f"task {td.spec.name}, model {lm.name}, {td.split} split, {len(td.report)} examples",
              f"ties: {res['ties']}, broken by {res['tie_break']}"]
+    if steps:
+        notes.append(f"{_budget(base)}; steps run: {steps}")
     payload = {k: v for k, v in res.items() if k != "predictions"} | {"task": td.spec.name, "model": lm.name, "prompts": names,
-                                                                     "split": td.split, "n": len(td.report)}
+                                                                     "split": td.split, "n": len(td.report), "steps": steps}
     write_results(out, "ensemble", f"Prompt ensemble: {td.spec.name}", ["prompt", metric], rows, payload, command, notes)
     return payload
 
@@ -219,13 +229,12 @@ def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequ
             prompt_lib.PromptConfig(length=base.prompt.length, init=v)  # validates the names before any training
     lm = lm or load_frozen_lm(base.model, device=base.device, dtype=base.dtype)
     key = "length" if axis == "length" else "init"
-    per_value = {}
+    per_value, steps = {}, {}
     for v in values:
-        scores = []
-        for seed in seeds:
-            run = out / "runs" / f"{axis}-{v}-seed{seed}"
-            scores.append(_prompt_score(lm, variant(base, prompt={key: v}), td, run)["score"])
-        per_value[str(v)] = scores
+        results = [_prompt_score(lm, variant(base, prompt={key: v}, seed=seed), td, out / "runs" / f"{axis}-{v}-seed{seed}")
+                   for seed in seeds]
+        per_value[str(v)] = [r["score"] for r in results]
+        steps[str(v)] = [r["steps"] for r in results]
     rows, mean, spread = [], [], []
     for v in values:
         m, s = _mean_spread(per_value[str(v)])
@@ -237,9 +246,9 @@ def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequ
     _plot(out / f"ablation_{axis}.png", title, f"prompt {axis}", f"{td.spec.metric} ({td.split})",
           {td.spec.name: (values, mean, spread)}, logx=axis == "length", categorical=axis == "init")
     notes = [f"{td.split} split, {len(td.report)} examples; {len(seeds)} seeds {list(seeds)}; spread = sample standard deviation",
-             f"{base.max_steps} steps of batch {base.batch_size}, lr {base.lr}, {base.optimizer}"]
+             f"{_budget(base)}, lr {base.lr}, {base.optimizer}; steps run per value and seed: {steps}"]
     payload = {"axis": axis, "task": td.spec.name, "model": lm.name, "fixed": fixed, "seeds": list(seeds), "scores": per_value,
-               "split": td.split, "n": len(td.report)}
+               "steps": steps, "split": td.split, "n": len(td.report)}
     write_results(out, f"ablation_{axis}", title, [axis, "mean", "std", "seeds", "per seed"], rows, payload, command, notes)
     return payload
 
@@ -270,8 +279,8 @@ def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], 
             results[td.spec.name]["multi-task model tuning"] = multi["tasks"][td.spec.name] | {"params": multi["trainable_parameters"]}
     rows = [[task, method, m["score"], m["accuracy"], m["params"]] for task, methods in results.items() for method, m in methods.items()]
     notes = [f"model {lm.name}; report split per task: " + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds),
-             f"prompt tuning: P={base.prompt.length}, init {base.prompt.init}, {base.max_steps} steps of batch {base.batch_size}",
-             f"model tuning: same steps and batch, {model_tuning_config(base, ['x'], **mt_overrides).optimizer} "
+             f"prompt tuning: P={base.prompt.length}, init {base.prompt.init}, {_budget(base)}",
+             f"model tuning: same budget, {model_tuning_config(base, ['x'], **mt_overrides).optimizer} "
              f"lr {model_tuning_config(base, ['x'], **mt_overrides).lr}; all weights trained",
              "score = the task's primary metric; params = trained parameters"]
     payload = {"model": lm.name, "results": results}
@@ -313,7 +322,7 @@ def run_domain_shift(base: TrainConfig, out_dir: str | Path, pairs: Sequence[tup
             rows.append([f"{src.spec.name} -> {tgt.spec.name}", method.replace("_", " "), own["score"], shifted["accuracy"],
                          shifted.get("f1", float("nan"))])
     notes = [f"model {lm.name}; target report splits: " + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds.values()),
-             f"{base.max_steps} steps of batch {base.batch_size} for both methods; prompt P={base.prompt.length}, init {base.prompt.init}"]
+             f"{_budget(base)} for both methods; prompt P={base.prompt.length}, init {base.prompt.init}"]
     write_results(out, "domain_shift", "Zero-shot domain shift", ["train -> eval", "method", "in-domain score", "target accuracy", "target F1"],
                   rows, {"model": lm.name, "results": records}, command, notes)
     return {"model": lm.name, "results": records}
@@ -343,7 +352,7 @@ def run_scale(base: TrainConfig, out_dir: str | Path, models: Sequence[str], mt_
     _plot(out / "scale.png", f"Scale: {td.spec.name}", "model parameters", f"{td.spec.metric} ({td.split})",
           {"prompt tuning": (x, [r["prompt_tuning"] for r in records], [0] * len(x)),
            "model tuning": (x, [r["model_tuning"] for r in records], [0] * len(x))}, logx=True)
-    notes = [f"task {td.spec.name}, {td.split} split ({len(td.report)}); {base.max_steps} steps of batch {base.batch_size} per method",
+    notes = [f"task {td.spec.name}, {td.split} split ({len(td.report)}); {_budget(base)} and method",
              "gap = model tuning - prompt tuning"]
     write_results(out, "scale", f"Prompt tuning vs model tuning across model sizes: {td.spec.name}",
                   ["model", "parameters", "prompt tuning", "model tuning", "gap"], rows, {"task": td.spec.name, "results": records},

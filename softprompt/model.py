@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,6 +86,22 @@ class FrozenLM(nn.Module):
         # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
         # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.lm_adapt).
         self.target_prefix = ""
+        # transformers 5.24 renamed `past_key_values` (argument and output field) to `cache`.
+        params = inspect.signature(model.base_model.forward).parameters
+        self._cache_name = "cache" if "cache" in params else "past_key_values"
+        # One prompt for the whole batch: run [lead; P] once and share its KV cache (saves P
+        # positions per row). It pays where FLOPs bound the step (CPU). On an H200 the step is
+        # launch-bound (bench/results/gpu_h200: time flat from B=8 to B=64) and the extra decoder
+        # pass made it 2x PEFT's, so None means: share on CPU only.
+        self.share_prompt_prefix: bool | None = None
+
+    def _decoder(self, cache=None, **kwargs):
+        """The decoder stack (no LM head); `cache` under whichever name this transformers uses.
+        Returns (last_hidden_state, cache)."""
+        if cache is not None:
+            kwargs[self._cache_name] = cache
+        out = self.model.base_model(**kwargs)
+        return out.last_hidden_state, getattr(out, self._cache_name, None)
 
     @property
     def device(self) -> torch.device:
@@ -114,7 +131,7 @@ class FrozenLM(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] -> embeddings [..., E], through the model's own embedding module (with any scaling)."""
-        return self.embedding(ids)
+        return self.embedding(ids.to(self.device))
 
     def common_token_ids(self, k: int = 5000) -> list[int]:
         """The k "most common" token ids, for sampled-vocab init.
@@ -151,8 +168,8 @@ class FrozenLM(nn.Module):
         """Runs `[lead; P; row]` for each row (right-padded).
 
         Returns (hidden [B, T, H] at the rows' own positions, last [B, H] the hidden state of each
-        row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None). When one [P, E] prompt serves the whole batch,
-        `[lead; P]` is the same causal prefix for every row: it runs once and its key/value cache
+        row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None). When one [P, E] prompt serves the whole batch
+        (and `share_prompt_prefix` allows: by default on CPU), `[lead; P]` is the same causal prefix for every row: it runs once and its key/value cache
         is shared (repeated B times), which saves P of every row's lead + P + T positions (exact;
         gradients still reach the prompt through the cache).
         """
@@ -164,20 +181,20 @@ class FrozenLM(nn.Module):
         prefix_len = lead.shape[0] + prompts.shape[-2]
         lengths = tok_len + prefix_len
         mask = _mask(lengths, prefix_len + tok.shape[1])
-        if prompts.dim() == 2 and prefix_len > 0:
+        share = self.share_prompt_prefix if self.share_prompt_prefix is not None else self.device.type == "cpu"
+        if prompts.dim() == 2 and prefix_len > 0 and share:
             prefix = torch.cat([lead, prompts])[None]  # [1, l + P, E]
-            cache = self.model.base_model(inputs_embeds=prefix, use_cache=True).cache
+            _, cache = self._decoder(inputs_embeds=prefix, use_cache=True)
             cache.batch_repeat_interleave(B)
             positions = (prefix_len + torch.arange(tok.shape[1], device=self.device))[None].expand(B, -1)
-            out = self.model.base_model(inputs_embeds=tok, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-            hidden = out.last_hidden_state
+            hidden, cache = self._decoder(inputs_embeds=tok, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         else:
             prompts = self.expand_prompts(prompts, B)
             embeds = torch.cat([lead[None].expand(B, -1, -1), prompts, tok], dim=1)
-            out = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=use_cache)
-            hidden = out.last_hidden_state[:, prefix_len:]
+            hidden, cache = self._decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=use_cache)
+            hidden = hidden[:, prefix_len:]
         last = hidden[torch.arange(B, device=self.device), tok_len - 1]
-        return hidden, last, mask, lengths, (out.cache if use_cache else None)
+        return hidden, last, mask, lengths, (cache if use_cache else None)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on selected hidden states [N, H] -> log-probs [N, V] (with Gemma's soft-capping)."""
@@ -269,9 +286,7 @@ class FrozenLM(nn.Module):
             feed = choice_ids[:, :-1].repeat(B, 1)  # [B*L, M-1]
             pos = lengths.repeat_interleave(L)[:, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
             full_mask = torch.cat([mask.repeat_interleave(L, 0), torch.ones_like(feed)], dim=1)
-            hidden = self.model.base_model(
-                input_ids=feed, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True
-            ).last_hidden_state  # [B*L, M-1, H]
+            hidden, _ = self._decoder(input_ids=feed, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)  # [B*L, M-1, H]
             nxt = choice_ids[:, 1:].repeat(B, 1)  # [B*L, M-1]
             valid = (torch.arange(1, choice_ids.shape[1], device=self.device)[None, :] < choice_len[:, None]).repeat(B, 1)
             lp = self._head(hidden[valid])  # [N, V]
@@ -307,10 +322,10 @@ class FrozenLM(nn.Module):
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=self.device)], dim=1)
-                hidden = self.model.base_model(
-                    input_ids=nxt[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None],
-                    cache=cache, use_cache=True,
-                ).last_hidden_state[:, -1]
+                hidden, cache = self._decoder(
+                    input_ids=nxt[:, None], attention_mask=mask, position_ids=(lengths + step)[:, None], cache=cache, use_cache=True,
+                )
+                hidden = hidden[:, -1]
                 nxt = self._head(hidden).argmax(-1)
         return [s[: s.index(self.eos_id)] if self.eos_id in s else s for s in seqs]
 

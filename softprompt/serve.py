@@ -3,7 +3,7 @@
 The paper's economic argument made concrete: the base model is loaded once; each served task costs
 only its [P, E] prompt. Requests of any task go into one queue; a micro-batcher drains it for up to
 `max_wait_ms` or `max_batch_size` rows and scores the whole batch in one forward with per-example
-prompts [B, P, E] (`mixed_label_scores`). An ensemble task contributes N rows per request, one per
+prompts [B, P, E] (`softprompt.scoring.mixed_label_scores`). An ensemble task contributes N rows per request, one per
 prompt, and its answer is the majority vote (`softprompt.ensemble.majority_vote`).
 
 Prompts come from the registry by task and alias (or the N newest / N pinned versions for an
@@ -28,7 +28,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from softprompt.ensemble import majority_vote
 from softprompt.model import DEFAULT_MODEL, FrozenLM
-from softprompt.scoring import label_scores
+from softprompt.scoring import mixed_label_scores
 from softprompt.tasks import TaskDataError, TaskSpec, render_input
 
 log = logging.getLogger(__name__)
@@ -103,33 +102,6 @@ class ServeConfig:
             raise ValueError("ServeConfig.max_wait_ms and poll_seconds must be >= 0")
         if self.token is not None and not self.token:
             raise ValueError("ServeConfig.token is empty; use None for an open service")
-
-
-# ------------------------------------------------------------------ scoring
-def mixed_label_scores(
-    lm: FrozenLM, prompts: Sequence[torch.Tensor], inputs: Sequence[Sequence[int]], label_words: Sequence[Sequence[str]]
-) -> list[torch.Tensor]:
-    """Scores rows of any tasks together: row i is input i after its own prompt i [P_i, E],
-    ranked over its own label words. Returns one [L_i] tensor of summed log-likelihoods per row.
-
-    Rows sharing a prompt length go through one forward with per-example prompts [B, P, E]. They
-    are scored against the union of their label words and each row keeps its own columns: a
-    label's score depends only on its row's prefix and the label's tokens, so this is exact, and
-    the expensive prefix pass is shared by all tasks; the extra cost is the short label pass over
-    the other tasks' label words (one to a few tokens each, read from the prefix's KV cache).
-    """
-    out: list[torch.Tensor | None] = [None] * len(inputs)
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(p.shape[0], []).append(i)
-    for idx in by_length.values():
-        union = list(dict.fromkeys(w for i in idx for w in label_words[i]))
-        column = {w: j for j, w in enumerate(union)}
-        stacked = torch.stack([prompts[i] for i in idx])  # [B, P, E]
-        scores = label_scores(lm, stacked, [inputs[i] for i in idx], union, batch_size=len(idx))  # [B, U]
-        for row, i in enumerate(idx):
-            out[i] = scores[row, [column[w] for w in label_words[i]]]
-    return out  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ served tasks

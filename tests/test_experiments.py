@@ -38,6 +38,10 @@ def test_length_ablation_writes_table_json_and_plot(tiny_causal_dir, toy_task, t
     shapes = sorted(json.loads((out / "runs" / f"length-{p}-seed{s}" / "config.json").read_text())["prompt"]["length"]
                     for p in (2, 6) for s in (0, 1))
     assert shapes == [2, 2, 6, 6]
+    # Each seed is its own run: seeded data order and init, not a replicate of seed 0.
+    assert all(json.loads((out / "runs" / f"length-{p}-seed{s}" / "config.json").read_text())["seed"] == s
+               for p in (2, 6) for s in (0, 1))
+    assert all(steps == [2, 2] for steps in payload["steps"].values())
 
 
 def test_init_ablation_and_its_errors(tiny_t5_dir, toy_task, tmp_path):

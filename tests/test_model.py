@@ -42,6 +42,24 @@ def test_shared_prompt_equals_per_example_prompts(lm):
     assert torch.allclose(shared, per_example, atol=1e-5)
 
 
+def test_prefix_sharing_is_a_switch_with_equal_results(tiny_causal, monkeypatch):
+    """On CPU the [lead; P] prefix runs as its own decoder pass by default; switched off, the
+    prompt goes through with the rows in one pass (the GPU default) and the scores agree."""
+    lm = tiny_causal
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    calls = []
+    decoder = lm._decoder
+    monkeypatch.setattr(lm, "_decoder", lambda *a, **k: calls.append(1) or decoder(*a, **k))
+    shared = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    shared_calls = len(calls)
+    calls.clear()
+    monkeypatch.setattr(lm, "share_prompt_prefix", False)
+    single = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    assert shared_calls == len(calls) + 1
+    assert torch.allclose(shared, single, atol=1e-5)
+
+
 def test_cached_rank_scores_equal_full_sequence_likelihood(lm):
     """Scoring from the cache (one input pass, short label passes) equals scoring each label alone."""
     prompt = torch.randn(3, lm.dim) * 0.1

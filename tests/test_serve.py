@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from softprompt.ensemble import ensemble_scores, majority_vote
 from softprompt.registry import open_registry
-from softprompt.scoring import label_scores
-from softprompt.serve import ServeConfig, ServerThread, TaskServing, create_app, mixed_label_scores
+from softprompt.scoring import label_scores, mixed_label_scores
+from softprompt.serve import ServeConfig, ServerThread, TaskServing, create_app
 
 TOKEN = "test-token-1234"
 MAX_TOKENS = 64  # the service's max_input_tokens: longer inputs keep their last 64 tokens, as in training
