@@ -1,9 +1,11 @@
 """Peak memory of serving K tasks with one model, and of a training step (softprompt vs PEFT).
 
-Serving K tasks: K prompts are read from safetensors files (as pulled from the registry) and R
-requests spread over the K tasks are scored in one mixed batch (softprompt.serve's
-mixed_label_scores). The cost of serving K tasks is the process's peak RSS (CPU; GPU: allocated
-bytes) while doing so, model included; the target compares K=100 with K=1.
+Serving K tasks: a fresh process loads the model, then K prompts from safetensors files (as
+pulled from the registry), keeps them resident and scores R requests spread over the K tasks in
+one mixed batch (softprompt.scoring.mixed_label_scores). The cost of serving K tasks is that
+process's peak RSS (CPU; GPU: allocated bytes) from after the model loaded to the end, plus the
+model; the target compares K=100 with K=1. One process per measurement, because in a long-lived
+process the heap left by earlier measurements moved the peak by several percent either way.
 Training: the peak above the steady state during one step of each implementation (the same
 setup as bench.train_vs_peft).
 
@@ -12,6 +14,10 @@ setup as bench.train_vs_peft).
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.common import (
+    REPO,
     Report,
     base_parser,
     check_args,
@@ -46,8 +53,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--input-tokens", type=int, default=128, help="training input length")
     p.add_argument("--label-words", default="negative,positive")
     p.add_argument("--skip-training", action="store_true", help="serving only (no PEFT needed)")
+    p.add_argument("--serve-once", default=None, metavar="K:DIR", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = p.parse_args(argv)
     check_args(args)
+    if args.serve_once:
+        k, prompt_dir = args.serve_once.split(":", 1)
+        return serve_once(args, int(k), Path(prompt_dir))
     if args.quick:
         args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     ks = parse_ints(args.tasks_resident, "--tasks-resident")
@@ -60,21 +71,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         gen = torch.Generator().manual_seed(args.seed)
-        files = [Path(tmp) / f"task{k}.safetensors" for k in range(max(ks))]
-        for f in files:
-            save_prompt(random_uniform(args.prompt_length, lm.dim, gen), f)
-        inputs, _ = fixed_batch(lm, args.requests, args.serve_input_tokens, words, args.seed)
-
-        def serve(k: int) -> None:
-            prompts = [load_prompt(f).to(lm.device) for f in files[:k]]  # resident for the service's life
-            mixed_label_scores(lm, [prompts[i % k] for i in range(len(inputs))], inputs, [words] * len(inputs))
-
-        for _ in range(args.warmup):
-            serve(ks[0])
+        for k in range(max(ks)):
+            save_prompt(random_uniform(args.prompt_length, lm.dim, gen), Path(tmp) / f"task{k}.safetensors")
+        child = [sys.executable, "-m", "bench.memory", *(argv if argv is not None else sys.argv[1:])]
         serving = {k: [] for k in ks}
         for r in range(args.reps):
             for k in ks[r % len(ks):] + ks[: r % len(ks)]:
-                serving[k].append(peak_memory(lambda k=k: serve(k), lm.device))
+                out = subprocess.run([*child, "--serve-once", f"{k}:{tmp}"], capture_output=True, text=True, check=True, cwd=REPO).stdout
+                serving[k].append(json.loads(out.strip().splitlines()[-1]))
     base_k = min(ks)
     rows = []
     results["serving"] = {}
@@ -111,10 +115,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["training"]["peft_over_ours_delta"] = ratio
         report.note(f"Training: PEFT's step needs {ratio:.2f}x softprompt's extra memory (full-vocabulary logits at every position).")
     report.results = results
-    report.note("CPU memory is the process RSS: freed heap is returned (malloc_trim) and the kernel's high-water mark reset "
+    report.note("Serving: one fresh process per measurement (K and repetition interleaved). "
+                "CPU memory is the process RSS: freed heap is returned (malloc_trim) and the kernel's high-water mark reset "
                 "(/proc/self/clear_refs) before each measurement; `peak above start` is what the measured work added.")
     report.write(lm.device)
     return report.results
+
+
+def serve_once(args: argparse.Namespace, k: int, prompt_dir: Path) -> dict:
+    """In a fresh process: load the model, then measure loading K prompts (kept resident) and
+    scoring one mixed batch of R requests over them. Prints the measurement as JSON."""
+    lm = load_lm(args)
+    words = args.label_words.split(",")
+    inputs, _ = fixed_batch(lm, args.requests, args.serve_input_tokens, words, args.seed)
+    resident: list = []
+
+    def serve() -> None:
+        resident.extend(load_prompt(prompt_dir / f"task{i}.safetensors").to(lm.device) for i in range(k))
+        mixed_label_scores(lm, [resident[i % k] for i in range(len(inputs))], inputs, [words] * len(inputs))
+
+    measured = peak_memory(serve, lm.device)
+    print(json.dumps(measured))
+    return measured
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report.target(f"rank classification, L up to {max(counts)}", f"<= {TARGET_RATIO}x one forward", worst, worst <= TARGET_RATIO, "x")
     report.results = {"cases": results, "labels": {L: WORDS[:L] for L in counts}}
     report.note("Label tokens count each word's tokens plus EOS (what training scores). All but the last token of every label "
-                "are fed after the input, reading its KV cache, which is repeated once per label (peak extra MiB).")
+                "are packed into one continuation per input that reads the input's KV cache once (a 4-D mask keeps the labels "
+                "apart); models with a sliding window shorter than that repeat the cache once per label instead.")
     report.write(lm.device)
     return report.results
 

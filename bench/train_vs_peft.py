@@ -64,17 +64,24 @@ class Trainers:
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
         self.lm = lm
-        config = TrainConfig(prompt=PromptConfig(length=prompt_length))
-        init = random_uniform(prompt_length, lm.dim, torch.Generator().manual_seed(seed))
-        self.prompt = torch.nn.Parameter(init.clone().to(lm.device))
-        self.ours_opt = make_optimizer(config, [self.prompt])
+        self.config = TrainConfig(prompt=PromptConfig(length=prompt_length))
+        self.init = random_uniform(prompt_length, lm.dim, torch.Generator().manual_seed(seed))
+        self.prompt = torch.nn.Parameter(self.init.clone().to(lm.device))
         self.peft_model = get_peft_model(
             lm.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt_length)
         )
+        self.reset()
+
+    def reset(self) -> None:
+        """Both prompts back to the same initial values, fresh optimizers: each shape starts equal,
+        so its first-step losses must agree (Adafactor's normalized steps soon make the two
+        trajectories drift apart through rounding alone)."""
         table = self.peft_model.prompt_encoder["default"].embedding.weight
         with torch.no_grad():
-            table.copy_(init.to(table.dtype))
-        self.peft_opt = make_optimizer(config, [table])
+            self.prompt.copy_(self.init.to(self.prompt.device))
+            table.copy_(self.init.to(table.dtype))
+        self.ours_opt = make_optimizer(self.config, [self.prompt])
+        self.peft_opt = make_optimizer(self.config, [table])
 
     def ours(self, batch: Batch) -> float:
         self.ours_opt.zero_grad(set_to_none=True)
@@ -104,6 +111,7 @@ def task_batches(lm: FrozenLM, task: str, data_dir: str | None, batch: int, coun
 
 def measure_shape(lm: FrozenLM, trainers: Trainers, batches: Sequence[Batch], args, shape: ModelShape) -> dict:
     """Interleaved rounds of: our step, PEFT's step, the matmul peak. Round r uses batches[r]."""
+    trainers.reset()
     ours_iter, peft_iter = itertools.cycle(batches), itertools.cycle(batches)
     first: dict[str, float] = {}
     peaks: list[float] = []

@@ -41,12 +41,12 @@ TARGET_UTILIZATION = 0.75
 
 def scoring_flops(shape: ModelShape, lm: FrozenLM, batch: int, width: int, choices: Sequence[Sequence[int]]) -> int:
     """score_choices: a forward over `width` positions with the head on the last one, then every
-    choice's tokens but the last fed from the cache (head on each)."""
+    choice's tokens but the last packed into one continuation per input that reads the cache
+    (head on each)."""
     total = shape.forward(batch, width, head_rows=batch)["total"]
-    feed = max(map(len, choices)) - 1
+    feed = sum(len(c) - 1 for c in choices)
     if feed:
-        rows = batch * sum(len(c) - 1 for c in choices)
-        total += shape.forward(batch * len(choices), feed, head_rows=rows, keys=width + feed)["total"]
+        total += shape.forward(batch, feed, head_rows=batch * feed, keys=width + feed)["total"]
     return total
 
 

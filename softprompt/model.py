@@ -260,8 +260,9 @@ class FrozenLM(nn.Module):
         """Rank classification: summed log-likelihood of each choice (label) given each input.
 
         The input is encoded once; every choice is then scored from that cache (decoder-only:
-        the key/value cache of `[lead; P; X]`; encoder-decoder: the encoder output), so L labels
-        cost one forward plus L short label passes. Returns [B, L].
+        the key/value cache of `[lead; P; X]`, read once by all labels' later tokens packed into one
+        short continuation; encoder-decoder: the encoder output), so L labels cost one forward
+        plus one short pass. Returns [B, L].
         """
         B, L = len(inputs), len(choices)
         if self.is_encoder_decoder:
@@ -278,22 +279,55 @@ class FrozenLM(nn.Module):
         self.expand_prompts(prompts, B)  # shape check
         _, last, mask, lengths, cache = self._run_decoder(prompts, inputs, use_cache=True)
         first_lp = self._head(last)  # [B, V]: predicts each choice's first token
+        scores = first_lp[:, [ids[0] for ids in choices]]  # [B, L]
+        feed = [(label, j) for label, ids in enumerate(choices) for j in range(len(ids) - 1)]
+        if not feed:
+            return scores
+        window = getattr(self.model.config, "sliding_window", None)
+        if window is not None and mask.shape[1] + len(feed) > window:
+            return scores + self._repeated_choice_scores(cache, mask, lengths, choices)
+        return scores + self._packed_choice_scores(cache, mask, lengths, choices, feed)
+
+    def _packed_choice_scores(self, cache, mask, lengths, choices, feed) -> torch.Tensor:
+        """Log-likelihood of every choice's tokens after its first, all choices packed into one
+        continuation of F = sum(len - 1) tokens per row, reading the prefix's cache once.
+
+        A 4-D mask [B, 1, F, K + F] lets each choice's tokens see the row's real prefix tokens and
+        their own choice's earlier tokens only, and positions restart after the prefix for each
+        choice, so every choice is scored exactly as if it alone followed the input. Returns [B, L].
+        """
+        B, K = mask.shape
+        dev = self.device
+        owner = torch.tensor([label for label, _ in feed], device=dev)  # [F]
+        offset = torch.tensor([j for _, j in feed], device=dev)  # [F]
+        ids = torch.tensor([choices[label][j] for label, j in feed], device=dev)  # [F]
+        nxt = torch.tensor([choices[label][j + 1] for label, j in feed], device=dev)  # [F]
+        F = len(feed)
+        own = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [F, F]: query sees key
+        allowed = torch.cat([mask.bool()[:, None, :].expand(B, F, K), own[None].expand(B, F, F)], dim=2)  # [B, F, K + F]
+        dtype = self.embedding.weight.dtype
+        mask4 = torch.zeros(B, 1, F, K + F, dtype=dtype, device=dev).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+        hidden, _ = self._decoder(
+            input_ids=ids[None].expand(B, F), attention_mask=mask4, position_ids=lengths[:, None] + offset[None], cache=cache,
+            use_cache=True,
+        )  # [B, F, H]
+        tok_lp = self._head(hidden.reshape(B * F, -1)).gather(1, nxt.repeat(B)[:, None]).view(B, F)
+        return torch.zeros(B, len(choices), device=dev).index_add_(1, owner, tok_lp)
+
+    def _repeated_choice_scores(self, cache, mask, lengths, choices) -> torch.Tensor:
+        """As `_packed_choice_scores`, for models whose sliding-window attention a custom 4-D mask
+        would bypass: the prefix's cache is repeated once per choice instead. Returns [B, L]."""
+        B, L = mask.shape[0], len(choices)
         choice_ids, choice_len = _pad(choices, self.pad_id, self.device)  # [L, M]
-        scores = first_lp[:, choice_ids[:, 0]]  # [B, L]
-        if choice_ids.shape[1] > 1:
-            # Feed tokens 0..M-2 of every choice after each input, reading the cache of the prefix.
-            cache.batch_repeat_interleave(L)
-            feed = choice_ids[:, :-1].repeat(B, 1)  # [B*L, M-1]
-            pos = lengths.repeat_interleave(L)[:, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
-            full_mask = torch.cat([mask.repeat_interleave(L, 0), torch.ones_like(feed)], dim=1)
-            hidden, _ = self._decoder(input_ids=feed, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)  # [B*L, M-1, H]
-            nxt = choice_ids[:, 1:].repeat(B, 1)  # [B*L, M-1]
-            valid = (torch.arange(1, choice_ids.shape[1], device=self.device)[None, :] < choice_len[:, None]).repeat(B, 1)
-            lp = self._head(hidden[valid])  # [N, V]
-            tok_lp = lp.gather(1, nxt[valid][:, None]).squeeze(1)
-            rest = torch.zeros(B * L, device=self.device).index_add_(0, valid.nonzero()[:, 0], tok_lp)
-            scores = scores + rest.view(B, L)
-        return scores
+        cache.batch_repeat_interleave(L)
+        feed = choice_ids[:, :-1].repeat(B, 1)  # [B*L, M-1]
+        pos = lengths.repeat_interleave(L)[:, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
+        full_mask = torch.cat([mask.repeat_interleave(L, 0), torch.ones_like(feed)], dim=1)
+        hidden, _ = self._decoder(input_ids=feed, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)  # [B*L, M-1, H]
+        nxt = choice_ids[:, 1:].repeat(B, 1)  # [B*L, M-1]
+        valid = (torch.arange(1, choice_ids.shape[1], device=self.device)[None, :] < choice_len[:, None]).repeat(B, 1)
+        tok_lp = self._head(hidden[valid]).gather(1, nxt[valid][:, None]).squeeze(1)
+        return torch.zeros(B * L, device=self.device).index_add_(0, valid.nonzero()[:, 0], tok_lp).view(B, L)
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], max_new_tokens: int = 8) -> list[list[int]]:

@@ -60,6 +60,22 @@ def test_prefix_sharing_is_a_switch_with_equal_results(tiny_causal, monkeypatch)
     assert torch.allclose(shared, single, atol=1e-5)
 
 
+def test_packed_and_repeated_label_passes_agree(tiny_causal, monkeypatch):
+    """All labels' later tokens packed into one continuation (a 4-D mask) score as one pass per
+    label with the cache repeated does; models whose sliding window is shorter than prefix plus
+    continuation (which a custom 4-D mask would bypass) take the repeated pass."""
+    lm = tiny_causal
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = _inputs(lm, TEXTS)
+    choices = [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]]
+    packed = lm.score_choices(prompt, inputs, choices)
+    monkeypatch.setattr(lm, "_packed_choice_scores", lambda cache, mask, lengths, ch, feed: lm._repeated_choice_scores(cache, mask, lengths, ch))
+    assert torch.allclose(packed, lm.score_choices(prompt, inputs, choices), atol=1e-5)
+    monkeypatch.setattr(lm.model.config, "sliding_window", 8, raising=False)
+    monkeypatch.setattr(lm, "_packed_choice_scores", lambda *a: pytest.fail("packed pass used beyond the sliding window"))
+    assert lm.score_choices(prompt, inputs, choices).shape == (3, 3)
+
+
 def test_cached_rank_scores_equal_full_sequence_likelihood(lm):
     """Scoring from the cache (one input pass, short label passes) equals scoring each label alone."""
     prompt = torch.randn(3, lm.dim) * 0.1
