@@ -262,3 +262,10 @@ def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
     assert image == job["spec"]["template"]["spec"]["containers"][0]["image"]
     # The compiled pipelines' image, unless SOFTPROMPT_IMAGE overrides it at compile time.
     assert os.environ.get("SOFTPROMPT_IMAGE", image) == PROJECT_IMAGE
+
+
+def test_gpu_evidence_script_parses_and_refuses_a_bad_stage():
+    script = ROOT / "infra" / "gpu_evidence.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    bad = subprocess.run(["bash", str(script), "train"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
