@@ -45,11 +45,14 @@ def base_parser(description: str, reps: int = 5) -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Validates the shared options; --quick caps repetitions and warm-up."""
     for name in ("reps", "threads", "prompt_length"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
+    if args.quick:
+        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
 
 
 def load_lm(args: argparse.Namespace):

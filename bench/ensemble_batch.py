@@ -40,8 +40,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--label-words", default="negative,positive")
     args = p.parse_args(argv)
     check_args(args)
-    if args.quick:
-        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     sizes = parse_ints(args.ensembles, "--ensembles")
     words = args.label_words.split(",")
 

@@ -63,8 +63,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.serve_once:
         k, prompt_dir = args.serve_once.split(":", 1)
         return serve_once(args, int(k), Path(prompt_dir))
-    if args.quick:
-        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     ks = parse_ints(args.tasks_resident, "--tasks-resident")
     words = args.label_words.split(",")
 

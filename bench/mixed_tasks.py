@@ -39,8 +39,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
     check_args(args)
-    if args.quick:
-        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not names or args.per_task < 1:
         raise SystemExit("--tasks needs at least one task and --per-task must be >= 1")

@@ -45,8 +45,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--naive", action="store_true", help="also time one full forward per label")
     args = p.parse_args(argv)
     check_args(args)
-    if args.quick:
-        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     counts = parse_ints(args.labels, "--labels")
     if max(counts) > len(WORDS):
         raise SystemExit(f"--labels: at most {len(WORDS)} labels, got {max(counts)}")

@@ -158,8 +158,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--label-words", default="negative,positive", help="targets of the fixed shape")
     args = p.parse_args(argv)
     check_args(args)
-    if args.quick:
-        args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     args.mm_sizes = (256, 512) if args.quick else (1024, 1536, 2048)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     if not shapes or set(shapes) - {"fixed", "task"}:

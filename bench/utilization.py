@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = p.parse_args(argv)
     check_args(args)
     if args.quick:
-        args.reps, args.warmup, args.mm_sizes = min(args.reps, 2), min(args.warmup, 1), "128,256"
+        args.mm_sizes = "128,256"
     sizes = parse_ints(args.mm_sizes, "--mm-sizes")
     words = args.label_words.split(",")
 

@@ -32,8 +32,9 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 # ------------------------------------------------------------------ data version
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
+def _file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB chunks (md5: DVC's own hash; sha256: provenance)."""
+    digest = hashlib.new(algorithm)
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -49,7 +50,7 @@ def dataset_version(prepared_dir: str | Path) -> str:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory (run the prepare stage first)")
     entries = [
-        {"md5": _file_md5(path), "relpath": path.relative_to(root).as_posix()}
+        {"md5": _file_digest(path, "md5"), "relpath": path.relative_to(root).as_posix()}
         for path in root.rglob("*")
         if path.is_file()
     ]
@@ -73,14 +74,6 @@ def commits_with_version(version: str, repo_dir: str | Path = ".", lock_file: st
 # ------------------------------------------------------------------ ingest
 def _offline() -> bool:
     return any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in _OFFLINE_VARS)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _from_mirror(spec, mirror: Path, staging: Path) -> None:
@@ -155,7 +148,7 @@ def ingest(
             "source": source,
             **({"hub": origin} if origin else {}),
             "spec": f"{spec.name}.yaml",
-            "files": {p.relative_to(staging).as_posix(): _sha256(p) for p in files},
+            "files": {p.relative_to(staging).as_posix(): _file_digest(p, "sha256") for p in files},
         }
         (staging / "source.json").write_text(json.dumps(info, indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)

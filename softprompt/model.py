@@ -91,7 +91,7 @@ class FrozenLM(nn.Module):
         self._cache_name = "cache" if "cache" in params else "past_key_values"
         # One prompt for the whole batch: run [lead; P] once and share its KV cache (saves P
         # positions per row). It pays where FLOPs bound the step (CPU). On an H200 the step is
-        # launch-bound (bench/results/gpu_h200: time flat from B=8 to B=64) and the extra decoder
+        # launch-bound (results/gpu_h200: time flat from B=8 to B=64) and the extra decoder
         # pass made it 2x PEFT's, so None means: share on CPU only.
         self.share_prompt_prefix: bool | None = None
 
@@ -168,10 +168,11 @@ class FrozenLM(nn.Module):
         """Runs `[lead; P; row]` for each row (right-padded).
 
         Returns (hidden [B, T, H] at the rows' own positions, last [B, H] the hidden state of each
-        row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None). When one [P, E] prompt serves the whole batch
-        (and `share_prompt_prefix` allows: by default on CPU), `[lead; P]` is the same causal prefix for every row: it runs once and its key/value cache
-        is shared (repeated B times), which saves P of every row's lead + P + T positions (exact;
-        gradients still reach the prompt through the cache).
+        row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None).
+        When one [P, E] prompt serves the whole batch (and `share_prompt_prefix` allows: by default
+        on CPU), `[lead; P]` is the same causal prefix for every row: it runs once and its key/value
+        cache is shared (repeated B times), which saves P of every row's lead + P + T positions
+        (exact; gradients still reach the prompt through the cache).
         """
         B = len(rows)
         ids, tok_len = _pad(rows, self.pad_id, self.device)

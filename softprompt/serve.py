@@ -3,8 +3,8 @@
 The paper's economic argument made concrete: the base model is loaded once; each served task costs
 only its [P, E] prompt. Requests of any task go into one queue; a micro-batcher drains it for up to
 `max_wait_ms` or `max_batch_size` rows and scores the whole batch in one forward with per-example
-prompts [B, P, E] (`softprompt.scoring.mixed_label_scores`). An ensemble task contributes N rows per request, one per
-prompt, and its answer is the majority vote (`softprompt.ensemble.majority_vote`).
+prompts [B, P, E] (`softprompt.scoring.mixed_label_scores`). An ensemble task contributes N rows
+per request, one per prompt, and its answer is the majority vote (`softprompt.ensemble.majority_vote`).
 
 Prompts come from the registry by task and alias (or the N newest / N pinned versions for an
 ensemble). `pull` verifies each blob's sha256 and the base-model fingerprint; a prompt that fails
