@@ -14,10 +14,18 @@ a few percent of the total and run at memory speed, not matmul speed):
   which flow back to the prompt: 2 N B T for the linears (dX = dY W^T), 2 x the forward for
   attention (dQ, dK, dA, dV: 8 T^2 d), 2 V E per head position. A step is therefore
   4 N B T + 12 T^2 d L B + 4 V E H, against the usual 6 N B T of full training.
+- a shared prompt prefix (FrozenLM.shares_prefix: one [P, E] prompt for the batch, on CPU by
+  default): its S = lead + P positions run once, not once per row, so the rows cost their own
+  T - S positions (attending to all T keys) plus one sequence of S. Counting S per row would
+  credit us with work we do not do.
+- the last layer's MLP (R parameters) runs only where the head reads (FrozenLM._decoder `read`):
+  2 R per head position instead of per position. PEFT's plain forward reads every position, so
+  for it the count is the plain 2 N B T.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -30,30 +38,66 @@ class ModelShape:
     attn_dim: int  # heads x head_dim
     vocab: int
     body_params: int  # parameters of the decoder stack's nn.Linear layers
+    last_mlp_params: int  # of those, the last layer's MLP: it runs only where the head reads
 
     @classmethod
     def of(cls, lm) -> ModelShape:
         cfg = lm.model.config
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        body = sum(m.weight.numel() for m in lm.model.base_model.modules() if isinstance(m, nn.Linear))
-        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, body)
+
+        def linear_params(module) -> int:
+            return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear)) if module is not None else 0
+
+        last_mlp = getattr(getattr(lm.model.base_model, "layers", [None])[-1], "mlp", None)
+        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, linear_params(lm.model.base_model), linear_params(last_mlp))
 
     def forward(self, batch: int, width: int, head_rows: int, keys: int | None = None) -> dict:
         """One forward of `batch` sequences of `width` new positions attending to `keys` positions
-        (default: width; more when reading a KV cache), LM head on `head_rows` positions."""
+        (default: width; more when reading a KV cache), the LM head (and the last MLP) on
+        `head_rows` positions."""
         keys = width if keys is None else keys
-        linear = 2 * self.body_params * batch * width
+        linear = 2 * (self.body_params - self.last_mlp_params) * batch * width + 2 * self.last_mlp_params * head_rows
         attention = 4 * width * keys * self.attn_dim * self.layers * batch
         head = 2 * self.vocab * self.hidden * head_rows
         return {"linear": linear, "attention": attention, "head": head, "total": linear + attention + head}
 
-    def prompt_step(self, batch: int, width: int, head_rows: int) -> dict:
+    def run(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0, packed: Sequence[int] | None = None) -> dict:
+        """A forward over `batch` rows of `width` positions, of which the first `shared_prefix` run
+        once for the whole batch (their keys are read by every row). `packed` (the rows' own
+        lengths): the rows instead run end to end as one sequence after the shared prefix, with
+        no padding, every position attending over the whole pack (FrozenLM._run_packed_rows)."""
+        if packed:
+            parts = [self.forward(1, sum(packed), head_rows, keys=shared_prefix + sum(packed))]
+        else:
+            parts = [self.forward(batch, width - shared_prefix, head_rows, keys=width)]
+        if shared_prefix:
+            parts.append(self.forward(1, shared_prefix, 0))
+        out = {k: sum(part[k] for part in parts) for k in ("linear", "attention", "head")}
+        out["total"] = sum(out.values())
+        return out
+
+    def prompt_step(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0, packed: Sequence[int] | None = None) -> dict:
         """A prompt-tuning training step: forward plus backward to the inputs only (frozen weights)."""
-        f = self.forward(batch, width, head_rows)
+        f = self.run(batch, width, head_rows, shared_prefix, packed)
         out = {"linear": 2 * f["linear"], "attention": 3 * f["attention"], "head": 2 * f["head"]}
         out["total"] = sum(out.values())
         return out
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def shared_prefix(lm, prompt_length: int) -> int:
+    """Positions of [lead; P] that `lm` runs once per batch rather than once per row (0 if it does not)."""
+    return len(lm.lead_ids) + prompt_length if lm.shares_prefix() else 0
+
+
+def softprompt_step(shape: ModelShape, lm, batch, prompt_length: int) -> dict:
+    """FLOPs of our training step on `batch` (a softprompt.model.Batch), as FrozenLM.target_logprobs
+    runs it: rows [lead; P; x; y without its last token], the prefix once where it is shared, the
+    rows packed where `lm.packs_rows` says so, the head on target positions only."""
+    rows = [len(x) + len(y) - 1 for x, y in zip(batch.inputs, batch.targets, strict=True)]
+    prefix = shared_prefix(lm, prompt_length)
+    packed = rows if prefix and lm.packs_rows(rows, prompt_length) else None
+    return shape.prompt_step(len(rows), len(lm.lead_ids) + prompt_length + max(rows), sum(map(len, batch.targets)), prefix, packed)

@@ -34,7 +34,7 @@ from bench.common import (
     summary,
     task_examples,
 )
-from bench.flops import ModelShape
+from bench.flops import ModelShape, softprompt_step
 from softprompt.model import Batch, FrozenLM
 from softprompt.prompt import PromptConfig, random_uniform
 from softprompt.scoring import encode_examples, lm_loss
@@ -128,13 +128,15 @@ def measure_shape(lm: FrozenLM, trainers: Trainers, batches: Sequence[Batch], ar
     )
     peak = summary(peaks[-args.reps :])
     timed = [batches[(args.warmup + r) % len(batches)] for r in range(args.reps)]
-    lead, P = len(lm.lead_ids), args.prompt_length
+    P = args.prompt_length
     out = {"peak_flops": peak, "first_loss": first, "seconds": {}, "examples_per_s": {}, "tokens_per_s": {}, "flops": {}, "flops_per_s": {}, "utilization": {}}
     for name in ("ours", "peft"):
         t = times[name]
-        widths = [lead + P + max(len(x) + len(y) for x, y in zip(b.inputs, b.targets, strict=True)) for b in timed]
-        head = [sum(map(len, b.targets)) if name == "ours" else len(b.inputs) * w for b, w in zip(timed, widths, strict=True)]
-        flops = [shape.prompt_step(len(b.inputs), w, h)["total"] for b, w, h in zip(timed, widths, head, strict=True)]
+        if name == "ours":
+            flops = [softprompt_step(shape, lm, b, P)["total"] for b in timed]
+        else:  # PEFT feeds [P; x; y] padded, the LM head on every position
+            widths = [P + max(len(x) + len(y) for x, y in zip(b.inputs, b.targets, strict=True)) for b in timed]
+            flops = [shape.prompt_step(len(b.inputs), w, len(b.inputs) * w)["total"] for b, w in zip(timed, widths, strict=True)]
         tokens = [sum(len(x) + len(y) for x, y in zip(b.inputs, b.targets, strict=True)) for b in timed]
         out["seconds"][name] = summary(t)
         out["examples_per_s"][name] = summary([len(b.inputs) / s for b, s in zip(timed, t, strict=True)])
@@ -193,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report.results = {"shapes": results, "model_shape": shape.to_dict()}
     report.note("tokens/s counts input + target tokens (no prompt, no padding); FLOP/s counts the matmul FLOPs each implementation "
                 "performs on padded shapes (bench/flops.py): PEFT runs the LM head on every position, softprompt only where a target "
-                "token is predicted. The FLOP ratio PEFT/ours is " + ", ".join(f"{k}: {v['flop_ratio']:.2f}" for k, v in results.items()) + ".")
+                "token is predicted, and does not feed the last target token; "
+                + ("it runs the [lead; P] prefix once per batch, and packs a batch's rows end to end (no padding) when that costs "
+                   "fewer FLOPs (FrozenLM.packs_rows; short rows of mixed lengths, as SST-2's). " if lm.shares_prefix()
+                   else "the prompt runs in every row here (no shared prefix on this device). ")
+                + "The FLOP ratio PEFT/ours is " + ", ".join(f"{k}: {v['flop_ratio']:.2f}" for k, v in results.items()) + ".")
     report.note("Equal settings: same frozen model object, same initial prompt, same batches in the same order, same Adafactor "
                 "(lr 0.3, weight decay 1e-5, decay_rate -0.8, no parameter scaling); first-loss columns should agree.")
     report.write(lm.device)

@@ -30,7 +30,7 @@ from bench.common import (
     parse_ints,
     summary,
 )
-from bench.flops import ModelShape
+from bench.flops import ModelShape, shared_prefix, softprompt_step
 from softprompt.model import Batch, FrozenLM
 from softprompt.prompt import PromptConfig, random_uniform
 from softprompt.scoring import lm_loss
@@ -39,15 +39,12 @@ from softprompt.train import TrainConfig, make_optimizer
 TARGET_UTILIZATION = 0.75
 
 
-def scoring_flops(shape: ModelShape, lm: FrozenLM, batch: int, width: int, choices: Sequence[Sequence[int]]) -> int:
-    """score_choices: a forward over `width` positions with the head on the last one, then every
-    choice's tokens but the last packed into one continuation per input that reads the cache
-    (head on each)."""
-    total = shape.forward(batch, width, head_rows=batch)["total"]
+def scoring_flops(shape: ModelShape, lm: FrozenLM, batch: int, prompt_length: int, width: int, choices: Sequence[Sequence[int]]) -> dict:
+    """score_choices: one forward over the `width` positions of [lead; P; X] plus every choice's
+    tokens but the last, packed after each input (F per row); the head on the last input position
+    and on each packed token."""
     feed = sum(len(c) - 1 for c in choices)
-    if feed:
-        total += shape.forward(batch, feed, head_rows=batch * feed, keys=width + feed)["total"]
-    return total
+    return shape.run(batch, width + feed, head_rows=batch * (1 + feed), shared_prefix=shared_prefix(lm, prompt_length))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -92,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     peaks = peaks[-args.reps :]
     peak = summary([pk["peak"] for pk in peaks])
     width = lead + P + args.input_tokens
-    train_width = width + max(map(len, train_batch.targets))
+    train_width = width + max(map(len, train_batch.targets)) - 1  # the last target token is not fed
     flops = {
-        "train_step": shape.prompt_step(args.batch_size, train_width, head_rows=sum(map(len, train_batch.targets))),
-        "inference": {"total": scoring_flops(shape, lm, args.infer_batch_size, width, choices)},
+        "train_step": softprompt_step(shape, lm, train_batch, P),
+        "inference": scoring_flops(shape, lm, args.infer_batch_size, P, width, choices),
     }
     rows, results = [], {"peak_flops": peak, "per_size": {n: summary([pk["per_size"][n] for pk in peaks]) for n in sizes}}
     rows.append(["matmul peak (best of sizes " + ",".join(map(str, sizes)) + ")", "", fmt_spread(peak, 1e-9), "100%"])
@@ -106,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         util = summary([f / t / peak["median"] for t in times[name]])
         results[name] = {"flops": flops[name], "seconds": summary(times[name]), "flops_per_s": rate, "utilization": util}
         rows.append([label, fmt_spread(summary(times[name])), fmt_spread(rate, 1e-9), f"{util['median']:.0%} ({util['min']:.0%}-{util['max']:.0%})"])
+    results["train_step"].update(width=train_width, shared_prefix=shared_prefix(lm, P))
     report.table("Achieved vs measured peak (median (min-max))", ["work", "seconds", "GFLOP/s", "of peak"], rows)
     report.table("Matmul throughput by size", ["n", "GFLOP/s"],
                  [[n, fmt_spread(results["per_size"][n], 1e-9)] for n in sizes])
@@ -116,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"+ attention {fmt(flops['train_step']['attention'] / 1e9)} + LM head {fmt(flops['train_step']['head'] / 1e9)}; "
                 f"N = {shape.body_params:,} decoder-stack linear parameters, L = {shape.layers}, d = {shape.attn_dim}, V = {shape.vocab}. "
                 "Formula and what is left out: bench/flops.py (forward 2NBT + 4T^2dLB + 2VEH; frozen weights, so the backward "
-                "computes input gradients only: 4NBT + 12T^2dLB + 4VEH per step instead of 6NBT).")
+                "computes input gradients only: 4NBT + 12T^2dLB + 4VEH per step instead of 6NBT). "
+                + (f"The [lead; P] prefix ({shared_prefix(lm, P)} positions) runs once per batch, so it is counted once, not per row."
+                   if lm.shares_prefix() else "The prompt runs in every row (no shared prefix on this device)."))
     report.write(lm.device)
     return report.results
 

@@ -35,6 +35,8 @@ OFFLINE_MODELS = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_CACHE = Path.home() / ".cache" / "softprompt" / "models"
+# `read` for a decoder pass whose outputs are not read at all (only its key/value cache is).
+_NOTHING = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
 
 
 @dataclass
@@ -83,6 +85,7 @@ class FrozenLM(nn.Module):
         bos = tokenizer.bos_token_id
         self.lead_ids = [bos] if (not self.is_encoder_decoder and bos is not None and probe[:1] == [bos]) else []
         self._fingerprint: str | None = None
+        self._linear_params: int | None = None  # of the decoder stack, for `packs_rows`
         # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
         # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.lm_adapt).
         self.target_prefix = ""
@@ -94,13 +97,41 @@ class FrozenLM(nn.Module):
         # launch-bound (results/gpu_h200: time flat from B=8 to B=64) and the extra decoder
         # pass made it 2x PEFT's, so None means: share on CPU only.
         self.share_prompt_prefix: bool | None = None
+        # Training rows end to end in one sequence instead of padded (see `_run_packed_rows`):
+        # None = whenever the cost model in `packs_rows` says it saves work.
+        self.pack_rows: bool | None = None
 
-    def _decoder(self, cache=None, **kwargs):
+    def _decoder(self, cache=None, read=None, **kwargs):
         """The decoder stack (no LM head); `cache` under whichever name this transformers uses.
-        Returns (last_hidden_state, cache)."""
+        Returns (last_hidden_state, cache).
+
+        `read` = (rows [N], positions [N]): the only places whose output the caller reads. Nothing
+        follows the last layer but the head, so its MLP (three quarters of a layer's FLOPs) runs
+        only there; elsewhere the returned states lack it. Keys and values (the cache) are
+        computed before the MLP and stay exact.
+        """
         if cache is not None:
             kwargs[self._cache_name] = cache
-        out = self.model.base_model(**kwargs)
+        mlp = getattr(getattr(self.model.base_model, "layers", [None])[-1], "mlp", None)
+        if read is None or mlp is None:
+            out = self.model.base_model(**kwargs)
+            return out.last_hidden_state, getattr(out, self._cache_name, None)
+        read = tuple(index.to(self.device) for index in read)
+        full_shape = []
+
+        def select(module, args):  # [B, T, E] -> [N, E]
+            full_shape.append(args[0].shape)
+            return (args[0][read], *args[1:])
+
+        def scatter(module, args, out):  # [N, E] -> [B, T, E], zeros where unread
+            return out.new_zeros(full_shape.pop()).index_put(read, out)
+
+        handles = [mlp.register_forward_pre_hook(select), mlp.register_forward_hook(scatter)]
+        try:
+            out = self.model.base_model(**kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
         return out.last_hidden_state, getattr(out, self._cache_name, None)
 
     @property
@@ -164,8 +195,12 @@ class FrozenLM(nn.Module):
             raise ValueError(f"prompts must be [P, E] or [B={batch}, P, E], got {list(prompts.shape)}")
         return prompts
 
-    def _run_decoder(self, prompts: torch.Tensor, rows: Sequence[Sequence[int]], use_cache: bool = False):
-        """Runs `[lead; P; row]` for each row (right-padded).
+    def shares_prefix(self) -> bool:
+        """Whether one [P, E] prompt's `[lead; P]` prefix runs once per batch (see `_run_decoder`)."""
+        return self.share_prompt_prefix if self.share_prompt_prefix is not None else self.device.type == "cpu"
+
+    def _run_decoder(self, prompts: torch.Tensor, rows: Sequence[Sequence[int]], use_cache: bool = False, packed=None, read=None):
+        """Runs `[lead; P; row]` for each row (right-padded to T tokens).
 
         Returns (hidden [B, T, H] at the rows' own positions, last [B, H] the hidden state of each
         row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None).
@@ -173,29 +208,133 @@ class FrozenLM(nn.Module):
         on CPU), `[lead; P]` is the same causal prefix for every row: it runs once and its key/value
         cache is shared (repeated B times), which saves P of every row's lead + P + T positions
         (exact; gradients still reach the prompt through the cache).
+
+        `packed` = (ids [F], sees [F, F] bool, offset [F]) appends F more tokens to every row, after
+        its padding: each sees the row's prefix and real tokens, and the packed tokens `sees`
+        allows, at position `lengths + offset` (a 4-D mask). `hidden` is then [B, T + F, H].
+
+        `read` = (rows [N], positions [N]) in `hidden`'s coordinates: where the caller reads it (see
+        `_decoder`); `hidden` and `last` are exact only there.
         """
         B = len(rows)
         ids, tok_len = _pad(rows, self.pad_id, self.device)
+        T = ids.shape[1]
         tok = self.embed(ids)  # [B, T, E]
         lead = self.embed(torch.tensor(self.lead_ids, dtype=torch.long, device=self.device))  # [l, E]
         prompts = prompts.to(device=tok.device, dtype=tok.dtype)
         prefix_len = lead.shape[0] + prompts.shape[-2]
         lengths = tok_len + prefix_len
-        mask = _mask(lengths, prefix_len + tok.shape[1])
-        share = self.share_prompt_prefix if self.share_prompt_prefix is not None else self.device.type == "cpu"
-        if prompts.dim() == 2 and prefix_len > 0 and share:
+        mask = _mask(lengths, prefix_len + T)
+        share = prompts.dim() == 2 and prefix_len > 0 and self.shares_prefix()
+        positions = (prefix_len + torch.arange(T, device=self.device))[None].expand(B, -1)  # [B, T] after the prefix
+        attention_mask = mask
+        if packed is not None:
+            packed_ids, sees, offset = packed
+            tok = torch.cat([tok, self.embed(packed_ids)[None].expand(B, -1, -1)], dim=1)  # [B, T + F, E]
+            positions = torch.cat([positions, lengths[:, None] + offset[None]], dim=1)
+            attention_mask = self._packed_mask(tok_len, prefix_len, sees, with_prefix_queries=not share)
+        if share:
             prefix = torch.cat([lead, prompts])[None]  # [1, l + P, E]
-            _, cache = self._decoder(inputs_embeds=prefix, use_cache=True)
+            _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
             cache.batch_repeat_interleave(B)
-            positions = (prefix_len + torch.arange(tok.shape[1], device=self.device))[None].expand(B, -1)
-            hidden, cache = self._decoder(inputs_embeds=tok, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            hidden, cache = self._decoder(
+                inputs_embeds=tok, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True, read=read,
+            )
         else:
             prompts = self.expand_prompts(prompts, B)
             embeds = torch.cat([lead[None].expand(B, -1, -1), prompts, tok], dim=1)
-            hidden, cache = self._decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=use_cache)
+            positions = torch.cat([torch.arange(prefix_len, device=self.device)[None].expand(B, -1), positions], dim=1)
+            if read is not None:
+                read = (read[0], read[1] + prefix_len)
+            hidden, cache = self._decoder(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=use_cache, read=read,
+            )
             hidden = hidden[:, prefix_len:]
         last = hidden[torch.arange(B, device=self.device), tok_len - 1]
         return hidden, last, mask, lengths, (cache if use_cache else None)
+
+    def packs_rows(self, lengths: Sequence[int], prompt_length: int) -> bool:
+        """Whether training rows of these lengths (after one shared prompt's prefix) run packed end
+        to end rather than padded. With `pack_rows` None: when that costs fewer FLOPs: packing removes the padding's linear work (2 N per position) but lets
+        attention span the whole pack (4 d L per query-key pair, weighted x2: on a CPU it runs at
+        about half the matmul rate, bench/results/utilization.md). Short rows of mixed lengths
+        (SST-2: 46% padding at B=8) pack; long equal rows do not. A sliding window shorter than
+        the pack rules it out (a custom 4-D mask would bypass the window)."""
+        if self.pack_rows is not None:
+            return self.pack_rows
+        prefix = len(self.lead_ids) + prompt_length
+        packed, width = sum(lengths), max(lengths)
+        window = getattr(self.model.config, "sliding_window", None)
+        if window is not None and prefix + packed > window:
+            return False
+        cfg = self.model.config
+        if self._linear_params is None:
+            self._linear_params = sum(m.weight.numel() for m in self.model.base_model.modules() if isinstance(m, nn.Linear))
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        pair = 2 * 4 * head_dim * cfg.num_attention_heads * cfg.num_hidden_layers
+
+        def cost(positions: int, pairs: int) -> int:
+            return 2 * self._linear_params * positions + pair * pairs
+
+        return cost(packed, packed * (prefix + packed)) < cost(len(lengths) * width, len(lengths) * width * (prefix + width))
+
+    def _run_packed_rows(self, prompt: torch.Tensor, rows: Sequence[Sequence[int]], read) -> torch.Tensor:
+        """As `_run_decoder` with one shared [P, E] prompt, but without padding: the rows go end to
+        end in one sequence of S = sum of their lengths after the `[lead; P]` prefix's cache, each
+        row seeing the prefix and its own earlier tokens (a 4-D mask) at its own positions.
+        Returns hidden [B, T, H] laid out as `_run_decoder`'s (zeros at padding), exact where
+        `read` = (rows [N], positions [N]) says it is read."""
+        dev = self.device
+        lengths = torch.tensor([len(r) for r in rows], device=dev)
+        flat = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=dev)  # [S]
+        segment = torch.repeat_interleave(torch.arange(len(rows), device=dev), lengths)  # [S] row of each token
+        index = torch.arange(flat.shape[0], device=dev) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)  # [S] place in row
+        lead = self.embed(torch.tensor(self.lead_ids, dtype=torch.long, device=dev))
+        prefix = torch.cat([lead, prompt.to(device=dev, dtype=lead.dtype)])[None]  # [1, l + P, E]
+        S, K = flat.shape[0], prefix.shape[1]
+        allowed = torch.cat([
+            torch.ones(S, K, dtype=torch.bool, device=dev),
+            (segment[:, None] == segment[None, :]) & (index[None, :] <= index[:, None]),
+        ], dim=1)  # [S, K + S]
+        dtype = self.embedding.weight.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+        starts = lengths.cumsum(0) - lengths  # [B] where each row begins in the pack
+        _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
+        hidden, _ = self._decoder(
+            inputs_embeds=self.embed(flat)[None], attention_mask=mask[None, None], position_ids=(K + index)[None], cache=cache, use_cache=True,
+            read=(torch.zeros_like(read[0]), starts[read[0]] + read[1]),
+        )  # [1, S, H]
+        out = hidden.new_zeros(len(rows), int(lengths.max()), hidden.shape[-1])
+        return out.index_put((segment, index), hidden[0])
+
+    def _packed_mask(self, tok_len: torch.Tensor, prefix_len: int, sees: torch.Tensor, with_prefix_queries: bool) -> torch.Tensor:
+        """Additive 4-D mask [B, 1, Q, prefix + T + F] for `_run_decoder`'s packed tokens.
+
+        Keys: the prefix, the T (padded) row tokens, the F packed tokens. Queries: the row tokens
+        (causal over the prefix and the row's real tokens), then the packed tokens (the prefix, the
+        row's real tokens, the packed tokens `sees` [F, F] allows); with `with_prefix_queries` the
+        prefix's own (causal) queries come first.
+        """
+        B, F = tok_len.shape[0], sees.shape[0]
+        T = int(tok_len.max())
+        dev = self.device
+        t = torch.arange(T, device=dev)
+        real = t[None] < tok_len[:, None]  # [B, T] key is a real token
+        row_q = torch.cat([
+            torch.ones(B, T, prefix_len, dtype=torch.bool, device=dev),
+            (t[None, :] <= t[:, None])[None] & real[:, None, :],
+            torch.zeros(B, T, F, dtype=torch.bool, device=dev),
+        ], dim=2)  # [B, T, K]
+        packed_q = torch.cat([
+            torch.ones(B, F, prefix_len, dtype=torch.bool, device=dev), real[:, None, :].expand(B, F, T), sees[None].expand(B, F, F),
+        ], dim=2)  # [B, F, K]
+        allowed = [row_q, packed_q]
+        if with_prefix_queries:
+            causal = torch.ones(prefix_len, prefix_len, dtype=torch.bool, device=dev).tril()
+            allowed.insert(0, torch.cat([causal, torch.zeros(prefix_len, T + F, dtype=torch.bool, device=dev)], dim=1)[None].expand(B, -1, -1))
+        allowed = torch.cat(allowed, dim=1)[:, None]  # [B, 1, Q, K]
+        dtype = self.embedding.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on selected hidden states [N, H] -> log-probs [N, V] (with Gemma's soft-capping)."""
@@ -225,9 +364,9 @@ class FrozenLM(nn.Module):
         assert batch.targets is not None, "target_logprobs needs targets"
         if self.is_encoder_decoder:
             return self._seq2seq_target_logprobs(prompts, batch)
-        rows = [list(x) + list(y) for x, y in zip(batch.inputs, batch.targets, strict=True)]
+        # The last target token is only predicted, never an input: it is not fed.
+        rows = [list(x) + list(y[:-1]) for x, y in zip(batch.inputs, batch.targets, strict=True)]
         self.expand_prompts(prompts, len(rows))  # shape check
-        hidden, _, _, _, _ = self._run_decoder(prompts, rows)
         # Target token k of example i sits at row position len(x_i) + k; it is predicted one earlier.
         row_idx, pos_idx, tgt = [], [], []
         for i, (x, y) in enumerate(zip(batch.inputs, batch.targets, strict=True)):
@@ -236,8 +375,13 @@ class FrozenLM(nn.Module):
                 row_idx.append(i)
                 pos_idx.append(start + k - 1)
                 tgt.append(t)
-        row = torch.tensor(row_idx, device=self.device)
-        logprobs = self._head(hidden[row, torch.tensor(pos_idx, device=self.device)])
+        read = (torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device))
+        if prompts.dim() == 2 and self.shares_prefix() and self.packs_rows([len(r) for r in rows], prompts.shape[0]):
+            hidden = self._run_packed_rows(prompts, rows, read)
+        else:
+            hidden, _, _, _, _ = self._run_decoder(prompts, rows, read=read)
+        row = read[0]
+        logprobs = self._head(hidden[read])
         return logprobs.gather(1, torch.tensor(tgt, device=self.device)[:, None]).squeeze(1), row
 
     def _seq2seq_target_logprobs(self, prompts: torch.Tensor, batch: Batch):
@@ -260,10 +404,11 @@ class FrozenLM(nn.Module):
     ) -> torch.Tensor:
         """Rank classification: summed log-likelihood of each choice (label) given each input.
 
-        The input is encoded once; every choice is then scored from that cache (decoder-only:
-        the key/value cache of `[lead; P; X]`, read once by all labels' later tokens packed into one
-        short continuation; encoder-decoder: the encoder output), so L labels cost one forward
-        plus one short pass. Returns [B, L].
+        The input is encoded once for all choices. Decoder-only: all choices' later tokens are
+        packed after each input in the same pass, each seeing the input and its own choice's
+        earlier tokens only (a 4-D mask), so L labels cost one forward of T + F positions (F = the
+        choices' tokens after their first). Encoder-decoder: the encoder runs once and the decoder
+        reads its output per choice. Returns [B, L].
         """
         B, L = len(inputs), len(choices)
         if self.is_encoder_decoder:
@@ -278,42 +423,37 @@ class FrozenLM(nn.Module):
             return (token_lp * dec_mask).sum(1).view(B, L)
 
         self.expand_prompts(prompts, B)  # shape check
-        _, last, mask, lengths, cache = self._run_decoder(prompts, inputs, use_cache=True)
-        first_lp = self._head(last)  # [B, V]: predicts each choice's first token
-        scores = first_lp[:, [ids[0] for ids in choices]]  # [B, L]
+        # Every choice's tokens but its first (predicted from the input's last position) and its
+        # last (only a target) are fed after the input: F tokens per row, all choices packed.
         feed = [(label, j) for label, ids in enumerate(choices) for j in range(len(ids) - 1)]
-        if not feed:
-            return scores
+        width = len(self.lead_ids) + prompts.shape[-2] + max(map(len, inputs)) + len(feed)
         window = getattr(self.model.config, "sliding_window", None)
-        if window is not None and mask.shape[1] + len(feed) > window:
-            return scores + self._repeated_choice_scores(cache, mask, lengths, choices)
-        return scores + self._packed_choice_scores(cache, mask, lengths, choices, feed)
-
-    def _packed_choice_scores(self, cache, mask, lengths, choices, feed) -> torch.Tensor:
-        """Log-likelihood of every choice's tokens after its first, all choices packed into one
-        continuation of F = sum(len - 1) tokens per row, reading the prefix's cache once.
-
-        A 4-D mask [B, 1, F, K + F] lets each choice's tokens see the row's real prefix tokens and
-        their own choice's earlier tokens only, and positions restart after the prefix for each
-        choice, so every choice is scored exactly as if it alone followed the input. Returns [B, L].
-        """
-        B, K = mask.shape
+        if feed and window is not None and width > window:
+            # A custom 4-D mask would bypass sliding-window attention: one short pass per choice.
+            _, last, mask, lengths, cache = self._run_decoder(prompts, inputs, use_cache=True)
+            return self._first_token_scores(last, choices) + self._repeated_choice_scores(cache, mask, lengths, choices)
         dev = self.device
+        last_pos = torch.tensor([len(x) - 1 for x in inputs], device=dev)
+        if not feed:
+            _, last, _, _, _ = self._run_decoder(prompts, inputs, read=(torch.arange(B, device=dev), last_pos))
+            return self._first_token_scores(last, choices)
         owner = torch.tensor([label for label, _ in feed], device=dev)  # [F]
         offset = torch.tensor([j for _, j in feed], device=dev)  # [F]
         ids = torch.tensor([choices[label][j] for label, j in feed], device=dev)  # [F]
         nxt = torch.tensor([choices[label][j + 1] for label, j in feed], device=dev)  # [F]
-        F = len(feed)
-        own = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [F, F]: query sees key
-        allowed = torch.cat([mask.bool()[:, None, :].expand(B, F, K), own[None].expand(B, F, F)], dim=2)  # [B, F, K + F]
-        dtype = self.embedding.weight.dtype
-        mask4 = torch.zeros(B, 1, F, K + F, dtype=dtype, device=dev).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
-        hidden, _ = self._decoder(
-            input_ids=ids[None].expand(B, F), attention_mask=mask4, position_ids=lengths[:, None] + offset[None], cache=cache,
-            use_cache=True,
-        )  # [B, F, H]
-        tok_lp = self._head(hidden.reshape(B * F, -1)).gather(1, nxt.repeat(B)[:, None]).view(B, F)
-        return torch.zeros(B, len(choices), device=dev).index_add_(1, owner, tok_lp)
+        sees = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [F, F]: own choice's earlier tokens
+        F, T = len(feed), max(map(len, inputs))
+        read = (
+            torch.arange(B, device=dev).repeat_interleave(F + 1),
+            torch.cat([last_pos[:, None], T + torch.arange(F, device=dev).expand(B, F)], dim=1).flatten(),
+        )  # each row's last input token and its F packed tokens
+        hidden, last, _, _, _ = self._run_decoder(prompts, inputs, packed=(ids, sees, offset), read=read)
+        tok_lp = self._head(hidden[:, -F:].reshape(B * F, -1)).gather(1, nxt.repeat(B)[:, None]).view(B, F)
+        return self._first_token_scores(last, choices) + torch.zeros(B, L, device=dev).index_add_(1, owner, tok_lp)
+
+    def _first_token_scores(self, last: torch.Tensor, choices: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Log-probability of each choice's first token from each input's last hidden state [B, H] -> [B, L]."""
+        return self._head(last)[:, [ids[0] for ids in choices]]
 
     def _repeated_choice_scores(self, cache, mask, lengths, choices) -> torch.Tensor:
         """As `_packed_choice_scores`, for models whose sliding-window attention a custom 4-D mask

@@ -55,10 +55,22 @@ def test_flop_counts(tiny_causal):
     kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
     per_layer = 2 * cfg.hidden_size**2 + 2 * cfg.hidden_size * kv + 3 * cfg.hidden_size * cfg.intermediate_size
     assert shape.body_params == cfg.num_hidden_layers * per_layer
-    f = shape.forward(batch=2, width=10, head_rows=3)
-    assert f["linear"] == 2 * shape.body_params * 20
+    last_mlp = 3 * cfg.hidden_size * cfg.intermediate_size
+    assert shape.last_mlp_params == last_mlp
+    f = shape.forward(batch=2, width=10, head_rows=3)  # the last MLP runs on the 3 head rows only
+    assert f["linear"] == 2 * (shape.body_params - last_mlp) * 20 + 2 * last_mlp * 3
+    assert shape.forward(batch=2, width=10, head_rows=20)["linear"] == 2 * shape.body_params * 20  # a plain forward
     step = shape.prompt_step(batch=2, width=10, head_rows=3)
     assert step["linear"] == 2 * f["linear"] and step["attention"] == 3 * f["attention"]
+    # A shared prefix of 4 positions runs once: 2 rows x 6 own positions + 4, the rows attending to all 10 keys.
+    shared = shape.run(batch=2, width=10, head_rows=3, shared_prefix=4)
+    assert shared["linear"] == 2 * (shape.body_params - last_mlp) * (2 * 6 + 4) + 2 * last_mlp * 3
+    assert shared["attention"] == 4 * shape.attn_dim * shape.layers * (2 * 6 * 10 + 4 * 4)
+    assert shape.prompt_step(batch=2, width=10, head_rows=3, shared_prefix=4)["total"] < step["total"]
+    # Rows of 3 and 6 own positions packed end to end: 9 positions attending to 4 + 9 keys, no padding.
+    packed = shape.run(batch=2, width=10, head_rows=3, shared_prefix=4, packed=[3, 6])
+    assert packed["linear"] == 2 * (shape.body_params - last_mlp) * (9 + 4) + 2 * last_mlp * 3
+    assert packed["attention"] == 4 * shape.attn_dim * shape.layers * (9 * 13 + 4 * 4)
 
 
 @pytest.fixture()
@@ -89,9 +101,14 @@ def test_utilization(quick_args, tmp_path):
     assert r["peak_flops"]["median"] > 0
     for work in ("train_step", "inference"):
         assert r[work]["flops"]["total"] > 0 and r[work]["utilization"]["median"] > 0
-    # A step does forward + input-gradient backward: about twice a forward's linear FLOPs.
-    width, rest = divmod(r["train_step"]["flops"]["linear"], 4 * r["model_shape"]["body_params"] * 8)
-    assert rest == 0 and width > 20 + 16  # prompt + input + target positions
+    # A step does forward + input-gradient backward: twice a forward's linear FLOPs, over 8 rows'
+    # own positions plus the [lead; P] prefix once (shared on CPU).
+    step = r["train_step"]
+    assert step["width"] > 20 + 16 and step["shared_prefix"] >= 20  # prompt + input + target positions
+    positions = 8 * (step["width"] - step["shared_prefix"]) + step["shared_prefix"]
+    shape = r["model_shape"]
+    targets = step["flops"]["head"] // (4 * shape["vocab"] * shape["hidden"])  # head rows
+    assert step["flops"]["linear"] == 4 * (shape["body_params"] - shape["last_mlp_params"]) * positions + 4 * shape["last_mlp_params"] * targets
 
 
 def test_rank_labels(quick_args, tmp_path):

@@ -60,20 +60,27 @@ def test_prefix_sharing_is_a_switch_with_equal_results(tiny_causal, monkeypatch)
     assert torch.allclose(shared, single, atol=1e-5)
 
 
-def test_packed_and_repeated_label_passes_agree(tiny_causal, monkeypatch):
-    """All labels' later tokens packed into one continuation (a 4-D mask) score as one pass per
-    label with the cache repeated does; models whose sliding window is shorter than prefix plus
-    continuation (which a custom 4-D mask would bypass) take the repeated pass."""
+@pytest.mark.parametrize("share", [True, False])
+def test_packed_and_repeated_label_passes_agree(tiny_causal, monkeypatch, share):
+    """All labels' later tokens packed after the input in its own pass (a 4-D mask) score as one
+    pass per label over the repeated cache does, with and without a shared prompt prefix; models
+    whose sliding window is shorter than the packed sequence (a custom 4-D mask would bypass the
+    window) take the repeated pass."""
     lm = tiny_causal
+    monkeypatch.setattr(lm, "share_prompt_prefix", share)
     prompt = torch.randn(3, lm.dim) * 0.1
     inputs = _inputs(lm, TEXTS)
     choices = [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]]
-    packed = lm.score_choices(prompt, inputs, choices)
-    monkeypatch.setattr(lm, "_packed_choice_scores", lambda cache, mask, lengths, ch, feed: lm._repeated_choice_scores(cache, mask, lengths, ch))
-    assert torch.allclose(packed, lm.score_choices(prompt, inputs, choices), atol=1e-5)
+    _, last, mask, lengths, cache = lm._run_decoder(prompt, inputs, use_cache=True)
+    repeated = lm._first_token_scores(last, choices) + lm._repeated_choice_scores(cache, mask, lengths, choices)
+    calls = []
+    spy = lm._repeated_choice_scores
+    monkeypatch.setattr(lm, "_repeated_choice_scores", lambda *a: calls.append(1) or spy(*a))
+    assert torch.allclose(lm.score_choices(prompt, inputs, choices), repeated, atol=1e-5)
+    assert calls == []
     monkeypatch.setattr(lm.model.config, "sliding_window", 8, raising=False)
-    monkeypatch.setattr(lm, "_packed_choice_scores", lambda *a: pytest.fail("packed pass used beyond the sliding window"))
-    assert lm.score_choices(prompt, inputs, choices).shape == (3, 3)
+    lm.score_choices(prompt, inputs, choices)
+    assert calls == [1]
 
 
 def test_cached_rank_scores_equal_full_sequence_likelihood(lm):
@@ -150,3 +157,61 @@ def test_bos_lead_is_kept_first_on_every_path(tiny_causal):
     per_example = label_scores(lm, prompt.expand(3, -1, -1).clone(), inputs, ["positive", "negative"])
     assert torch.allclose(shared, per_example, atol=1e-5)
     assert not torch.allclose(shared, label_scores(tiny_causal, prompt, inputs, ["positive", "negative"]), atol=1e-3)
+
+
+def test_packed_rows_train_exactly_as_padded_rows(tiny_causal, monkeypatch):
+    """Training rows packed end to end behind a block mask give the padded batch's target
+    log-probabilities and prompt gradient."""
+    lm = tiny_causal
+    monkeypatch.setattr(lm, "share_prompt_prefix", True)
+    inputs = _inputs(lm, TEXTS)
+    batch = Batch(inputs, [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]])
+    results = {}
+    for pack in (True, False):
+        monkeypatch.setattr(lm, "pack_rows", pack)
+        prompt = torch.nn.Parameter(torch.linspace(-0.3, 0.3, 4 * lm.dim).view(4, lm.dim))
+        lp, row = lm.target_logprobs(prompt, batch)
+        (-lp.mean()).backward()
+        results[pack] = (lp.detach(), row, prompt.grad)
+    assert torch.equal(results[True][1], results[False][1])
+    assert torch.allclose(results[True][0], results[False][0], atol=1e-5)
+    assert torch.allclose(results[True][2], results[False][2], atol=1e-5)
+
+
+def test_rows_are_packed_only_when_that_saves_work(tiny_causal, monkeypatch):
+    lm = tiny_causal
+    assert lm.pack_rows is None
+    assert lm.packs_rows([3, 3, 3, 40], prompt_length=4)  # mostly padding
+    assert not lm.packs_rows([64] * 8, prompt_length=4)  # no padding; attention would span 512 positions
+    monkeypatch.setattr(lm.model.config, "sliding_window", 32, raising=False)
+    assert not lm.packs_rows([3, 3, 3, 40], prompt_length=4)  # longer than the window
+    monkeypatch.setattr(lm, "pack_rows", False)
+    monkeypatch.setattr(lm.model.config, "sliding_window", None, raising=False)
+    assert not lm.packs_rows([3, 3, 3, 40], prompt_length=4)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_target_logprobs_equal_a_plain_forward_of_the_model(tiny_causal, monkeypatch, share):
+    """Everything target_logprobs skips (the prefix run once, rows packed, the last target token
+    not fed, the last layer's MLP and the head only where targets are predicted) leaves the
+    log-probabilities and the prompt's gradient of the plain model over [lead; P; x; y] unchanged."""
+    lm = tiny_causal
+    monkeypatch.setattr(lm, "share_prompt_prefix", share)
+    inputs = _inputs(lm, TEXTS)
+    targets = [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]]
+    init = torch.linspace(-0.3, 0.3, 4 * lm.dim).view(4, lm.dim)
+    ours = torch.nn.Parameter(init.clone())
+    lp, _ = lm.target_logprobs(ours, Batch(inputs, targets))
+    lp.sum().backward()
+    plain = torch.nn.Parameter(init.clone())
+    expected = []
+    for x, y in zip(inputs, targets, strict=True):
+        ids = torch.tensor(lm.lead_ids + [0] * 4 + x + y)
+        embeds = torch.cat([lm.embed(ids[: len(lm.lead_ids)]), plain, lm.embed(ids[len(lm.lead_ids) + 4 :])])[None]
+        logits = lm.model(inputs_embeds=embeds).logits[0].log_softmax(-1)  # [S, V]
+        start = len(ids) - len(y)
+        expected.append(logits[start - 1 : -1].gather(1, torch.tensor(y)[:, None]).squeeze(1))
+    expected = torch.cat(expected)
+    expected.sum().backward()
+    assert torch.allclose(lp.detach(), expected.detach(), atol=1e-5)
+    assert torch.allclose(ours.grad, plain.grad, rtol=1e-4, atol=1e-4)
