@@ -47,6 +47,25 @@ def scoring_flops(shape: ModelShape, lm: FrozenLM, batch: int, prompt_length: in
     return shape.run(batch, width + feed, head_rows=batch * (1 + feed), shared_prefix=shared_prefix(lm, prompt_length))
 
 
+def where_time_goes(step, flops: dict, peak: float) -> dict:
+    """Profiles one call of `step` and splits its self CPU time into matrix multiplies (which do the
+    linear and LM-head FLOPs), the attention kernel (the attention FLOPs) and everything else
+    (norms, activations, RoPE, copies, autograd and Python), with each part's achieved rate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    spent = {"matmul (linear layers, LM head)": 0.0, "attention kernel": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        kind = ("matmul (linear layers, LM head)" if event.key in ("aten::mm", "aten::addmm", "aten::bmm")
+                else "attention kernel" if "scaled_dot_product" in event.key else "other")
+        spent[kind] += event.self_cpu_time_total / 1e6
+    total = sum(spent.values())
+    work = {"matmul (linear layers, LM head)": flops["linear"] + flops["head"], "attention kernel": flops["attention"], "other": 0}
+    return {kind: {"seconds": t, "share": t / total, "flops": work[kind], "flops_per_s": work[kind] / t if t else 0.0}
+            for kind, t in spent.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=8, help="training batch")
@@ -107,6 +126,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report.table("Achieved vs measured peak (median (min-max))", ["work", "seconds", "GFLOP/s", "of peak"], rows)
     report.table("Matmul throughput by size", ["n", "GFLOP/s"],
                  [[n, fmt_spread(results["per_size"][n], 1e-9)] for n in sizes])
+    if lm.device.type == "cpu":
+        results["train_step"]["time_by_kernel"] = where_time_goes(train_step, flops["train_step"], peak["median"])
+        report.table("Where a training step's time goes (torch.profiler, one step, self CPU time)",
+                     ["kernels", "share of time", "FLOPs counted", "GFLOP/s", "of peak"],
+                     [[kind, f"{k['share']:.0%}", fmt(k["flops"] / 1e9) + " G", fmt(k["flops_per_s"] / 1e9) if k["flops"] else "",
+                       f"{k['flops_per_s'] / peak['median']:.0%}" if k["flops"] else ""]
+                      for kind, k in results["train_step"]["time_by_kernel"].items()])
     report.target("training step utilization", f">= {TARGET_UTILIZATION:.0%} of matmul peak",
                   results["train_step"]["utilization"]["median"] * 100, results["train_step"]["utilization"]["median"] >= TARGET_UTILIZATION, "%")
     report.results = {**results, "model_shape": shape.to_dict()}

@@ -8,9 +8,12 @@ Two architectures:
 Prompts are either one [P, E] for the whole batch or one per example [B, P, E]: a batch can mix
 tasks, or replicate an example across the N prompts of an ensemble.
 
-Batches are right-padded. For decoder-only models the LM head runs only on the positions whose
-next token is a target (on a 2-core CPU that halves a training step: the vocabulary projection
-at every position is the single largest matmul of the model).
+Decoder-only work is cut to what the result needs, exactly (tests compare against the plain
+model): the LM head and the last layer's MLP run only where a target is predicted (the
+vocabulary projection at every position is the single largest matmul of the model); the last
+target token is not fed; with one prompt for the batch, `[lead; P]` runs once and short rows of
+mixed lengths go end to end in one sequence instead of padded (on CPU, by default); rank
+classification feeds all labels' tokens in the input's own pass. bench/ measures each.
 """
 
 from __future__ import annotations
@@ -60,6 +63,18 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str 
 def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """[B] lengths -> [B, width] attention mask of ones then zeros."""
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+def _distinct_prompts(prompts: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P, E] or [B, P, E] -> (distinct prompts [U, P, E], owner [B]: which one each row uses).
+
+    Picks each distinct prompt's first row (not torch.unique's values) so gradients still flow."""
+    if prompts.dim() == 2:
+        return prompts[None], torch.zeros(batch, dtype=torch.long, device=prompts.device)
+    _, owner = torch.unique(prompts.detach().flatten(1), dim=0, return_inverse=True)
+    rows = torch.arange(len(owner), device=prompts.device)
+    first = torch.full((int(owner.max()) + 1,), len(owner), device=prompts.device).scatter_reduce(0, owner, rows, "amin")
+    return prompts[first], owner
 
 
 class FrozenLM(nn.Module):
@@ -204,10 +219,11 @@ class FrozenLM(nn.Module):
 
         Returns (hidden [B, T, H] at the rows' own positions, last [B, H] the hidden state of each
         row's last token, mask [B, lead + P + T], lengths [B] counting lead + P + row, cache or None).
-        When one [P, E] prompt serves the whole batch (and `share_prompt_prefix` allows: by default
-        on CPU), `[lead; P]` is the same causal prefix for every row: it runs once and its key/value
-        cache is shared (repeated B times), which saves P of every row's lead + P + T positions
-        (exact; gradients still reach the prompt through the cache).
+        Where `share_prompt_prefix` allows (by default on CPU) and the batch has fewer distinct
+        prompts U than rows (one [P, E] prompt; or the N prompts of an ensemble, the K tasks of a
+        mixed batch), each distinct `[lead; P]` is a causal prefix that runs once: its key/value
+        cache is gathered to the rows that use it, which saves P of every row's lead + P + T
+        positions (exact; gradients still reach the prompt through the cache).
 
         `packed` = (ids [F], sees [F, F] bool, offset [F]) appends F more tokens to every row, after
         its padding: each sees the row's prefix and real tokens, and the packed tokens `sees`
@@ -225,7 +241,8 @@ class FrozenLM(nn.Module):
         prefix_len = lead.shape[0] + prompts.shape[-2]
         lengths = tok_len + prefix_len
         mask = _mask(lengths, prefix_len + T)
-        share = prompts.dim() == 2 and prefix_len > 0 and self.shares_prefix()
+        distinct, owner = _distinct_prompts(prompts, B)
+        share = prefix_len > 0 and self.shares_prefix() and distinct.shape[0] < B
         positions = (prefix_len + torch.arange(T, device=self.device))[None].expand(B, -1)  # [B, T] after the prefix
         attention_mask = mask
         if packed is not None:
@@ -234,9 +251,9 @@ class FrozenLM(nn.Module):
             positions = torch.cat([positions, lengths[:, None] + offset[None]], dim=1)
             attention_mask = self._packed_mask(tok_len, prefix_len, sees, with_prefix_queries=not share)
         if share:
-            prefix = torch.cat([lead, prompts])[None]  # [1, l + P, E]
+            prefix = torch.cat([lead[None].expand(distinct.shape[0], -1, -1), distinct], dim=1)  # [U, l + P, E]
             _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
-            cache.batch_repeat_interleave(B)
+            cache.batch_select_indices(owner)  # row b reads its own prompt's prefix
             hidden, cache = self._decoder(
                 inputs_embeds=tok, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True, read=read,
             )

@@ -107,26 +107,30 @@ def lm_loss(lm: FrozenLM, prompts: torch.Tensor, batch: Batch, normalizer: int |
 
 
 def mixed_label_scores(
-    lm: FrozenLM, prompts: Sequence[torch.Tensor], inputs: Sequence[Sequence[int]], label_words: Sequence[Sequence[str]]
+    lm: FrozenLM, prompts: Sequence[torch.Tensor], inputs: Sequence[Sequence[int]], label_words: Sequence[Sequence[str]],
+    by_prompt: bool | None = None,
 ) -> list[torch.Tensor]:
     """Scores rows of any tasks together: row i is input i after its own prompt i [P_i, E],
     ranked over its own label words. Returns one [L_i] tensor of summed log-likelihoods per row.
 
-    Rows sharing a prompt length go through one forward with per-example prompts [B, P, E]. They
-    are scored against the union of their label words and each row keeps its own columns: a
-    label's score depends only on its row's prefix and the label's tokens, so this is exact, and
-    the expensive prefix pass is shared by all tasks; the extra cost is the short label pass over
-    the other tasks' label words (one to a few tokens each, read from the prefix's KV cache).
+    `by_prompt` (default: where FrozenLM shares prompt prefixes, i.e. on CPU): rows using the same
+    prompt tensor (one task, or one ensemble member) form one batch: its [lead; P] runs once, its
+    rows pad only among themselves and score only their own labels. One batch for all tasks pads
+    every row to the longest input of any task and was slower on CPU (bench/results/mixed_tasks.md).
+    Otherwise (a launch-bound GPU) rows sharing a prompt length go through one forward with
+    per-example prompts [B, P, E], scored against the union of their label words, each row keeping
+    its own columns: exact, as a label's score depends only on its row's prefix and the label.
     """
+    by_prompt = lm.shares_prefix() if by_prompt is None else by_prompt
     out: list[torch.Tensor | None] = [None] * len(inputs)
-    by_length: dict[int, list[int]] = {}
+    groups: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
-        by_length.setdefault(p.shape[0], []).append(i)
-    for idx in by_length.values():
+        groups.setdefault(id(p) if by_prompt else p.shape[0], []).append(i)
+    for idx in groups.values():
         union = list(dict.fromkeys(w for i in idx for w in label_words[i]))
         column = {w: j for j, w in enumerate(union)}
-        stacked = torch.stack([prompts[i] for i in idx])  # [B, P, E]
-        scores = label_scores(lm, stacked, [inputs[i] for i in idx], union, batch_size=len(idx))  # [B, U]
+        group_prompts = prompts[idx[0]] if by_prompt else torch.stack([prompts[i] for i in idx])  # [P, E] or [B, P, E]
+        scores = label_scores(lm, group_prompts, [inputs[i] for i in idx], union, batch_size=len(idx))  # [B, U]
         for row, i in enumerate(idx):
             out[i] = scores[row, [column[w] for w in label_words[i]]]
     return out  # type: ignore[return-value]

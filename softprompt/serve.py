@@ -2,8 +2,9 @@
 
 The paper's economic argument made concrete: the base model is loaded once; each served task costs
 only its [P, E] prompt. Requests of any task go into one queue; a micro-batcher drains it for up to
-`max_wait_ms` or `max_batch_size` rows and scores the whole batch in one forward with per-example
-prompts [B, P, E] (`softprompt.scoring.mixed_label_scores`). An ensemble task contributes N rows
+`max_wait_ms` or `max_batch_size` rows and scores the whole batch in one worker call
+(`softprompt.scoring.mixed_label_scores`: on a GPU one forward with per-example prompts
+[B, P, E]; on CPU one forward per prompt, each running its prefix once). An ensemble task contributes N rows
 per request, one per prompt, and its answer is the majority vote (`softprompt.ensemble.majority_vote`).
 
 Prompts come from the registry by task and alias (or the N newest / N pinned versions for an
@@ -83,7 +84,7 @@ class ServeConfig:
     token: str | None = field(default=None, repr=False, metadata={"help": "Bearer token every non-health request needs (None: open)."})
     max_batch_size: int = field(default=32, metadata={"help": "Rows per forward (an ensemble request is N rows)."})
     max_wait_ms: float = field(default=10.0, metadata={"help": "How long a batch waits for more requests once one arrived."})
-    mixed_batches: bool = field(default=True, metadata={"help": "Batch tasks together; False runs one forward per task (the baseline)."})
+    mixed_batches: bool = field(default=True, metadata={"help": "Batch tasks together (one queue, one worker call per batch); False runs one call per task (the baseline)."})
     max_body_bytes: int = field(default=64 * 1024, metadata={"help": "Larger request bodies are refused (413) before parsing."})
     max_input_chars: int = field(default=8000, metadata={"help": "Longer rendered inputs are refused (422)."})
     max_input_tokens: int = field(default=256, metadata={"help": "Longer inputs keep their last tokens, as in training."})
@@ -305,7 +306,7 @@ class MicroBatcher:
 
     def _score(self, batch: list[_Pending]) -> list[tuple[torch.Tensor, bool]]:
         """Worker thread: tokenizes (the tokenizer is used by this thread only: fast tokenizers
-        are not safe to share across threads) and runs one mixed forward for the batch ->
+        are not safe to share across threads) and scores the batch (mixed_label_scores) ->
         ([N_i, L_i] scores, truncated) per request."""
         prompts, inputs, words, owner, truncated = [], [], [], [], []
         for k, item in enumerate(batch):

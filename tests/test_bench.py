@@ -105,6 +105,8 @@ def test_utilization(quick_args, tmp_path):
     # own positions plus the [lead; P] prefix once (shared on CPU).
     step = r["train_step"]
     assert step["width"] > 20 + 16 and step["shared_prefix"] >= 20  # prompt + input + target positions
+    kinds = step["time_by_kernel"]  # the profiled step's time, split by kernel
+    assert sum(k["share"] for k in kinds.values()) == pytest.approx(1) and kinds["matmul (linear layers, LM head)"]["seconds"] > 0
     positions = 8 * (step["width"] - step["shared_prefix"]) + step["shared_prefix"]
     shape = r["model_shape"]
     targets = step["flops"]["head"] // (4 * shape["vocab"] * shape["hidden"])  # head rows
@@ -147,7 +149,8 @@ def test_mixed_tasks(quick_args, toy_task, tmp_path):
     mixed_tasks.main(quick_args + ["--tasks", f"{spec},{spec}", "--data-dir", str(toy_task["data_dir"]), "--per-task", "3"])
     r = _record(tmp_path, "mixed_tasks")["results"]
     assert r["rows"] == 6 and r["max_abs_score_difference"] < 1e-3
-    assert r["speedup_mixed"]["median"] > 0
+    assert r["service"]["speedup_vs_per_task"]["median"] > 0 and r["one_batch"]["speedup_vs_per_task"]["median"] > 0
+    assert r["service_groups_by_prompt"]  # CPU: the service batches each prompt's rows together
 
 
 def test_memory(quick_args, tmp_path):

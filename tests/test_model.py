@@ -215,3 +215,25 @@ def test_target_logprobs_equal_a_plain_forward_of_the_model(tiny_causal, monkeyp
     expected.sum().backward()
     assert torch.allclose(lp.detach(), expected.detach(), atol=1e-5)
     assert torch.allclose(ours.grad, plain.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_repeated_prompts_in_a_batch_share_their_prefix(tiny_causal, monkeypatch):
+    """Rows using the same prompt (an ensemble's N prompts, a mixed batch's tasks) run each distinct
+    [lead; P] once; scores and gradients equal the unshared pass's."""
+    lm = tiny_causal
+    monkeypatch.setattr(lm, "share_prompt_prefix", True)
+    table = torch.nn.Parameter(torch.randn(2, 3, lm.dim, generator=torch.Generator().manual_seed(0)) * 0.1)
+    owner = torch.tensor([0, 1, 0])
+    inputs = _inputs(lm, TEXTS)
+    batch = Batch(inputs, [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]])
+    shapes = []
+    decoder = lm._decoder
+    monkeypatch.setattr(lm, "_decoder", lambda *a, **k: shapes.append(tuple(k["inputs_embeds"].shape)) or decoder(*a, **k))
+    lp, _ = lm.target_logprobs(table[owner], batch)
+    assert shapes[0] == (2, len(lm.lead_ids) + 3, lm.dim)  # one prefix per distinct prompt
+    (grad_shared,) = torch.autograd.grad(lp.sum(), table)
+    monkeypatch.setattr(lm, "share_prompt_prefix", False)
+    lp_plain, _ = lm.target_logprobs(table[owner], batch)
+    (grad_plain,) = torch.autograd.grad(lp_plain.sum(), table)
+    assert torch.allclose(lp, lp_plain, atol=1e-5)
+    assert torch.allclose(grad_shared, grad_plain, rtol=1e-4, atol=1e-4)

@@ -106,14 +106,16 @@ def _metric(client, name):
 
 
 # ---------------------------------------------------------------- scoring
-def test_mixed_label_scores_equal_single_task_scores(tiny_causal):
-    """Rows of three tasks (two prompt lengths, three label sets) scored together give each
-    task's own label_scores."""
+@pytest.mark.parametrize("by_prompt", [True, False])
+def test_mixed_label_scores_equal_single_task_scores(tiny_causal, by_prompt):
+    """Rows of three tasks (two prompt lengths, three label sets, prompts used by one or two rows)
+    scored together, in one batch per prompt or per prompt length, give each task's own label_scores."""
     lm, rows = tiny_causal, []
+    prompts = {(task, seed): _prompt(lm, task, seed) for task in INPUTS for seed in (0, 1)}  # shared tensors, as the service's
     for task, examples in INPUTS.items():
-        for seed, fields in enumerate(examples):
-            rows.append((task, _prompt(lm, task, seed), lm.encode_input(TASKS[task][0].format(**fields), 256)[0]))
-    mixed = mixed_label_scores(lm, [r[1] for r in rows], [r[2] for r in rows], [TASKS[r[0]][1] for r in rows])
+        for k, fields in enumerate(examples):
+            rows.append((task, prompts[task, k % 2], lm.encode_input(TASKS[task][0].format(**fields), 256)[0]))
+    mixed = mixed_label_scores(lm, [r[1] for r in rows], [r[2] for r in rows], [TASKS[r[0]][1] for r in rows], by_prompt=by_prompt)
     for (task, prompt, ids), got in zip(rows, mixed, strict=True):
         assert got.shape == (len(TASKS[task][1]),)
         assert torch.allclose(got, label_scores(lm, prompt, [ids], TASKS[task][1])[0], atol=1e-4)
