@@ -1,11 +1,16 @@
 """Peak memory of serving K tasks with one model, and of a training step (softprompt vs PEFT).
 
 Serving K tasks: a fresh process loads the model, then K prompts from safetensors files (as
-pulled from the registry), keeps them resident and scores R requests spread over the K tasks in
-one mixed batch (softprompt.scoring.mixed_label_scores). The cost of serving K tasks is that
-process's peak RSS (CPU; GPU: allocated bytes) from after a first warm-up request to the end;
-the target compares K=100 with K=1. One process per measurement, because in a long-lived process
-the heap left by earlier measurements moved the peak by several percent either way.
+pulled from the registry), keeps them resident and scores R requests in one batch
+(softprompt.scoring.mixed_label_scores with by_prompt=False, the same batch shape for every K).
+Two request patterns:
+- one task: all R requests for task 0 while K prompts are resident: the cost of holding K tasks
+  (the target compares K=100 with K=1);
+- spread: the R requests round-robin over the K tasks: also what mixing costs. Rows of one prompt
+  share its [BOS; P] prefix (CPU), so K=1 runs it once while at K >= R no two rows share one.
+The cost is that process's peak RSS (CPU; GPU: allocated bytes) from after a first warm-up
+request to the end. One process per measurement, because in a long-lived process the heap left
+by earlier measurements moved the peak by several percent either way.
 Training: the peak above the steady state during one step of each implementation (the same
 setup as bench.train_vs_peft).
 
@@ -57,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--input-tokens", type=int, default=128, help="training input length")
     p.add_argument("--label-words", default="negative,positive")
     p.add_argument("--skip-training", action="store_true", help="serving only (no PEFT needed)")
-    p.add_argument("--serve-once", default=None, metavar="K:DIR", help=argparse.SUPPRESS)  # one measurement, in a child process
+    p.add_argument("--serve-once", default=None, metavar="PATTERN:K:DIR", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = p.parse_args(argv)
     check_args(args)
     if args.serve_once:
-        k, prompt_dir = args.serve_once.split(":", 1)
-        return serve_once(args, int(k), Path(prompt_dir))
+        pattern, k, prompt_dir = args.serve_once.split(":", 2)
+        return serve_once(args, pattern, int(k), Path(prompt_dir))
     ks = parse_ints(args.tasks_resident, "--tasks-resident")
     words = args.label_words.split(",")
 
@@ -76,27 +81,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for k in range(max(ks)):
             save_prompt(random_uniform(args.prompt_length, lm.dim, gen), Path(tmp) / f"task{k}.safetensors")
         child = [sys.executable, "-m", "bench.memory", *(argv if argv is not None else sys.argv[1:])]
-        serving = {k: [] for k in ks}
+        patterns = ("one_task", "spread")
+        serving = {(pattern, k): [] for pattern in patterns for k in ks}
         for r in range(args.reps):
-            for k in ks[r % len(ks):] + ks[: r % len(ks)]:
-                out = subprocess.run([*child, "--serve-once", f"{k}:{tmp}"], capture_output=True, text=True, check=True, cwd=REPO,
-                                     env=CHILD_ENV).stdout
-                serving[k].append(json.loads(out.strip().splitlines()[-1]))
+            for pattern in patterns:
+                for k in ks[r % len(ks):] + ks[: r % len(ks)]:
+                    out = subprocess.run([*child, "--serve-once", f"{pattern}:{k}:{tmp}"], capture_output=True, text=True, check=True,
+                                         cwd=REPO, env=CHILD_ENV).stdout
+                    serving[pattern, k].append(json.loads(out.strip().splitlines()[-1]))
     base_k = min(ks)
     rows = []
-    results["serving"] = {}
-    for k in ks:
-        peak = summary([m["peak"] for m in serving[k]])
-        extra = summary([a["peak"] / b["peak"] - 1 for a, b in zip(serving[k], serving[base_k], strict=True)])
-        results["serving"][k] = {"peak": peak, "delta": summary([m["delta"] for m in serving[k]]), "extra_vs_min_k": extra,
-                                 "prompt_bytes": k * args.prompt_length * lm.dim * 4}
-        rows.append([k, mib(peak["median"]), mib(results["serving"][k]["delta"]["median"]), mib(k * args.prompt_length * lm.dim * 4),
-                     f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})"])
-    report.table(f"Serving K tasks: R={args.requests} requests of {args.serve_input_tokens} tokens in one mixed batch, "
-                 f"model weights {mib(model_bytes)} MiB", ["K", "peak MiB (process)", "peak above start MiB", "prompts MiB", f"vs K={base_k}"], rows)
+    results["serving"] = {pattern: {} for pattern in patterns}
+    for pattern, k in serving:
+        runs = serving[pattern, k]
+        peak = summary([m["peak"] for m in runs])
+        extra = summary([a["peak"] / b["peak"] - 1 for a, b in zip(runs, serving[pattern, base_k], strict=True)])
+        results["serving"][pattern][k] = {"peak": peak, "delta": summary([m["delta"] for m in runs]), "extra_vs_min_k": extra,
+                                          "prompt_bytes": k * args.prompt_length * lm.dim * 4}
+        rows.append([pattern.replace("_", " "), k, mib(peak["median"]), mib(results["serving"][pattern][k]["delta"]["median"]),
+                     mib(k * args.prompt_length * lm.dim * 4), f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})"])
+    report.table(f"Serving K tasks: R={args.requests} requests of {args.serve_input_tokens} tokens in one batch, "
+                 f"model weights {mib(model_bytes)} MiB", ["requests", "K", "peak MiB (process)", "peak above start MiB", "prompts MiB",
+                                                           f"vs K={base_k}"], rows)
     if 100 in ks and 1 in ks:
-        extra = results["serving"][100]["extra_vs_min_k"]["median"]
+        extra = results["serving"]["one_task"][100]["extra_vs_min_k"]["median"]
         report.target("serving 100 tasks vs 1", f"< {TARGET_EXTRA:.0%} more memory", extra * 100, extra < TARGET_EXTRA, "%")
+        spread = results["serving"]["spread"][100]["extra_vs_min_k"]["median"]
+        report.note(f"Spread over the tasks, K=100 peaks {spread:+.2%} over K=1: besides the prompts, its rows cannot share a "
+                    "[BOS; P] prefix (every row has its own prompt), so each computes P more positions; at K=1 all rows share one.")
 
     if not args.skip_training:
         trainers = Trainers(lm, args.prompt_length, args.seed)
@@ -125,21 +137,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return report.results
 
 
-def serve_once(args: argparse.Namespace, k: int, prompt_dir: Path) -> dict:
+def serve_once(args: argparse.Namespace, pattern: str, k: int, prompt_dir: Path) -> dict:
     """In a fresh process: load the model, then measure loading K prompts (kept resident) and
-    scoring one mixed batch of R requests over them. Prints the measurement as JSON."""
+    scoring one batch of R requests (`pattern`: all for task 0, or spread over the K tasks).
+    Prints the measurement as JSON."""
     lm = load_lm(args)
     words = args.label_words.split(",")
     inputs, _ = fixed_batch(lm, args.requests, args.serve_input_tokens, words, args.seed)
     # A first request pages in every weight (safetensors loads are file-backed), so the peak
     # measures what K tasks add to a warm service, not how much of the model was resident.
     mixed_label_scores(lm, [random_uniform(args.prompt_length, lm.dim, torch.Generator().manual_seed(args.seed))] * len(inputs),
-                       inputs, [words] * len(inputs))
+                       inputs, [words] * len(inputs), by_prompt=False)
     resident: list = []
 
     def serve() -> None:
         resident.extend(load_prompt(prompt_dir / f"task{i}.safetensors").to(lm.device) for i in range(k))
-        mixed_label_scores(lm, [resident[i % k] for i in range(len(inputs))], inputs, [words] * len(inputs))
+        owners = [i % k if pattern == "spread" else 0 for i in range(len(inputs))]
+        mixed_label_scores(lm, [resident[i] for i in owners], inputs, [words] * len(inputs), by_prompt=False)
 
     measured = peak_memory(serve, lm.device)
     print(json.dumps(measured))

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import inspect
 import logging
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,26 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str 
 def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """[B] lengths -> [B, width] attention mask of ones then zeros."""
     return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+def _read_only(cache, owner: torch.Tensor):
+    """Makes a prefix's key/value cache read-only for one pass of B rows: each layer attends to row
+    b's prefix (`owner` [B] picks it, gathered as the layer reads it) plus the new tokens, and
+    stores nothing. Otherwise every layer's keys and values for the whole batch stay alive to the
+    end of the pass, memory the plain pass frees layer by layer (SmolLM2, 32 rows of 64 tokens:
+    about 124 MB, and 30 MB more for the prefix gathered up front). Plain layers only; others
+    (sliding-window layers) get the prefix gathered up front and keep their own update."""
+    from transformers.cache_utils import DynamicLayer
+
+    def concat(layer, keys, values, *args, **kwargs):
+        return torch.cat([layer.keys[owner], keys], dim=-2), torch.cat([layer.values[owner], values], dim=-2)
+
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer:
+            layer.update = types.MethodType(concat, layer)
+        else:
+            layer.batch_select_indices(owner)
+    return cache
 
 
 def _distinct_prompts(prompts: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +274,10 @@ class FrozenLM(nn.Module):
         if share:
             prefix = torch.cat([lead[None].expand(distinct.shape[0], -1, -1), distinct], dim=1)  # [U, l + P, E]
             _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
-            cache.batch_select_indices(owner)  # row b reads its own prompt's prefix
+            if use_cache:  # the caller goes on from the cache (generation): row b gets its own copy
+                cache.batch_select_indices(owner)
+            else:  # row b reads its own prompt's prefix
+                _read_only(cache, owner)
             hidden, cache = self._decoder(
                 inputs_embeds=tok, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True, read=read,
             )
@@ -318,7 +342,7 @@ class FrozenLM(nn.Module):
         starts = lengths.cumsum(0) - lengths  # [B] where each row begins in the pack
         _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
         hidden, _ = self._decoder(
-            inputs_embeds=self.embed(flat)[None], attention_mask=mask[None, None], position_ids=(K + index)[None], cache=cache, use_cache=True,
+            cache=_read_only(cache, torch.zeros(1, dtype=torch.long, device=dev)), inputs_embeds=self.embed(flat)[None], attention_mask=mask[None, None], position_ids=(K + index)[None], use_cache=True,
             read=(torch.zeros_like(read[0]), starts[read[0]] + read[1]),
         )  # [1, S, H]
         out = hidden.new_zeros(len(rows), int(lengths.max()), hidden.shape[-1])
