@@ -46,11 +46,9 @@ class ModelShape:
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
 
-        def linear_params(module) -> int:
-            return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear)) if module is not None else 0
-
-        last_mlp = getattr(getattr(lm.model.base_model, "layers", [None])[-1], "mlp", None)
-        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, linear_params(lm.model.base_model), linear_params(last_mlp))
+        mlp = lm.last_mlp
+        mlp_params = sum(m.weight.numel() for m in mlp.modules() if isinstance(m, nn.Linear)) if mlp is not None else 0
+        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, lm.decoder_linear_params, mlp_params)
 
     def forward(self, batch: int, width: int, head_rows: int, keys: int | None = None) -> dict:
         """One forward of `batch` sequences of `width` new positions attending to `keys` positions
@@ -99,5 +97,5 @@ def softprompt_step(shape: ModelShape, lm, batch, prompt_length: int) -> dict:
     rows packed where `lm.packs_rows` says so, the head on target positions only."""
     rows = [len(x) + len(y) - 1 for x, y in zip(batch.inputs, batch.targets, strict=True)]
     prefix = shared_prefix(lm, prompt_length)
-    packed = rows if prefix and lm.packs_rows(rows, prompt_length) else None
+    packed = rows if lm.packs_rows(rows, prompt_length) else None
     return shape.prompt_step(len(rows), len(lm.lead_ids) + prompt_length + max(rows), sum(map(len, batch.targets)), prefix, packed)

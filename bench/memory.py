@@ -96,10 +96,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         runs = serving[pattern, k]
         peak = summary([m["peak"] for m in runs])
         extra = summary([a["peak"] / b["peak"] - 1 for a, b in zip(runs, serving[pattern, base_k], strict=True)])
+        prompt_bytes = k * args.prompt_length * lm.dim * 4
         results["serving"][pattern][k] = {"peak": peak, "delta": summary([m["delta"] for m in runs]), "extra_vs_min_k": extra,
-                                          "prompt_bytes": k * args.prompt_length * lm.dim * 4}
+                                          "prompt_bytes": prompt_bytes}
         rows.append([pattern.replace("_", " "), k, mib(peak["median"]), mib(results["serving"][pattern][k]["delta"]["median"]),
-                     mib(k * args.prompt_length * lm.dim * 4), f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})"])
+                     mib(prompt_bytes), f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})"])
     report.table(f"Serving K tasks: R={args.requests} requests of {args.serve_input_tokens} tokens in one batch, "
                  f"model weights {mib(model_bytes)} MiB", ["requests", "K", "peak MiB (process)", "peak above start MiB", "prompts MiB",
                                                            f"vs K={base_k}"], rows)

@@ -18,6 +18,7 @@ classification feeds all labels' tokens in the input's own pass. bench/ measures
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -86,6 +87,11 @@ def _read_only(cache, owner: torch.Tensor):
     return cache
 
 
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean "query may see key" -> the additive mask attention takes (0 or the dtype's minimum)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def _distinct_prompts(prompts: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[P, E] or [B, P, E] -> (distinct prompts [U, P, E], owner [B]: which one each row uses).
 
@@ -121,7 +127,6 @@ class FrozenLM(nn.Module):
         bos = tokenizer.bos_token_id
         self.lead_ids = [bos] if (not self.is_encoder_decoder and bos is not None and probe[:1] == [bos]) else []
         self._fingerprint: str | None = None
-        self._linear_params: int | None = None  # of the decoder stack, for `packs_rows`
         # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
         # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.lm_adapt).
         self.target_prefix = ""
@@ -148,7 +153,7 @@ class FrozenLM(nn.Module):
         """
         if cache is not None:
             kwargs[self._cache_name] = cache
-        mlp = getattr(getattr(self.model.base_model, "layers", [None])[-1], "mlp", None)
+        mlp = self.last_mlp
         if read is None or mlp is None:
             out = self.model.base_model(**kwargs)
             return out.last_hidden_state, getattr(out, self._cache_name, None)
@@ -169,6 +174,16 @@ class FrozenLM(nn.Module):
             for handle in handles:
                 handle.remove()
         return out.last_hidden_state, getattr(out, self._cache_name, None)
+
+    @property
+    def last_mlp(self) -> nn.Module | None:
+        """The last decoder layer's MLP (None where the architecture has no `layers[-1].mlp`)."""
+        return getattr(getattr(self.model.base_model, "layers", [None])[-1], "mlp", None)
+
+    @functools.cached_property
+    def decoder_linear_params(self) -> int:
+        """Parameters of every nn.Linear in the decoder stack (the LM head and embedding excluded)."""
+        return sum(m.weight.numel() for m in self.model.base_model.modules() if isinstance(m, nn.Linear))
 
     @property
     def device(self) -> torch.device:
@@ -231,6 +246,19 @@ class FrozenLM(nn.Module):
             raise ValueError(f"prompts must be [P, E] or [B={batch}, P, E], got {list(prompts.shape)}")
         return prompts
 
+    def _prefix_cache(self, distinct: torch.Tensor, owner: torch.Tensor, keep: bool):
+        """Runs each distinct `[lead; P]` once (`distinct` [U, P, E]) and returns its key/value cache
+        for the rows `owner` [B] maps to them: copied per row when the caller keeps the cache
+        (generation goes on from it), else read-only for one pass (see `_read_only`)."""
+        lead = self.embed(torch.tensor(self.lead_ids, dtype=torch.long, device=self.device))  # [l, E]
+        distinct = distinct.to(dtype=lead.dtype)
+        prefix = torch.cat([lead[None].expand(distinct.shape[0], -1, -1), distinct], dim=1)  # [U, l + P, E]
+        _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
+        if keep:
+            cache.batch_select_indices(owner)
+            return cache
+        return _read_only(cache, owner)
+
     def shares_prefix(self) -> bool:
         """Whether one [P, E] prompt's `[lead; P]` prefix runs once per batch (see `_run_decoder`)."""
         return self.share_prompt_prefix if self.share_prompt_prefix is not None else self.device.type == "cpu"
@@ -272,12 +300,7 @@ class FrozenLM(nn.Module):
             positions = torch.cat([positions, lengths[:, None] + offset[None]], dim=1)
             attention_mask = self._packed_mask(tok_len, prefix_len, sees, with_prefix_queries=not share)
         if share:
-            prefix = torch.cat([lead[None].expand(distinct.shape[0], -1, -1), distinct], dim=1)  # [U, l + P, E]
-            _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
-            if use_cache:  # the caller goes on from the cache (generation): row b gets its own copy
-                cache.batch_select_indices(owner)
-            else:  # row b reads its own prompt's prefix
-                _read_only(cache, owner)
+            cache = self._prefix_cache(distinct, owner, keep=use_cache)
             hidden, cache = self._decoder(
                 inputs_embeds=tok, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True, read=read,
             )
@@ -301,6 +324,8 @@ class FrozenLM(nn.Module):
         about half the matmul rate, bench/results/utilization.md). Short rows of mixed lengths
         (SST-2: 46% padding at B=8) pack; long equal rows do not. A sliding window shorter than
         the pack rules it out (a custom 4-D mask would bypass the window)."""
+        if not self.shares_prefix():  # packing runs after the one shared prefix
+            return False
         if self.pack_rows is not None:
             return self.pack_rows
         prefix = len(self.lead_ids) + prompt_length
@@ -309,13 +334,11 @@ class FrozenLM(nn.Module):
         if window is not None and prefix + packed > window:
             return False
         cfg = self.model.config
-        if self._linear_params is None:
-            self._linear_params = sum(m.weight.numel() for m in self.model.base_model.modules() if isinstance(m, nn.Linear))
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         pair = 2 * 4 * head_dim * cfg.num_attention_heads * cfg.num_hidden_layers
 
         def cost(positions: int, pairs: int) -> int:
-            return 2 * self._linear_params * positions + pair * pairs
+            return 2 * self.decoder_linear_params * positions + pair * pairs
 
         return cost(packed, packed * (prefix + packed)) < cost(len(lengths) * width, len(lengths) * width * (prefix + width))
 
@@ -330,20 +353,17 @@ class FrozenLM(nn.Module):
         flat = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=dev)  # [S]
         segment = torch.repeat_interleave(torch.arange(len(rows), device=dev), lengths)  # [S] row of each token
         index = torch.arange(flat.shape[0], device=dev) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)  # [S] place in row
-        lead = self.embed(torch.tensor(self.lead_ids, dtype=torch.long, device=dev))
-        prefix = torch.cat([lead, prompt.to(device=dev, dtype=lead.dtype)])[None]  # [1, l + P, E]
-        S, K = flat.shape[0], prefix.shape[1]
+        S, K = flat.shape[0], len(self.lead_ids) + prompt.shape[0]
         allowed = torch.cat([
             torch.ones(S, K, dtype=torch.bool, device=dev),
             (segment[:, None] == segment[None, :]) & (index[None, :] <= index[:, None]),
         ], dim=1)  # [S, K + S]
-        dtype = self.embedding.weight.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = _additive_mask(allowed, self.embedding.weight.dtype)
         starts = lengths.cumsum(0) - lengths  # [B] where each row begins in the pack
-        _, cache = self._decoder(inputs_embeds=prefix, use_cache=True, read=_NOTHING)
+        cache = self._prefix_cache(prompt[None].to(dev), torch.zeros(1, dtype=torch.long, device=dev), keep=False)
         hidden, _ = self._decoder(
-            cache=_read_only(cache, torch.zeros(1, dtype=torch.long, device=dev)), inputs_embeds=self.embed(flat)[None], attention_mask=mask[None, None], position_ids=(K + index)[None], use_cache=True,
-            read=(torch.zeros_like(read[0]), starts[read[0]] + read[1]),
+            inputs_embeds=self.embed(flat)[None], attention_mask=mask[None, None], position_ids=(K + index)[None], cache=cache,
+            use_cache=True, read=(torch.zeros_like(read[0]), starts[read[0]] + read[1]),
         )  # [1, S, H]
         out = hidden.new_zeros(len(rows), int(lengths.max()), hidden.shape[-1])
         return out.index_put((segment, index), hidden[0])
@@ -373,9 +393,7 @@ class FrozenLM(nn.Module):
         if with_prefix_queries:
             causal = torch.ones(prefix_len, prefix_len, dtype=torch.bool, device=dev).tril()
             allowed.insert(0, torch.cat([causal, torch.zeros(prefix_len, T + F, dtype=torch.bool, device=dev)], dim=1)[None].expand(B, -1, -1))
-        allowed = torch.cat(allowed, dim=1)[:, None]  # [B, 1, Q, K]
-        dtype = self.embedding.weight.dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+        return _additive_mask(torch.cat(allowed, dim=1)[:, None], self.embedding.weight.dtype)  # [B, 1, Q, K]
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head on selected hidden states [N, H] -> log-probs [N, V] (with Gemma's soft-capping)."""
@@ -417,7 +435,7 @@ class FrozenLM(nn.Module):
                 pos_idx.append(start + k - 1)
                 tgt.append(t)
         read = (torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device))
-        if prompts.dim() == 2 and self.shares_prefix() and self.packs_rows([len(r) for r in rows], prompts.shape[0]):
+        if prompts.dim() == 2 and self.packs_rows([len(r) for r in rows], prompts.shape[0]):
             hidden = self._run_packed_rows(prompts, rows, read)
         else:
             hidden, _, _, _, _ = self._run_decoder(prompts, rows, read=read)
@@ -467,7 +485,8 @@ class FrozenLM(nn.Module):
         # Every choice's tokens but its first (predicted from the input's last position) and its
         # last (only a target) are fed after the input: F tokens per row, all choices packed.
         feed = [(label, j) for label, ids in enumerate(choices) for j in range(len(ids) - 1)]
-        width = len(self.lead_ids) + prompts.shape[-2] + max(map(len, inputs)) + len(feed)
+        F, T = len(feed), max(map(len, inputs))
+        width = len(self.lead_ids) + prompts.shape[-2] + T + F
         window = getattr(self.model.config, "sliding_window", None)
         if feed and window is not None and width > window:
             # A custom 4-D mask would bypass sliding-window attention: one short pass per choice.
@@ -483,7 +502,6 @@ class FrozenLM(nn.Module):
         ids = torch.tensor([choices[label][j] for label, j in feed], device=dev)  # [F]
         nxt = torch.tensor([choices[label][j + 1] for label, j in feed], device=dev)  # [F]
         sees = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])  # [F, F]: own choice's earlier tokens
-        F, T = len(feed), max(map(len, inputs))
         read = (
             torch.arange(B, device=dev).repeat_interleave(F + 1),
             torch.cat([last_pos[:, None], T + torch.arange(F, device=dev).expand(B, F)], dim=1).flatten(),
@@ -497,8 +515,9 @@ class FrozenLM(nn.Module):
         return self._head(last)[:, [ids[0] for ids in choices]]
 
     def _repeated_choice_scores(self, cache, mask, lengths, choices) -> torch.Tensor:
-        """As `_packed_choice_scores`, for models whose sliding-window attention a custom 4-D mask
-        would bypass: the prefix's cache is repeated once per choice instead. Returns [B, L]."""
+        """Every choice's tokens after its first, for models whose sliding-window attention a custom
+        4-D mask would bypass: one short pass per choice over the prefix's cache repeated L times
+        (instead of packing them after the input). Returns [B, L]."""
         B, L = mask.shape[0], len(choices)
         choice_ids, choice_len = _pad(choices, self.pad_id, self.device)  # [L, M]
         cache.batch_repeat_interleave(L)
