@@ -1,7 +1,7 @@
 """Runs every benchmark in turn, then writes <out>/summary.md: each benchmark's targets and a link
 to its full results. `make bench` runs this under `nice -n 19`.
 
-    python -m bench [--quick] [--only train_vs_peft,memory] [--model M] [--out DIR]
+    python -m bench [--quick] [--only train_vs_peft,memory] [--reps N] [--model M] [--out DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks to run")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default=None)
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions for each benchmark (default: its own)")
     p.add_argument("--out", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"--only: unknown benchmarks {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}")
     common = ["--out", args.out] + (["--quick"] if args.quick else []) + (["--model", args.model] if args.model else [])
+    common += ["--reps", str(args.reps)] if args.reps is not None else []
     for name in chosen:
         print(f"\n=== bench.{name} ===", flush=True)
         importlib.import_module(f"bench.{name}").main(common)

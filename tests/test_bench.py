@@ -131,6 +131,16 @@ def test_rank_labels_rejects_too_many_labels(quick_args):
         rank_labels.main(quick_args + ["--labels", "99"])
 
 
+def test_run_all_passes_options_and_writes_summary(tiny_causal_dir, tmp_path):
+    from bench.__main__ import main
+
+    main(["--only", "rank_labels", "--reps", "1", "--quick", "--model", str(tiny_causal_dir), "--out", str(tmp_path)])
+    rec = _record(tmp_path, "rank_labels")
+    assert rec["config"]["reps"] == 1  # without --reps, --quick would run 2
+    assert rec["results"]["cases"]["forward"]["seconds"]["n"] == 1
+    assert "rank classification" in (tmp_path / "summary.md").read_text()
+
+
 def test_ensemble_batch(quick_args, tmp_path):
     from bench import ensemble_batch
 
