@@ -236,7 +236,8 @@ def environment(device: torch.device | str) -> dict:
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
         "device": str(device), "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
+        # The results folder is left out: a run of several benchmarks writes it as it goes.
+        "git_dirty": bool(_git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR.relative_to(REPO)}")),
     }
     try:
         import peft

@@ -17,7 +17,9 @@ a few percent of the total and run at memory speed, not matmul speed):
 - a shared prompt prefix (FrozenLM.shares_prefix: one [P, E] prompt for the batch, on CPU by
   default): its S = lead + P positions run once, not once per row, so the rows cost their own
   T - S positions (attending to all T keys) plus one sequence of S. Counting S per row would
-  credit us with work we do not do.
+  credit us with work we do not do. The rows' own token embeddings then carry no gradient, so
+  the first layer's query, key and value projections (Q parameters) have no backward for them:
+  2 Q per row position less in the step (PEFT's input includes the prompt: all of it has one).
 - the last layer's MLP (R parameters) runs only where the head reads (FrozenLM._decoder `read`):
   2 R per head position instead of per position. PEFT's plain forward reads every position, so
   for it the count is the plain 2 N B T.
@@ -39,6 +41,7 @@ class ModelShape:
     vocab: int
     body_params: int  # parameters of the decoder stack's nn.Linear layers
     last_mlp_params: int  # of those, the last layer's MLP: it runs only where the head reads
+    first_qkv_params: int  # the first layer's query, key and value projections (see prompt_step)
 
     @classmethod
     def of(cls, lm) -> ModelShape:
@@ -48,7 +51,9 @@ class ModelShape:
 
         mlp = lm.last_mlp
         mlp_params = sum(m.weight.numel() for m in mlp.modules() if isinstance(m, nn.Linear)) if mlp is not None else 0
-        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, lm.decoder_linear_params, mlp_params)
+        attn = getattr(lm.model.base_model.layers[0], "self_attn", nn.Module())
+        qkv = sum(m.weight.numel() for name, m in attn.named_modules() if isinstance(m, nn.Linear) and name != "o_proj")
+        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, lm.decoder_linear_params, mlp_params, qkv)
 
     def forward(self, batch: int, width: int, head_rows: int, keys: int | None = None) -> dict:
         """One forward of `batch` sequences of `width` new positions attending to `keys` positions
@@ -76,9 +81,13 @@ class ModelShape:
         return out
 
     def prompt_step(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0, packed: Sequence[int] | None = None) -> dict:
-        """A prompt-tuning training step: forward plus backward to the inputs only (frozen weights)."""
+        """A prompt-tuning training step: forward plus backward to the inputs only (frozen weights).
+        Behind a shared prefix the rows' first-layer q/k/v projections have no backward (their
+        input, the token embeddings, carries no gradient)."""
         f = self.run(batch, width, head_rows, shared_prefix, packed)
-        out = {"linear": 2 * f["linear"], "attention": 3 * f["attention"], "head": 2 * f["head"]}
+        row_positions = sum(packed) if packed else batch * (width - shared_prefix)
+        no_backward = 2 * self.first_qkv_params * row_positions if shared_prefix else 0
+        out = {"linear": 2 * f["linear"] - no_backward, "attention": 3 * f["attention"], "head": 2 * f["head"]}
         out["total"] = sum(out.values())
         return out
 

@@ -66,11 +66,34 @@ def test_flop_counts(tiny_causal):
     shared = shape.run(batch=2, width=10, head_rows=3, shared_prefix=4)
     assert shared["linear"] == 2 * (shape.body_params - last_mlp) * (2 * 6 + 4) + 2 * last_mlp * 3
     assert shared["attention"] == 4 * shape.attn_dim * shape.layers * (2 * 6 * 10 + 4 * 4)
-    assert shape.prompt_step(batch=2, width=10, head_rows=3, shared_prefix=4)["total"] < step["total"]
+    assert shape.first_qkv_params == cfg.hidden_size**2 + 2 * cfg.hidden_size * kv
+    # Behind the shared prefix the rows' first-layer q/k/v projections (12 row positions) have no backward.
+    shared_step = shape.prompt_step(batch=2, width=10, head_rows=3, shared_prefix=4)
+    assert shared_step["linear"] == 2 * shared["linear"] - 2 * shape.first_qkv_params * 12
+    assert shared_step["total"] < step["total"]
     # Rows of 3 and 6 own positions packed end to end: 9 positions attending to 4 + 9 keys, no padding.
     packed = shape.run(batch=2, width=10, head_rows=3, shared_prefix=4, packed=[3, 6])
     assert packed["linear"] == 2 * (shape.body_params - last_mlp) * (9 + 4) + 2 * last_mlp * 3
     assert packed["attention"] == 4 * shape.attn_dim * shape.layers * (9 * 13 + 4 * 4)
+
+
+def test_rows_first_layer_projections_have_no_backward(tiny_causal):
+    """The premise of ModelShape.prompt_step's shared-prefix count: the prefix's first-layer q/k/v
+    outputs need a gradient (the prompt is their input), the rows' do not."""
+    from softprompt.model import Batch
+
+    assert tiny_causal.shares_prefix()
+    needs_grad = []
+    handle = tiny_causal.model.base_model.layers[0].self_attn.q_proj.register_forward_hook(
+        lambda module, args, out: needs_grad.append(out.requires_grad))
+    prompt = torch.nn.Parameter(torch.randn(4, tiny_causal.dim))
+    try:
+        logprobs, _ = tiny_causal.target_logprobs(prompt, Batch([[5, 6, 7], [8, 9, 10]], [[11, 2], [12, 2]]))
+    finally:
+        handle.remove()
+    assert needs_grad == [True, False]  # the prefix pass, then the rows' pass
+    logprobs.sum().backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
 
 
 @pytest.fixture()
@@ -102,15 +125,18 @@ def test_utilization(quick_args, tmp_path):
     for work in ("train_step", "inference"):
         assert r[work]["flops"]["total"] > 0 and r[work]["utilization"]["median"] > 0
     # A step does forward + input-gradient backward: twice a forward's linear FLOPs, over 8 rows'
-    # own positions plus the [lead; P] prefix once (shared on CPU).
+    # own positions plus the [lead; P] prefix once (shared on CPU), less the rows' first-layer
+    # q/k/v backward.
     step = r["train_step"]
     assert step["width"] > 20 + 16 and step["shared_prefix"] >= 20  # prompt + input + target positions
     kinds = step["time_by_kernel"]  # the profiled step's time, split by kernel
     assert sum(k["share"] for k in kinds.values()) == pytest.approx(1) and kinds["matmul (linear layers, LM head)"]["seconds"] > 0
-    positions = 8 * (step["width"] - step["shared_prefix"]) + step["shared_prefix"]
+    rows = 8 * (step["width"] - step["shared_prefix"])
+    positions = rows + step["shared_prefix"]
     shape = r["model_shape"]
     targets = step["flops"]["head"] // (4 * shape["vocab"] * shape["hidden"])  # head rows
-    assert step["flops"]["linear"] == 4 * (shape["body_params"] - shape["last_mlp_params"]) * positions + 4 * shape["last_mlp_params"] * targets
+    assert step["flops"]["linear"] == (4 * (shape["body_params"] - shape["last_mlp_params"]) * positions
+                                       + 4 * shape["last_mlp_params"] * targets - 2 * shape["first_qkv_params"] * rows)
 
 
 def test_rank_labels(quick_args, tmp_path):
