@@ -36,7 +36,9 @@ bench() {
   step 60 "$out/rank_labels.log" $PY -m bench.rank_labels --model "$model" --out "$out" --naive
   step 60 "$out/ensemble_batch.log" $PY -m bench.ensemble_batch --model "$model" --out "$out"
   step 60 "$out/mixed_tasks.log" $PY -m bench.mixed_tasks --model "$model" --out "$out"
-  step 80 "$out/memory.log" $PY -m bench.memory --model "$model" --out "$out"
+  # Each serving measurement is a fresh process (2 patterns x 3 K per repetition): 2 repetitions took
+  # 93 s with a tiny model on the 2-core CPU, so 80 s would not fit them.
+  step 150 "$out/memory.log" $PY -m bench.memory --model "$model" --out "$out" --reps 2
   $PY -c "import sys; from pathlib import Path; from bench.__main__ import write_summary; write_summary(Path(sys.argv[1]))" "$out"
 }
 
