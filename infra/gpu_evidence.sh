@@ -2,6 +2,13 @@
 # The GPU evidence in one script, for a machine with one CUDA GPU and this repo's checkout.
 #
 #   infra/gpu_evidence.sh bench MODEL OUT_DIR     bf16 benchmarks against PEFT (bench/, issue 10)
+#   infra/gpu_evidence.sh carry OUT_DIR           here, before the call: what `arch` and `bench` need
+#                                                 (SmolLM2's config and tokenizer from the model
+#                                                 cache, the data of sst2 rte mrpc cb), about 10 MB
+#   infra/gpu_evidence.sh arch SRC OUT_DIR        SRC's config and tokenizer with random weights (seed
+#                                                 0): a MODEL for `bench` where the weights cannot
+#                                                 travel (a call carries 64 MiB; time and memory do
+#                                                 not depend on the weights' values)
 #   infra/gpu_evidence.sh experiments OUT_DIR     GPU check, then the paper's experiments at real
 #                                                 size on SmolLM2-135M (issue 3), five at once
 #
@@ -42,6 +49,29 @@ bench() {
   $PY -c "import sys; from pathlib import Path; from bench.__main__ import write_summary; write_summary(Path(sys.argv[1]))" "$out"
 }
 
+carry() {
+  local out=$1 model=${SOFTPROMPT_MODEL_CACHE:-$HOME/.cache/softprompt/models}/smollm2-135m
+  local data=${SOFTPROMPT_DATA_DIR:-../shared/data}
+  mkdir -p "$out/smollm2-135m" "$out/data" &&
+    cp "$model"/{config.json,tokenizer.json,tokenizer_config.json} "$out/smollm2-135m/" &&
+    cp -r "$data"/{sst2,rte,mrpc,cb} "$out/data/" ||
+    { echo "carry: needs the cached model in $model (load it once) and the data in $data" >&2; exit 1; }
+}
+
+arch() {
+  $PY - "$1" "$2" <<'PYTHON'
+import sys
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+src, out = sys.argv[1:]
+torch.manual_seed(0)
+AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src)).save_pretrained(out)
+AutoTokenizer.from_pretrained(src).save_pretrained(out)
+PYTHON
+}
+
 experiments() {
   local out=$1 config=results/experiments/configs/sst2_smollm2_gpu.yaml
   mkdir -p "$out"
@@ -67,6 +97,8 @@ experiments() {
 
 case "${1:-}" in
   bench) bench "$2" "$3" ;;
+  carry) carry "$2" ;;
+  arch) arch "$2" "$3" ;;
   experiments) experiments "$2" ;;
-  *) echo "usage: $0 bench MODEL OUT_DIR | experiments OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 bench MODEL OUT_DIR | carry OUT_DIR | arch SRC OUT_DIR | experiments OUT_DIR" >&2; exit 2 ;;
 esac

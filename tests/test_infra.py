@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,3 +270,45 @@ def test_gpu_evidence_script_parses_and_refuses_a_bad_stage():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     bad = subprocess.run(["bash", str(script), "train"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+def test_gpu_evidence_arch_builds_a_random_weight_copy(tiny_causal_dir, tmp_path):
+    """`arch` gives `bench` a model with SRC's architecture and tokenizer (what travels to a GPU
+    machine when the weights cannot)."""
+    from softprompt.model import load_frozen_lm
+
+    # A trained-looking source: the tiny fixture's weights, shifted (seed-0 init alone would match).
+    src = load_frozen_lm(str(tiny_causal_dir), device="cpu")
+    with torch.no_grad():
+        for p in src.model.parameters():
+            p.add_(1.0)
+    src.model.save_pretrained(tmp_path / "src")
+    src.tokenizer.save_pretrained(tmp_path / "src")
+    out = tmp_path / "arch"
+    env = {**os.environ, "PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(ROOT / "infra" / "gpu_evidence.sh"), "arch", str(tmp_path / "src"), str(out)],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    copy = load_frozen_lm(str(out), device="cpu")
+    assert copy.model.config.to_dict() | {"_name_or_path": ""} == src.model.config.to_dict() | {"_name_or_path": ""}
+    assert copy.tokenize("the cat sat") == src.tokenize("the cat sat")
+    assert [p.shape for p in copy.model.parameters()] == [p.shape for p in src.model.parameters()]
+    assert not torch.equal(copy.embedding.weight, src.embedding.weight)  # fresh weights, not the source's
+
+
+def test_gpu_evidence_carry_gathers_what_one_device_call_needs(tmp_path):
+    models, data = tmp_path / "models", tmp_path / "data"
+    (models / "smollm2-135m").mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        (models / "smollm2-135m" / name).write_text(name)
+    for task in ("sst2", "rte", "mrpc", "cb", "boolq"):
+        (data / task).mkdir(parents=True)
+        (data / task / "train.jsonl").write_text(task)
+    script, out = str(ROOT / "infra" / "gpu_evidence.sh"), tmp_path / "carry"
+    env = {**os.environ, "SOFTPROMPT_MODEL_CACHE": str(models), "SOFTPROMPT_DATA_DIR": str(data)}
+    assert subprocess.run(["bash", script, "carry", str(out)], env=env).returncode == 0
+    assert sorted(p.name for p in (out / "smollm2-135m").iterdir()) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["cb", "mrpc", "rte", "sst2"]  # the weights and other tasks stay
+    missing = subprocess.run(["bash", script, "carry", str(tmp_path / "again")], capture_output=True, text=True,
+                             env={**env, "SOFTPROMPT_DATA_DIR": str(tmp_path / "nowhere")})
+    assert missing.returncode == 1 and "carry: needs" in missing.stderr
