@@ -33,6 +33,13 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 
+def _linear_params(module: nn.Module | None, skip: str = "") -> int:
+    """Weights of the nn.Linear layers inside `module` (0 for None), leaving out the one named `skip`."""
+    if module is None:
+        return 0
+    return sum(m.weight.numel() for name, m in module.named_modules() if isinstance(m, nn.Linear) and name != skip)
+
+
 @dataclass
 class ModelShape:
     layers: int
@@ -49,11 +56,9 @@ class ModelShape:
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
 
-        mlp = lm.last_mlp
-        mlp_params = sum(m.weight.numel() for m in mlp.modules() if isinstance(m, nn.Linear)) if mlp is not None else 0
-        attn = getattr(lm.model.base_model.layers[0], "self_attn", nn.Module())
-        qkv = sum(m.weight.numel() for name, m in attn.named_modules() if isinstance(m, nn.Linear) and name != "o_proj")
-        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, lm.decoder_linear_params, mlp_params, qkv)
+        first_attention = getattr(getattr(lm.model.base_model, "layers", [None])[0], "self_attn", None)
+        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, lm.decoder_linear_params,
+                   _linear_params(lm.last_mlp), _linear_params(first_attention, skip="o_proj"))
 
     def forward(self, batch: int, width: int, head_rows: int, keys: int | None = None) -> dict:
         """One forward of `batch` sequences of `width` new positions attending to `keys` positions

@@ -47,7 +47,7 @@ def scoring_flops(shape: ModelShape, lm: FrozenLM, batch: int, prompt_length: in
     return shape.run(batch, width + feed, head_rows=batch * (1 + feed), shared_prefix=shared_prefix(lm, prompt_length))
 
 
-def where_time_goes(step, flops: dict, peak: float) -> dict:
+def where_time_goes(step, flops: dict) -> dict:
     """Profiles one call of `step` and splits its self CPU time into matrix multiplies (which do the
     linear and LM-head FLOPs), the attention kernel (the attention FLOPs) and everything else
     (norms, activations, RoPE, copies, autograd and Python), with each part's achieved rate."""
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report.table("Matmul throughput by size", ["n", "GFLOP/s"],
                  [[n, fmt_spread(results["per_size"][n], 1e-9)] for n in sizes])
     if lm.device.type == "cpu":
-        results["train_step"]["time_by_kernel"] = where_time_goes(train_step, flops["train_step"], peak["median"])
+        results["train_step"]["time_by_kernel"] = where_time_goes(train_step, flops["train_step"])
         report.table("Where a training step's time goes (torch.profiler, one step, self CPU time)",
                      ["kernels", "share of time", "FLOPs counted", "GFLOP/s", "of peak"],
                      [[kind, f"{k['share']:.0%}", fmt(k["flops"] / 1e9) + " G", fmt(k["flops_per_s"] / 1e9) if k["flops"] else "",
