@@ -290,8 +290,10 @@ class FrozenLM(nn.Module):
         prefix_len = lead.shape[0] + prompts.shape[-2]
         lengths = tok_len + prefix_len
         mask = _mask(lengths, prefix_len + T)
-        distinct, owner = _distinct_prompts(prompts, B)
-        share = prefix_len > 0 and self.shares_prefix() and distinct.shape[0] < B
+        share = prefix_len > 0 and self.shares_prefix()
+        if share:  # finding the distinct prompts syncs a GPU: only where the prefix can be shared
+            distinct, owner = _distinct_prompts(prompts, B)
+            share = distinct.shape[0] < B
         positions = (prefix_len + torch.arange(T, device=self.device))[None].expand(B, -1)  # [B, T] after the prefix
         attention_mask = mask
         if packed is not None:
