@@ -11,7 +11,9 @@ one machine (kfp.local, `components.runner`); the Kubernetes settings (GPU, node
 are no-ops locally. Caching and retries are set per step:
 
   step        cache  retries  why
-  prepare     on     2        deterministic in its parameters (pass data_version to key new data)
+  prepare     on     0        deterministic in its parameters (pin data_version to key new data);
+                              a missing revision or object, or a hash mismatch, must fail at once
+                              (the S3 client retries transient network errors itself)
   lm-adapt    on     2        expensive and deterministic; a retry starts over (no resume)
   train       on     3        preemptible GPU pods; a retry resumes from the run's checkpoint.pt
   ensemble    on     2        deterministic given the runs; recomputed if preempted
@@ -80,6 +82,7 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
     )
     def prompt_tuning(
         task: str = "sst2",
+        task_spec: str = "",
         base_model: str = "smollm2-135m",
         prompt_configs: list = DEFAULT_PROMPT_CONFIGS,
         prompt_length: int = 20,
@@ -94,8 +97,12 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         eval_max_examples: int = 1000,
         max_input_tokens: int = 256,
         eval_batch_size: int = 32,
-        data_dir: str = "",
+        data_repo: str = "",
+        data_rev: str = "",
+        data_remote: str = "",
+        data_path: str = "",
         data_version: str = "",
+        data_dir: str = "",
         max_train_examples: int = 0,
         max_dev_examples: int = 0,
         max_test_examples: int = 0,
@@ -108,7 +115,9 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         nearest_k: int = 5,
     ) -> PromptTuningOutputs:
         """Parameters:
-        task: task name (tasks/<name>.yaml in the image) or a spec path.
+        task: the task's name (the registry's name for it).
+        task_spec: the task spec: its YAML text, or a URI/path to it (s3://..., file://...);
+            '' = tasks/<task>.yaml in the image (the embedded default).
         base_model: offline short name (smollm2-135m, gemma3-270m), hub name, or a checkpoint dir, e.g. the
             `model_path` output of the LM-adaptation pipeline (on the checkpoint volume).
         prompt_configs: one prompt per item, trained in parallel: {"seed": int, "init": class_label |
@@ -120,8 +129,17 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         eval_every, patience, eval_max_examples: dev evaluation every K steps on at most this many
             dev examples; stop after `patience` evaluations without a new best (0 = never).
         max_input_tokens, eval_batch_size: input truncation (keeps the end) and scoring batch size.
-        data_dir: the raw data location in the pod ('' = $SOFTPROMPT_DATA_DIR of the image).
-        data_version: tag or DVC hash of the data at data_dir; part of the prepare step's cache key.
+        data_repo, data_rev: a DVC repository (git URL) and git revision: the data is its DVC-tracked
+            folder data_path at that revision ('' rev = HEAD).
+        data_remote: a DVC remote (s3://bucket/dvc): the data is the folder whose DVC hash is
+            data_version, fetched by hash with no git access (data_rev, data_path: where that hash
+            was read, for lineage and errors).
+        data_path: the DVC-tracked folder in the repository ('' = data/<task>).
+        data_version: the data folder's DVC hash (<md5>.dir), checked against the bytes read from any
+            source (required with data_remote; '' = not checked, recorded as read). Also part of the
+            prepare step's cache key: pin it (or a commit as data_rev) so new data is never cached.
+        data_dir: with no DVC source, the local data folder holding <task>/ ('' = the image's
+            $SOFTPROMPT_DATA_DIR; the embedded default).
         max_train_examples, max_dev_examples, max_test_examples, data_seed: seeded subsets (0 = all).
         checkpoint_root: where training checkpoints live so a preempted step resumes (the checkpoint
             volume); '' keeps them in the output artifact (one machine).
@@ -131,14 +149,18 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         nearest_k: nearest vocabulary tokens per prompt vector in the report.
         """
         prepare = prepare_data(
-            task=task, data_dir=data_dir, data_version=data_version, max_train_examples=max_train_examples,
-            max_dev_examples=max_dev_examples, max_test_examples=max_test_examples, seed=data_seed,
+            task=task, task_spec=task_spec, data_dir=data_dir, data_repo=data_repo, data_rev=data_rev,
+            data_remote=data_remote, data_path=data_path, data_version=data_version,
+            max_train_examples=max_train_examples, max_dev_examples=max_dev_examples,
+            max_test_examples=max_test_examples, seed=data_seed,
         ).set_display_name("prepare data")
-        prepare.set_retry(num_retries=2, backoff_duration="30s").set_caching_options(enable_caching=True)
+        spec = prepare.outputs["spec"]
+        prepare.set_caching_options(enable_caching=True)
 
         with dsl.ParallelFor(prompt_configs, name="prompts") as prompt_config:
             train = train_prompt(
-                task=task, train_dev=prepare.outputs["train_dev"], base_model=base_model, prompt_config=prompt_config,
+                task=task, spec=spec, train_dev=prepare.outputs["train_dev"], base_model=base_model,
+                prompt_config=prompt_config,
                 prompt_length=prompt_length, optimizer=optimizer, lr=lr, batch_size=batch_size,
                 micro_batch_size=micro_batch_size, max_steps=max_steps, max_minutes=max_minutes, eval_every=eval_every,
                 patience=patience, eval_max_examples=eval_max_examples, eval_batch_size=eval_batch_size, max_input_tokens=max_input_tokens,
@@ -147,20 +169,23 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
             _on_gpu_pool(train, cluster, retries=cluster.train_retries).set_caching_options(enable_caching=True)
 
         ensemble = ensemble_prompts(
-            task=task, runs=dsl.Collected(train.outputs["run"]), train_dev=prepare.outputs["train_dev"],
+            task=task, spec=spec, runs=dsl.Collected(train.outputs["run"]), train_dev=prepare.outputs["train_dev"],
             base_model=base_model, max_input_tokens=max_input_tokens, eval_batch_size=eval_batch_size,
         ).set_display_name("ensemble")
         _on_gpu_pool(ensemble, cluster, retries=2).set_caching_options(enable_caching=True)
 
         evaluation = evaluate(
-            task=task, ensemble=ensemble.outputs["ensemble"], test_set=prepare.outputs["test_set"], base_model=base_model,
+            task=task, spec=spec, ensemble=ensemble.outputs["ensemble"], test_set=prepare.outputs["test_set"],
+            base_model=base_model,
             max_input_tokens=max_input_tokens, eval_batch_size=eval_batch_size, nearest_k=nearest_k,
         ).set_display_name("evaluate")
         _on_gpu_pool(evaluation, cluster, retries=2).set_caching_options(enable_caching=True)
 
         register = register_prompt(
-            task=task, ensemble=ensemble.outputs["ensemble"], summary=evaluation.outputs["summary"], registry_uri=registry_uri,
-            alias=alias, min_improvement=min_improvement, dataset_version=prepare.outputs["Output"], code_version=code_version,
+            task=task, spec=spec, ensemble=ensemble.outputs["ensemble"], summary=evaluation.outputs["summary"],
+            registry_uri=registry_uri, alias=alias, min_improvement=min_improvement,
+            dataset_version=prepare.outputs["dataset_version"], data_source=prepare.outputs["data_source"],
+            code_version=code_version,
         ).set_display_name("register (quality gate)")
         register.set_caching_options(enable_caching=False)
 
@@ -180,7 +205,7 @@ def build_lm_adaptation_pipeline(cluster: ClusterConfig | None = None):
         "checkpoint); its model_path output is the base_model of every prompt-tuning run.",
     )
     def lm_adaptation(
-        base_model: str = "google/t5-v1_1-base",
+        base_model: str,
         corpus: str = "sst2",
         data_dir: str = "",
         steps: int = 1000,
@@ -191,7 +216,9 @@ def build_lm_adaptation_pipeline(cluster: ClusterConfig | None = None):
         export_dir: str = CHECKPOINT_MOUNT + "/base-models",
     ) -> LMAdaptationOutputs:
         """Parameters:
-        base_model: encoder-decoder checkpoint (hub name or dir); decoder-only models need no adaptation.
+        base_model: required: the encoder-decoder checkpoint, a directory the pod can read (e.g. a T5 1.1
+            checkpoint copied to the checkpoint volume; the image is offline, so hub names fail
+            early unless the hub is reachable); decoder-only models need no adaptation.
         corpus: unlabeled text: a .txt file (one document per line) or a task name whose train inputs are used
             (the paper used C4).
         data_dir: the raw data location when corpus is a task name ('' = the image's default).

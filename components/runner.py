@@ -2,7 +2,7 @@
 
     run_prompt_tuning("sst2", {"max_steps": 20}, mode="local")   # -> registered version, report, ...
     run_prompt_tuning("sst2", {"max_steps": 2000}, mode="kfp", kfp_host="http://ml-pipeline:8888")
-    run_lm_adaptation({"base_model": "google/t5-v1_1-base"}, mode="kfp", kfp_host=...)
+    run_lm_adaptation({"base_model": "/mnt/checkpoints/base-models/t5-v1_1-base"}, mode="kfp", ...)
 
 Local mode runs the very pipeline that `components.compile` writes for the cluster, each step a
 subprocess of this Python environment (SubprocessRunner(use_venv=False): nothing is installed);
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.cluster import PIPELINE_SERVICE_ACCOUNT
+from components.kubeflow import KfpEndpoint, submit
 from components.pipelines import lm_adaptation_pipeline, prompt_tuning_pipeline
 
 DEFAULT_ROOT = Path("runs")
@@ -86,26 +86,43 @@ def run_local(pipeline, arguments: dict, pipeline_root: str | Path, cache: bool 
     return dict(task.outputs)
 
 
-def _run_kfp(pipeline, params: dict, kfp_host: str | None, run_name: str | None, experiment: str | None,
-             wait: bool, timeout_s: int) -> dict:
-    import kfp
-
-    client = kfp.Client(host=kfp_host)
-    # The pipeline's service account holds the registry write access (infra/k8s); no keys in params.
-    result = client.create_run_from_pipeline_func(pipeline, arguments=params, run_name=run_name, experiment_name=experiment,
-                                                  service_account=PIPELINE_SERVICE_ACCOUNT)
-    out = {"mode": "kfp", "host": kfp_host, "run_id": result.run_id, "status": "SUBMITTED"}
+def _run_kfp(pipeline, params: dict, endpoint: KfpEndpoint, run_name: str | None,
+             experiment: str | None, wait: bool, timeout_s: int) -> dict:
+    run_id = submit(endpoint, pipeline, params, run_name, experiment)
+    out = {"mode": "kfp", "host": endpoint.host, "run_id": run_id, "status": "SUBMITTED"}
     if wait:
-        run = client.wait_for_run_completion(result.run_id, timeout=timeout_s)
+        run = endpoint.client().wait_for_run_completion(run_id, timeout=timeout_s)
         out["status"] = str(run.state)
     return out
+
+
+def _endpoint(kfp_host: str | KfpEndpoint | None) -> KfpEndpoint:
+    if isinstance(kfp_host, KfpEndpoint):
+        return kfp_host
+    if not kfp_host:
+        raise ValueError("mode kfp needs the Kubeflow Pipelines API (kfp_host)")
+    return KfpEndpoint(kfp_host)
+
+
+def _spec_file_to_params(task: str, params: dict) -> str:
+    """A task given as a spec file (`path/to/<name>.yaml`) travels as its text (`task_spec`), so
+    a pod that cannot see this machine's files still gets it; returns the task's name."""
+    if not task.endswith((".yaml", ".yml")):
+        return task
+    from softprompt.data_source import parse_spec_text
+
+    text = Path(task).read_text(encoding="utf-8")
+    if params.get("task_spec") not in (None, "", text):
+        raise ValueError(f"task {task!r} is a spec file, and params['task_spec'] is another spec")
+    params["task_spec"] = text
+    return parse_spec_text(Path(task).stem, text, task).name
 
 
 def run_prompt_tuning(
     task: str,
     params: dict | None = None,
     mode: str = "local",
-    kfp_host: str | None = None,
+    kfp_host: str | KfpEndpoint | None = None,
     *,
     root: str | Path = DEFAULT_ROOT,
     cache: bool = True,
@@ -114,22 +131,26 @@ def run_prompt_tuning(
     wait: bool = False,
     timeout_s: int = 6 * 3600,
 ) -> dict:
-    """Runs the prompt-tuning pipeline for `task`; `params` override the pipeline's parameters.
+    """Runs the prompt-tuning pipeline for `task` (a name, or a spec file whose text becomes
+    the `task_spec` parameter); `params` override the pipeline's parameters.
 
     mode "local": kfp.local on this machine (registry under `root`/registry unless params say
     otherwise); returns {"mode", "status", "run_id", "run_dir", "task" (the registry's task name),
     "registry_uri", "manifest_uri", "version", "promoted", "decision", "manifest", "registration",
     "report", "metrics", "seconds"}.
-    mode "kfp": submits to the Kubeflow Pipelines API at `kfp_host`; returns {"mode", "host",
+    mode "kfp": submits to the Kubeflow Pipelines API at `kfp_host` (a URL, or a KfpEndpoint with
+    credentials and namespace); returns {"mode", "host",
     "run_id", "status"} ("SUBMITTED", or the final state with wait=True).
     """
     params = dict(params or {})
+    task = _spec_file_to_params(task, params)
     if "task" in params and params["task"] != task:
         raise ValueError(f"params['task']={params['task']!r} contradicts task={task!r}")
     params["task"] = task
     if mode == "kfp":
         _check_params(prompt_tuning_pipeline, params)
-        return _run_kfp(prompt_tuning_pipeline, params, kfp_host, run_name, experiment, wait, timeout_s)
+        return _run_kfp(prompt_tuning_pipeline, params, _endpoint(kfp_host), run_name, experiment, wait,
+                        timeout_s)
     if mode != "local":
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     root = Path(root)
@@ -161,7 +182,7 @@ def run_prompt_tuning(
 def run_lm_adaptation(
     params: dict | None = None,
     mode: str = "local",
-    kfp_host: str | None = None,
+    kfp_host: str | KfpEndpoint | None = None,
     *,
     root: str | Path = DEFAULT_ROOT,
     cache: bool = True,
@@ -174,9 +195,13 @@ def run_lm_adaptation(
     "checkpoint", "metadata", "seconds"}: pass model_path as the prompt-tuning `base_model`.
     mode "kfp" returns {"mode", "host", "run_id", "status"}."""
     params = dict(params or {})
+    if not params.get("base_model"):
+        raise ValueError("the LM-adaptation pipeline needs base_model: an encoder-decoder checkpoint "
+                         "directory the run can read (e.g. on the checkpoint volume)")
     if mode == "kfp":
         _check_params(lm_adaptation_pipeline, params)
-        return _run_kfp(lm_adaptation_pipeline, params, kfp_host, run_name, experiment, wait, timeout_s)
+        return _run_kfp(lm_adaptation_pipeline, params, _endpoint(kfp_host), run_name, experiment, wait,
+                        timeout_s)
     if mode != "local":
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     started = time.monotonic()
@@ -234,13 +259,21 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable; JSON values)")
         p.add_argument("--mode", choices=MODES, default="local")
         p.add_argument("--kfp-host", default=None, help="Kubeflow Pipelines API (mode kfp)")
+        p.add_argument("--kfp-token-path", default="",
+                       help="mode kfp: a file holding the bearer token (e.g. a projected "
+                            "ServiceAccount token; read for every call)")
+        p.add_argument("--kfp-namespace", default="",
+                       help="mode kfp: the Kubeflow profile namespace (multi-user Kubeflow)")
         p.add_argument("--root", default=str(DEFAULT_ROOT), help="local outputs: pipelines/ (runs, cache) and registry/")
         p.add_argument("--no-cache", action="store_true", help="run every step again")
         p.add_argument("--wait", action="store_true", help="mode kfp: wait for the run to finish")
         p.add_argument("--output", default=None, help="also write the result JSON to this file")
     args = parser.parse_args(argv)
     params = _parse_sets(args.set)
-    common = dict(mode=args.mode, kfp_host=args.kfp_host, root=args.root, cache=not args.no_cache, wait=args.wait)
+    endpoint = KfpEndpoint(args.kfp_host, token_path=args.kfp_token_path,
+                           namespace=args.kfp_namespace) if args.kfp_host else None
+    common = dict(mode=args.mode, kfp_host=endpoint, root=args.root, cache=not args.no_cache,
+                  wait=args.wait)
     if args.pipeline == "prompt-tuning":
         result = run_prompt_tuning(args.task, params, **common)
     else:

@@ -1,52 +1,63 @@
 """The task catalogue and retraining change detection: which tasks need a new prompt.
 
-The catalogue is a folder of task specs (`<name>.yaml`, see softprompt.tasks): a team adds a task
-by adding its spec and its data. A task needs (re)training when the registry has no prompt for it,
-or when its latest registered prompt's lineage no longer matches what training would see now:
+The catalogue is a set of task specs (`tasks/<name>.yaml`, see softprompt.tasks) and their data
+(`<data root>/<name>/`). It is read either from local folders (the embedded default) or from a
+git + DVC repository at one revision, where each task's data folder `data/<name>` is tracked with
+`dvc add` and its DVC hash is read from the repository's records without downloading anything.
+A team adds a task by committing its spec and `data/<name>.dvc` after `dvc push`.
 
-  data changed        the prepared data's version (DVC hash, `<md5>.dir`) differs from the
-                      manifest's `dataset_version`; the spec's template, label words and data
-                      files all shape the prepared examples, so most spec edits land here too
-  spec changed        template, label words or metric differ from the manifest's
+A task needs (re)training when the registry has no prompt for it, or when its latest registered
+prompt's lineage no longer matches what training would see now:
+
+  data changed        the data folder's DVC hash (`<md5>.dir`) differs from the manifest's
+                      `dataset_version`
+  spec changed        template, label words, metric or any other field that shapes training
+                      (TaskSpec.digest) differ from the manifest's
   base model changed  the base model to train on differs from the manifest's `base_model`
 
-A spec edit that changes none of these (description, hub source) needs no new prompt. The
-prepared-data version is computed by a caller-supplied function, so that it is the very value the
-training pipeline will record (its prepare step, run on the same inputs).
+A spec edit that changes none of these (description, hub source) needs no new prompt.
 
-    entries = read_catalogue("tasks")
-    plans = plan_retraining(entries, open_registry(uri), data_version=..., base_model="smollm2-135m")
-    for plan in plans: ... train plan.task when plan.retrain ...; verify_registered(registry, plan)
+    entries = read_catalogue("tasks", data_dir="data")            # or read_catalogue_at(url, rev)
+    plans = plan_retraining(entries, open_registry(uri), base_model="smollm2-135m")
+    for plan in plans: ... run the pipeline with plan.run_params() ...; verify_registered(...)
 
 Orchestrators (the Airflow DAGs) are thin shells over these functions.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
 
+from softprompt.data_source import (
+    CATALOGUE_DATA_DIR,
+    DataFetchError,
+    DataRef,
+    default_remote,
+    open_dvc_repo,
+    recorded_hash,
+)
+from softprompt.data_version import dataset_version
 from softprompt.registry import Manifest, Registry
-from softprompt.tasks import TaskDataError, TaskSpec, parse_spec
+from softprompt.tasks import TaskDataError, TaskSpec, default_data_dir, parse_spec
 
 
 class CatalogueError(ValueError):
-    """A catalogue that cannot be planned as a whole (missing folder, unknown or duplicate task)."""
+    """A catalogue that cannot be planned as a whole (missing folder or revision, unknown task)."""
 
 
 @dataclass(frozen=True)
 class CatalogueEntry:
     """One spec file of the catalogue; `error` says why it cannot be used (its other tasks can)."""
 
-    name: str  # the spec's name (= the registry task name), or the file stem if the spec is unreadable
-    spec_path: str
+    name: str  # the spec's name (= the registry task name), or the file stem if unreadable
+    spec_path: str  # where the spec was read: a file, or "<path>@<commit>" in a repository
     spec: TaskSpec | None = None
-    spec_sha256: str | None = None  # of the spec's normalized content, not its formatting
+    spec_text: str | None = None  # the spec's YAML, handed to the pipeline as task_spec
+    data: DataRef | None = None  # its data; `version` set when the catalogue records it
     error: str | None = None
 
 
@@ -58,10 +69,12 @@ class TaskPlan:
     spec_path: str
     retrain: bool
     reason: str  # "new task", "data changed (...)", "unchanged", "requested", ... or the error
-    dataset_version: str | None = None  # the prepared data's version the new prompt must record
+    dataset_version: str | None = None  # the data's DVC hash the new prompt must record
     spec_sha256: str | None = None
     latest_version: int | None = None  # the registry's latest version before this run
     error: str | None = None  # set: the task cannot be trained as it is (bad spec or data)
+    spec_text: str | None = None
+    data: dict | None = None  # DataRef fields, `version` included
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,41 +83,99 @@ class TaskPlan:
     def from_dict(cls, raw: dict) -> TaskPlan:
         return cls(**raw)
 
+    def run_params(self) -> dict:
+        """The prompt-tuning pipeline parameters that name this task's spec and data."""
+        ref = DataRef(**(self.data or {"task": self.task}))
+        params = {"task": self.task, "task_spec": self.spec_text or "",
+                  "data_version": self.dataset_version or ""}
+        if ref.kind == "local":
+            return params | {"data_dir": ref.data_dir}
+        keys = ("remote", "rev", "path") if ref.kind == "dvc-remote" else ("repo", "rev", "path")
+        return params | {f"data_{k}": getattr(ref, k) for k in keys}
 
-def spec_digest(raw: dict) -> str:
-    """sha256 of a spec's content (keys sorted), so reformatting the YAML changes nothing."""
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+
+def _entry(name: str, where: str, text: str, data: DataRef) -> CatalogueEntry:
+    """An entry from a spec's text; a spec that does not parse, or whose `name` differs from its
+    file name, becomes an entry with `error` set."""
+    try:
+        spec = parse_spec(yaml.safe_load(text), where)
+        if spec.name != name:
+            raise TaskDataError(f"{where}: field 'name' is {spec.name!r} but the file is "
+                                f"{name}.yaml; they must match")
+    except yaml.YAMLError as err:
+        return CatalogueEntry(name, where, error=f"invalid task spec: {where}: invalid YAML: {err}")
+    except TaskDataError as err:
+        return CatalogueEntry(name, where, error=f"invalid task spec: {err}")
+    return CatalogueEntry(name, where, spec, text, data)
 
 
-def read_catalogue(tasks_dir: str | Path, only: Iterable[str] | None = None) -> list[CatalogueEntry]:
-    """Every `*.yaml` spec in `tasks_dir`, sorted by name; `only`: just these task names.
+def _select(entries: list[CatalogueEntry], only: Iterable[str] | None,
+            where: str) -> list[CatalogueEntry]:
+    if only is None:
+        return entries
+    wanted = list(dict.fromkeys(only))
+    names = {e.name for e in entries}
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise CatalogueError(f"task(s) {unknown} not in the catalogue {where} "
+                             f"(available: {', '.join(sorted(names)) or 'none'})")
+    return [e for e in entries if e.name in wanted]
 
-    A spec that does not parse, or whose `name` differs from its file name, becomes an entry with
-    `error` set (that task fails, the others go on). Raises CatalogueError for a missing folder or
-    an `only` name that is not in the catalogue."""
+
+def read_catalogue(tasks_dir: str | Path, only: Iterable[str] | None = None,
+                   data_dir: str | Path | None = None) -> list[CatalogueEntry]:
+    """Every `*.yaml` spec in the folder `tasks_dir`, sorted by name, with its data in
+    `data_dir/<name>/` (default: softprompt.tasks.default_data_dir()); `only`: just these task
+    names. Raises CatalogueError for a missing folder or an `only` name that is not there."""
     root = Path(tasks_dir)
     if not root.is_dir():
         raise CatalogueError(f"task catalogue {root}: not a directory")
+    data_root = str(data_dir or default_data_dir())
+    entries = [_entry(path.stem, str(path), path.read_text(encoding="utf-8"),
+                      DataRef(task=path.stem, data_dir=data_root))
+               for path in sorted(root.glob("*.yaml"))]
+    return _select(entries, only, str(root))
+
+
+def read_catalogue_at(repo: str, rev: str = "", only: Iterable[str] | None = None,
+                      tasks_dir: str = "tasks",
+                      remote: str = "") -> tuple[list[CatalogueEntry], str]:
+    """The catalogue of a git + DVC repository at `rev` ('' = HEAD), and the commit it resolved
+    to. Each task's data version is the DVC hash recorded for `data/<name>` at that commit (no
+    data is downloaded); the pipeline fetches it by hash from `remote` ('' = the repository's
+    default DVC remote). A task without such a record becomes an entry with `error` set."""
+    try:
+        fs, sha = open_dvc_repo(repo, rev)
+    except DataFetchError as err:
+        raise CatalogueError(str(err)) from err
+    at = f"{repo}@{sha[:12]}"
+    if not fs.isdir(tasks_dir):
+        raise CatalogueError(f"task catalogue {tasks_dir}/ not found in {at}")
+    remote = remote or default_remote(fs, at)
     entries = []
-    for path in sorted(root.glob("*.yaml")):
+    for path in sorted(p for p in fs.ls(tasks_dir, detail=False) if p.endswith(".yaml")):
+        name = Path(path).stem
+        where = f"{path}@{sha[:12]}"
+        data_path = f"{CATALOGUE_DATA_DIR}/{name}"
         try:
-            raw = yaml.safe_load(path.read_text())
-            spec = parse_spec(raw, str(path))
-            if spec.name != path.stem:
-                raise TaskDataError(f"{path}: field 'name' is {spec.name!r} but the file is {path.name}; they must match")
-            entries.append(CatalogueEntry(spec.name, str(path), spec, spec_digest(raw)))
-        except yaml.YAMLError as err:
-            entries.append(CatalogueEntry(path.stem, str(path), error=f"invalid task spec: {path}: invalid YAML: {err}"))
-        except TaskDataError as err:
-            entries.append(CatalogueEntry(path.stem, str(path), error=f"invalid task spec: {err}"))
-    if only is not None:
-        wanted = list(dict.fromkeys(only))
-        names = {e.name for e in entries}
-        unknown = [n for n in wanted if n not in names]
-        if unknown:
-            raise CatalogueError(f"task(s) {unknown} not in the catalogue {root} (available: {', '.join(sorted(names)) or 'none'})")
-        entries = [e for e in entries if e.name in wanted]
-    return entries
+            version = recorded_hash(fs, data_path, f"task {name}: {data_path}@{sha[:12]} in {repo}")
+        except DataFetchError as err:
+            entries.append(CatalogueEntry(name, where, error=f"data: {err}"))
+            continue
+        ref = DataRef(task=name, version=version, remote=remote, rev=sha, path=data_path)
+        entries.append(_entry(name, where, fs.read_text(path, encoding="utf-8"), ref))
+    return _select(entries, only, at), sha
+
+
+def entry_data_version(entry: CatalogueEntry) -> str:
+    """The data version the catalogue records for `entry`, else the DVC hash of its local data
+    folder (hashing it reads the files, and nothing else)."""
+    if entry.data.version:
+        return entry.data.version
+    folder = Path(entry.data.data_dir or default_data_dir()) / entry.data.folder
+    if not folder.is_dir():
+        raise DataFetchError(f"{entry.data.where()}: data folder {folder} not found")
+    return dataset_version(folder)
 
 
 def _latest(registry: Registry, task: str) -> Manifest | None:
@@ -117,9 +188,12 @@ def _changes(entry: CatalogueEntry, latest: Manifest, version: str, base_model: 
     changes = []
     if latest.dataset_version != version:
         changes.append(f"data changed ({latest.dataset_version} -> {version})")
-    spec_fields = [name for name, new, old in (("template", spec.template, latest.template),
-                                               ("label words", spec.label_words, latest.label_words),
-                                               ("metric", spec.metric, latest.metric)) if new != old]
+    named = (("template", spec.template, latest.template),
+             ("label words", spec.label_words, latest.label_words),
+             ("metric", spec.metric, latest.metric))
+    spec_fields = [name for name, new, old in named if new != old]
+    if not spec_fields and latest.spec_sha256 and latest.spec_sha256 != spec.digest:
+        spec_fields = ["other fields"]  # e.g. splits, label_field, carve_dev, tsv columns
     if spec_fields:
         changes.append(f"spec changed ({', '.join(spec_fields)})")
     if latest.base_model != base_model:
@@ -130,19 +204,21 @@ def _changes(entry: CatalogueEntry, latest: Manifest, version: str, base_model: 
 def plan_retraining(
     entries: list[CatalogueEntry],
     registry: Registry,
-    data_version: Callable[[CatalogueEntry], str],
     base_model: str,
     force: Iterable[str] = (),
+    data_version: Callable[[CatalogueEntry], str] = entry_data_version,
 ) -> list[TaskPlan]:
     """One plan per entry: retrain it (new, changed, or named in `force`) or not (unchanged).
 
-    `data_version(entry)` returns the version of the task's prepared data; a TaskDataError or
-    OSError from it (bad rows, a missing file) makes that task's plan an error, naming the step.
-    Registry errors propagate: without the registry nothing can be planned."""
+    `data_version(entry)` gives the DVC hash of the task's data (default: the catalogue's record,
+    else the local folder's hash); a TaskDataError or OSError from it (a missing folder) makes
+    that task's plan an error. Registry errors propagate: without the registry nothing can be
+    planned."""
     force = set(force)
     plans = []
     for entry in entries:
-        common = dict(task=entry.name, spec_path=entry.spec_path, spec_sha256=entry.spec_sha256)
+        common = dict(task=entry.name, spec_path=entry.spec_path,
+                      spec_sha256=entry.spec.digest if entry.spec else None)
         if entry.error:
             plans.append(TaskPlan(**common, retrain=True, reason=entry.error, error=entry.error))
             continue
@@ -151,13 +227,16 @@ def plan_retraining(
         try:
             version = data_version(entry)
         except (TaskDataError, OSError) as err:
-            error = f"prepare data: {err}"
+            error = f"data: {err}"
             plans.append(TaskPlan(**common, retrain=True, reason=error, error=error))
             continue
         reasons = ["new task"] if latest is None else _changes(entry, latest, version, base_model)
         if entry.name in force:
             reasons.insert(0, "requested")
-        plans.append(TaskPlan(**common, retrain=bool(reasons), reason="; ".join(reasons) or "unchanged", dataset_version=version))
+        data = replace(entry.data, version=version).to_dict()
+        reason = "; ".join(reasons) or "unchanged"
+        plans.append(TaskPlan(**common, retrain=bool(reasons), reason=reason,
+                              dataset_version=version, spec_text=entry.spec_text, data=data))
     return plans
 
 
@@ -166,10 +245,13 @@ def verify_registered(registry: Registry, plan: TaskPlan) -> Manifest:
     `latest_version` that records the planned data version. Raises RuntimeError otherwise."""
     latest = _latest(registry, plan.task)
     where = f"task {plan.task}: registry {registry.uri}"
-    if latest is None or (plan.latest_version is not None and latest.version <= plan.latest_version):
+    stale = plan.latest_version is not None and latest is not None \
+        and latest.version <= plan.latest_version
+    if latest is None or stale:
         raise RuntimeError(f"{where}: the pipeline finished but registered no new version "
                            f"(latest is still {plan.latest_version or 'none'})")
     if latest.dataset_version != plan.dataset_version:
-        raise RuntimeError(f"{where}: v{latest.version} records dataset_version {latest.dataset_version}, "
+        raise RuntimeError(f"{where}: v{latest.version} records dataset_version "
+                           f"{latest.dataset_version}, "
                            f"expected {plan.dataset_version} (the data changed during the run?)")
     return latest

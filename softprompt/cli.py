@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "train":
+        # Training reports progress at INFO (a line per evaluation): without it a run with
+        # --no-progress, as in a pod or a DVC stage, shows nothing until it ends.
+        logging.getLogger("softprompt").setLevel(logging.INFO)
     from softprompt.tasks import TaskDataError
 
     try:

@@ -162,15 +162,13 @@ def ingest(
 def write_curves(run_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
     """From a run's metrics.jsonl: `loss.csv` (step, loss) and `dev.csv` (step, score, accuracy),
     the formats `dvc plots show/diff` read (it has no JSONL reader). Returns the row counts."""
+    from softprompt.report import read_metrics_log
+
     log_path = Path(run_dir) / "metrics.jsonl"
     if not log_path.is_file():
         raise FileNotFoundError(f"{log_path}: no training log (is {run_dir} a train run dir?)")
     loss, dev = [], []
-    for lineno, line in enumerate(log_path.read_text().splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{log_path}:{lineno}: malformed JSON: {err.msg}") from err
+    for record in read_metrics_log(log_path):
         if record.get("event") == "step":
             loss.append((record["step"], record["loss"]))
         elif record.get("event") == "eval":

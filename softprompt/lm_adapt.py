@@ -18,7 +18,9 @@ adaptation, and `lm_adapt` refuses them.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,11 +92,38 @@ def prefix_lm_example(ids: list[int], eos_id: int, max_tokens: int, rng: random.
     return ids[:cut] + [eos_id], ids[cut:] + [eos_id]
 
 
+def check_loadable(model: str) -> None:
+    """Fails early, and clearly, on a hub name where the hub is off (the project image sets
+    HF_HUB_OFFLINE=1): the checkpoint must then be a directory the process can read."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline and model not in OFFLINE_MODELS and not Path(model).exists():
+        raise ValueError(
+            f"base model {model!r} is neither a local checkpoint directory nor an offline model, "
+            "and HF_HUB_OFFLINE=1 forbids downloading it; copy the checkpoint to a volume the "
+            "run mounts (e.g. /mnt/checkpoints/base-models/<name>) and pass that path")
+
+
+def adapt_and_export(config: LMAdaptConfig, out_dir: str | Path, export_dir: str = "") -> tuple[str, dict]:
+    """`lm_adapt` into `out_dir`, then, with `export_dir`, a copy in
+    `export_dir/<model>-lm-adapted-<steps>steps-seed<seed>` (a volume every pipeline pod mounts).
+    Returns the path later runs take as base_model, and metadata describing the checkpoint."""
+    summary = lm_adapt(config, out_dir)
+    metadata = {"base_model": config.model, "objective": "prefix_lm", "steps": config.steps,
+                "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
+    if not export_dir:
+        return str(out_dir), metadata
+    name = f"{Path(config.model.rstrip('/')).name}-lm-adapted-{config.steps}steps-seed{config.seed}"
+    target = Path(export_dir) / name
+    shutil.copytree(out_dir, target, dirs_exist_ok=True)
+    return str(target), metadata | {"exported_to": str(target)}
+
+
 def lm_adapt(config: LMAdaptConfig, out_dir: str | Path) -> dict:
     """Adapts `config.model` with the prefix-LM objective; writes the new checkpoint (weights,
     tokenizer, lm_adapt.json, metrics.jsonl) to `out_dir` and returns the summary."""
     from transformers import AutoConfig
 
+    check_loadable(config.model)
     # The offline short names and GGUF files are all decoder-only (GGUF loads as a causal LM).
     known_causal = config.model in OFFLINE_MODELS or config.model.endswith(".gguf")
     if known_causal or not getattr(AutoConfig.from_pretrained(config.model), "is_encoder_decoder", False):

@@ -51,6 +51,20 @@ class PromptConfig:
         return asdict(self)
 
 
+ITEM_KEYS = ("seed", "init", "init_text")
+
+
+def prompt_config_from_item(item: dict, length: int) -> PromptConfig:
+    """The PromptConfig of one `prompt_configs` item of a pipeline run ({"seed", "init",
+    "init_text"}; the seed is the run's, read by the caller). Unknown keys are refused."""
+    unknown = sorted(set(item) - set(ITEM_KEYS))
+    if unknown:
+        raise ValueError(f"prompt_configs item {item}: unknown keys {unknown}; "
+                         f"use {', '.join(ITEM_KEYS)}")
+    return PromptConfig(length=length, init=str(item.get("init", "class_label")),
+                        init_text=item.get("init_text"))
+
+
 def random_uniform(length: int, dim: int, generator: torch.Generator, half_range: float = 0.5) -> torch.Tensor:
     """[P, E] drawn from U[-r, r]. (The official code's default draws from [0, r); the paper says [-r, r].)"""
     return (torch.rand(length, dim, generator=generator) * 2 - 1) * half_range

@@ -16,7 +16,9 @@ Endpoints: POST /v1/classify, GET /v1/tasks, POST /v1/reload, GET /metrics (Prom
 GET /healthz (liveness), GET /readyz (model loaded, every task has a verified prompt); the OpenAPI
 schema at /openapi.json. With a token configured, every request but /healthz and /readyz needs
 `Authorization: Bearer <token>` (compared in constant time). Request bodies over
-`max_body_bytes` are refused (413) before any parsing.
+`max_body_bytes` are refused (413) before any parsing. With `metrics_port` set, the same metrics
+are also served without the token on a listener of their own, for a scraper that holds no token
+(Prometheus pod annotations); /metrics on the main port keeps requiring it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ class ServeConfig:
     max_input_chars: int = field(default=8000, metadata={"help": "Longer rendered inputs are refused (422)."})
     max_input_tokens: int = field(default=256, metadata={"help": "Longer inputs keep their last tokens, as in training."})
     poll_seconds: float = field(default=30.0, metadata={"help": "Registry poll period for moved aliases (0: only POST /v1/reload)."})
+    metrics_port: int = field(default=0, metadata={
+        "help": "Port of a second listener serving the metrics without the token (0: off)."})
+    metrics_host: str = field(default="127.0.0.1", metadata={
+        "help": "Address the metrics listener binds."})
 
     def __post_init__(self) -> None:
         names = [t.task for t in self.tasks]
@@ -103,6 +109,9 @@ class ServeConfig:
             raise ValueError("ServeConfig.max_wait_ms and poll_seconds must be >= 0")
         if self.token is not None and not self.token:
             raise ValueError("ServeConfig.token is empty; use None for an open service")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"ServeConfig.metrics_port must be 0 (off) or a TCP port, "
+                             f"got {self.metrics_port}")
 
 
 # ------------------------------------------------------------------ served tasks
@@ -361,6 +370,7 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self._tasks: list[asyncio.Task] = []
         self._reload_lock = asyncio.Lock()
+        self._metrics_listener = None  # (server, thread) of the token-free metrics port, when on
 
     @property
     def ready(self) -> bool:
@@ -380,8 +390,22 @@ class Service:
         self._tasks.append(asyncio.create_task(self.batcher.run(), name="softprompt-batcher"))
         if self.config.poll_seconds:
             self._tasks.append(asyncio.create_task(self._poll(), name="softprompt-poller"))
+        if self.config.metrics_port:
+            # Last, so that a failed start leaves no listener behind; stop() closes it.
+            from prometheus_client import start_http_server
+
+            host, port = self.config.metrics_host, self.config.metrics_port
+            registry = self.metrics.registry
+            self._metrics_listener = start_http_server(port, addr=host, registry=registry)
+            log.info("metrics without the token on %s:%d", host, port)
 
     async def stop(self) -> None:
+        if self._metrics_listener is not None:
+            server, thread = self._metrics_listener
+            self._metrics_listener = None
+            await asyncio.to_thread(server.shutdown)  # waits for serve_forever to return
+            server.server_close()
+            thread.join(timeout=10)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

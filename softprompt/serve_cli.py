@@ -25,6 +25,9 @@ def config_from_args(args: argparse.Namespace):
         token = os.environ.get(args.token_env)
         if not token:
             raise ValueError(f"--token-env {args.token_env}: that environment variable is unset or empty")
+    if args.metrics_port and args.metrics_port == args.port:
+        raise ValueError(f"--metrics-port {args.metrics_port} is also --port: "
+                         "the token-free metrics need a port of their own")
     ensembles = {task: (n, pinned) for task, n, pinned in args.ensemble}
     names = [t for t in (s.strip() for s in args.tasks.split(",")) if t]
     unknown = sorted(set(ensembles) - set(names))
@@ -36,6 +39,7 @@ def config_from_args(args: argparse.Namespace):
         registry=args.registry, tasks=tasks, model=args.model, token=token, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, mixed_batches=not args.per_task_batches, max_body_bytes=args.max_body_bytes,
         max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens, poll_seconds=args.poll_seconds,
+        metrics_port=args.metrics_port, metrics_host=args.host,
     )
 
 
@@ -65,6 +69,9 @@ def add_commands(sub) -> None:
     s.add_argument("--token-env", default=None, help="environment variable holding the bearer token (unset: no auth)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=0,
+                   help="also serve GET /metrics without the token on this port, on --host, for a "
+                        "scraper that holds no token (0: off; /metrics on --port always needs it)")
     s.add_argument("--max-batch-size", type=int, default=32, help="rows per forward (an ensemble request is N rows)")
     s.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests")
     s.add_argument("--per-task-batches", action="store_true", help="one forward per task instead of mixed batches (baseline)")

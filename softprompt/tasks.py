@@ -9,6 +9,7 @@ on anything malformed. A new task in a known format (jsonl, tsv, multirc) needs 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -57,6 +58,7 @@ class TaskSpec:
     hub: dict | None = None  # {"path": ..., "name": ..., "splits": {...}}: the online source
     spec_file: str = ""
     extra: dict = field(default_factory=dict)
+    digest: str = ""  # spec_digest of the spec's content (see there)
 
     @property
     def label_words(self) -> list[str]:
@@ -73,6 +75,13 @@ def _require(raw: dict, key: str, where: str, kind: type):
     if not isinstance(raw[key], kind):
         raise TaskDataError(f"{where}: field {key!r} must be {kind.__name__}, got {type(raw[key]).__name__}")
     return raw[key]
+
+
+def spec_digest(raw: dict) -> str:
+    """sha256 of what in a spec shapes training: its content with keys sorted (so reformatting
+    the YAML changes nothing), leaving out `description` and the `hub` download source."""
+    kept = {k: v for k, v in raw.items() if k not in ("description", "hub")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def parse_spec(raw: dict, where: str) -> TaskSpec:
@@ -110,6 +119,7 @@ def parse_spec(raw: dict, where: str) -> TaskSpec:
         carve_dev=raw.get("carve_dev"),
         hub=raw.get("hub"),
         spec_file=where,
+        digest=spec_digest(raw),
     )
     if metric == "f1" and spec.positive_label not in spec.label_words:
         raise TaskDataError(f"{where}: metric f1 needs 'positive_label' to be one of {spec.label_words}")
@@ -131,14 +141,24 @@ def _label_key(value) -> str:
     return str(value).strip()
 
 
-def load_spec(name_or_path: str | Path, tasks_dir: str | Path | None = None) -> TaskSpec:
-    """A task by name (a file `<name>.yaml` in the tasks folder) or by spec file path."""
+def spec_path(name_or_path: str | Path, tasks_dir: str | Path | None = None) -> Path:
+    """The spec file of a task name (`<name>.yaml` in the tasks folder: `tasks_dir`, else
+    $SOFTPROMPT_TASKS_DIR, else the repository's tasks/), or the path itself; it must exist."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = Path(tasks_dir or os.environ.get("SOFTPROMPT_TASKS_DIR", TASKS_DIR)) / f"{name_or_path}.yaml"
+        folder = tasks_dir or os.environ.get("SOFTPROMPT_TASKS_DIR", TASKS_DIR)
+        path = Path(folder) / f"{name_or_path}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise TaskDataError(f"task spec not found: {path} (available: {', '.join(available) or 'none'})")
+        parent = path.parent
+        available = sorted(p.stem for p in parent.glob("*.yaml")) if parent.is_dir() else []
+        raise TaskDataError(f"task spec not found: {path} "
+                            f"(available: {', '.join(available) or 'none'})")
+    return path
+
+
+def load_spec(name_or_path: str | Path, tasks_dir: str | Path | None = None) -> TaskSpec:
+    """A task by name (a file `<name>.yaml` in the tasks folder) or by spec file path."""
+    path = spec_path(name_or_path, tasks_dir)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -159,7 +179,8 @@ def default_data_dir() -> Path:
 
 
 # ------------------------------------------------------------------ readers: file -> (line, row)
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; errors name the file and line."""
     with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -194,7 +215,7 @@ def _read_tsv(path: Path, spec: TaskSpec, skipped: list[str]) -> Iterator[tuple[
 
 def _read_multirc(path: Path) -> Iterator[tuple[int, dict]]:
     """One row per answer option: passage, question, answer, label, and the question as group."""
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         try:
             passage = row["passage"]["text"]
             for q_index, question in enumerate(row["passage"]["questions"]):
@@ -251,7 +272,7 @@ def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list
         raise TaskDataError(f"task {spec.name}: data file not found: {path}")
     skipped: list[str] = []
     if spec.format == "jsonl":
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
     elif spec.format == "tsv":
         rows = _read_tsv(path, spec, skipped)
     else:
@@ -334,7 +355,7 @@ def load_prepared(prepared_dir: str | Path) -> dict[str, list[Example]]:
         if not path.is_file():
             continue
         data[split] = []
-        for lineno, row in _read_jsonl(path):
+        for lineno, row in read_jsonl(path):
             try:
                 data[split].append(Example(row["input"], row["target"], row.get("group"), row.get("source", "")))
             except KeyError as err:

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -162,6 +163,73 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+def eta_seconds(
+    step: int, max_steps: int, elapsed: float, max_minutes: float | None
+) -> tuple[float | None, str]:
+    """Seconds left in a run and which budget ends it first.
+
+    step: optimizer steps done; elapsed: wall-clock seconds so far, evaluations included, so the
+    measured rate elapsed / step already carries the evaluation overhead of the steps to come.
+    Returns (seconds, which), which being "step budget" or "time budget": the smaller of
+    (max_steps - step) x seconds per step and the max_minutes budget minus elapsed (never below
+    0). At step 0 no rate is measured yet, so only the time budget can say anything; without one
+    the answer is (None, "no estimate"). Early stopping (patience) is not foreseen.
+    """
+    by_time = None if max_minutes is None else max(0.0, max_minutes * 60 - elapsed)
+    by_steps = None
+    if step >= max_steps:
+        by_steps = 0.0
+    elif step > 0:
+        by_steps = (max_steps - step) * elapsed / step
+    if by_time is not None and (by_steps is None or by_time < by_steps):
+        return by_time, "time budget"
+    if by_steps is None:
+        return None, "no estimate"
+    return by_steps, "step budget"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds as "45s", "12m30s" or "2h05m" ("?" for None): short enough for a log line."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_eval_line(
+    *,
+    step: int,
+    max_steps: int,
+    loss: float | None,
+    loss_steps: int,
+    metric: str,
+    score: float,
+    best_score: float,
+    best_step: int,
+    elapsed: float,
+    eta: tuple[float | None, str],
+) -> str:
+    """The one line an evaluation logs, e.g. "step 300/1000 | train loss 0.4123 (mean of 50
+    steps) | dev accuracy 0.8125 | best 0.8250 @ step 250 | elapsed 4m12s | ETA 9m48s (step
+    budget)". loss: mean training loss over the `loss_steps` steps since the previous
+    evaluation (None when there were none); elapsed in seconds; eta as from eta_seconds."""
+    if loss is None:
+        loss_text = "n/a (no steps since the last evaluation)"
+    else:
+        loss_text = f"{loss:.4f} (mean of {loss_steps} step{'s' if loss_steps != 1 else ''})"
+    return (
+        f"step {step}/{max_steps} | train loss {loss_text} | dev {metric} {score:.4f} | "
+        f"best {best_score:.4f} @ step {best_step} | elapsed {format_duration(elapsed)} | "
+        f"ETA {format_duration(eta[0])} ({eta[1]})"
+    )
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -175,7 +243,11 @@ def train(
     spec: TaskSpec | None = None,
     progress: bool = True,
 ) -> dict:
-    """Trains one prompt; returns the result dict (also written to run_dir/result.json)."""
+    """Trains one prompt; returns the result dict (also written to run_dir/result.json).
+
+    Every evaluation reports one line (format_eval_line) and the end of training one more: above
+    the tqdm bar when `progress`, else through this module's logger at INFO. The library leaves
+    logging configuration to its caller (the CLI, or the KFP executor, which logs INFO)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or load_spec(config.task)
@@ -238,7 +310,20 @@ def train(
         for message in stats.get("skipped_rows", []):
             log.warning("skipped malformed row: %s", message)
 
-    def run_eval(step: int) -> None:
+    # Losses of the steps since the previous evaluation: its line reports their mean, which shows
+    # the trend better than the last step's noisy loss.
+    recent_losses: list[float] = []
+
+    def report(line: str) -> None:
+        """One progress line from the writing process, where a person watching the run sees it."""
+        if not writer:
+            return
+        if bar is not None:
+            bar.write(line, file=sys.stderr)  # a logger line under a live bar would break the bar
+        else:
+            log.info("%s", line)
+
+    def run_eval(step: int, stop_reason: str | None = None) -> None:
         scores = evaluate(lm, prompt.detach(), spec, dev_examples, dev_enc, batch_size=config.eval_batch_size)
         improved = scores["score"] > state["best_score"]
         if improved:
@@ -247,7 +332,26 @@ def train(
                 prompt_lib.save_prompt(prompt.detach(), best_path, {"task": spec.name, "step": str(step)})
         else:
             state["evals_since_best"] += 1
-        metrics_log.write(event="eval", step=step, split="dev", elapsed=round(state["elapsed"], 2), **scores, best=improved)
+        now = time.monotonic() - started  # this evaluation included, like the ones still to come
+        if stop_reason is None:
+            eta = eta_seconds(step, config.max_steps, now, config.max_minutes)
+        else:
+            eta = (0.0, f"stopped: {stop_reason}")
+        loss = math.fsum(recent_losses) / len(recent_losses) if recent_losses else None
+        report(format_eval_line(
+            step=step, max_steps=config.max_steps, loss=loss, loss_steps=len(recent_losses),
+            metric=spec.metric, score=scores["score"], best_score=state["best_score"],
+            best_step=state["best_step"], elapsed=now, eta=eta,
+        ))
+        recent_losses.clear()
+        finite_best = math.isfinite(state["best_score"])  # -inf (JSON -Infinity) until a real score
+        metrics_log.write(
+            event="eval", step=step, split="dev", elapsed=round(state["elapsed"], 2), **scores,
+            best=improved, best_score=state["best_score"] if finite_best else None,
+            best_step=state["best_step"],
+            loss_since_last_eval=None if loss is None else round(loss, 5),
+            eta_s=None if eta[0] is None else round(eta[0], 1), eta_by=eta[1],
+        )
 
     accumulation = config.batch_size // (config.micro_batch_size * world)
     started = time.monotonic() - state["elapsed"]
@@ -285,6 +389,7 @@ def train(
         state["step"] += 1
         state["elapsed"] = time.monotonic() - started
         metrics_log.write(event="step", step=state["step"], loss=round(total, 5), elapsed=round(state["elapsed"], 2))
+        recent_losses.append(total)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}", best=f"{state['best_score']:.3f}")
@@ -296,9 +401,15 @@ def train(
     if bar is not None:
         bar.close()
     if state["step"] % config.eval_every != 0 or state["best_step"] == 0:
-        run_eval(state["step"])
+        run_eval(state["step"], stop_reason)
         if writer:
             _save_checkpoint(ckpt_path, {"prompt": prompt.detach().clone(), "optimizer": optimizer.state_dict(), "state": state})
+    report(
+        f"training stopped at step {state['step']}/{config.max_steps} ({stop_reason}); best dev "
+        f"{spec.metric} {state['best_score']:.4f} @ step {state['best_step']}; "
+        f"elapsed {format_duration(time.monotonic() - started)}"
+        + ("; scoring the best prompt on test" if "test" in data else "")
+    )
     if world > 1:
         torch.distributed.barrier()  # the writer's prompt file is complete before anyone reads it
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 # The session-scoped `s3_server` fixture (a real SeaweedFS S3 server, started only when used).
-pytest_plugins = ["s3server"]
+pytest_plugins = ["s3server", "kfp_api_server"]
 
 POSITIVE = ["great", "wonderful", "superb", "lovely", "brilliant"]
 NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible"]
@@ -140,3 +140,12 @@ def toy_task(tmp_path) -> dict:
     spec_path = tasks_dir / "toy.yaml"
     spec_path.write_text(yaml.safe_dump(TOY_SPEC))
     return {"data_dir": data_dir, "tasks_dir": tasks_dir, "spec_path": spec_path}
+
+
+@pytest.fixture()
+def catalogue(tmp_path) -> dict:
+    """Empty local catalogue folders (tasks/, data/) beside a registry and a runs folder."""
+    tasks_dir, data_dir = tmp_path / "tasks", tmp_path / "data"
+    tasks_dir.mkdir()
+    return {"tasks_dir": tasks_dir, "data_dir": data_dir, "registry": tmp_path / "registry",
+            "runs": tmp_path / "runs"}

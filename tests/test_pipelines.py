@@ -75,7 +75,8 @@ def test_prompt_tuning_spec_retries_caching_and_loop(compiled):
     assert train["cachingOptions"]["enableCache"] is True
     assert tasks["register-prompt"]["cachingOptions"] == {}  # caching off: the gate must see the live alias
     assert "retryPolicy" not in tasks["register-prompt"]
-    assert tasks["prepare-data"]["retryPolicy"]["maxRetryCount"] == 2
+    # A data error (missing revision or object, hash mismatch) fails at once: no retries.
+    assert "retryPolicy" not in tasks["prepare-data"]
     loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--prompt_configs"
     # The ensemble collects every iteration's run (dsl.Collected).
@@ -108,8 +109,13 @@ def test_lm_adaptation_spec(compiled):
     assert k8s["exec-lm-adapt-model"]["nodeSelector"]["labels"] == {"softprompt.io/pool": "gpu"}
     task = spec["root"]["dag"]["tasks"]["lm-adapt-model"]
     assert task["retryPolicy"]["maxRetryCount"] == 2 and task["cachingOptions"]["enableCache"] is True
-    defaults = {n: p.get("defaultValue") for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {n: p.get("defaultValue") for n, p in params.items()}
     assert defaults["steps"] == 1000 and defaults["export_dir"] == CHECKPOINT_MOUNT + "/base-models"
+    # No hub default that the offline image could not load: the checkpoint is required.
+    assert "defaultValue" not in params["base_model"] and not params["base_model"].get("isOptional")
+    with pytest.raises(ValueError, match="needs base_model"):
+        run_lm_adaptation({"steps": 2})
     assert set(spec["root"]["outputDefinitions"]["parameters"]) == {"model_path"}
 
 
@@ -135,48 +141,59 @@ def test_bad_cluster_config_and_params_are_refused():
         "max_steps": 3, "task": "sst2", "prompt_configs": [{"seed": 1}]}
 
 
-def test_kfp_mode_submits_to_the_api(monkeypatch):
-    import kfp
+def test_kfp_mode_submits_to_the_api_with_token_and_namespace(kfp_api, tmp_path, monkeypatch):
+    """Against the stand-in KFP API server: the run is created in the profile namespace with the
+    pipeline's service account, and every request carries the bearer token (read from a file,
+    as a projected ServiceAccount token is)."""
+    from components.kubeflow import KfpEndpoint, run_status
 
-    calls = {}
-
-    class FakeClient:
-        def __init__(self, host=None):
-            calls["host"] = host
-
-        def create_run_from_pipeline_func(self, pipeline, arguments, run_name=None, experiment_name=None, service_account=None):
-            calls.update(pipeline=pipeline.name, arguments=arguments, experiment=experiment_name, service_account=service_account)
-            return type("Result", (), {"run_id": "run-123"})()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
-    out = run_prompt_tuning("sst2", {"max_steps": 50}, mode="kfp", kfp_host="http://kfp:8888", experiment="nightly")
-    assert out == {"mode": "kfp", "host": "http://kfp:8888", "run_id": "run-123", "status": "SUBMITTED"}
-    assert calls == {"host": "http://kfp:8888", "pipeline": "softprompt-prompt-tuning", "experiment": "nightly",
-                     "arguments": {"max_steps": 50, "task": "sst2"}, "service_account": "softprompt-pipeline"}
+    token_file = tmp_path / "token"
+    token_file.write_text("test-token\n")
+    endpoint = KfpEndpoint(kfp_api.url, token_path=str(token_file), namespace="team")
+    out = run_prompt_tuning("sst2", {"max_steps": 50}, mode="kfp", kfp_host=endpoint,
+                            experiment="nightly", run_name="nightly-sst2")
+    assert out == {"mode": "kfp", "host": kfp_api.url, "run_id": out["run_id"], "status": "SUBMITTED"}
+    run = kfp_api.runs[out["run_id"]]
+    assert run["service_account"] == "softprompt-pipeline" and run["display_name"] == "nightly-sst2"
+    assert run["runtime_config"]["parameters"] == {"max_steps": 50, "task": "sst2"}
+    assert {r["authorization"] for r in kfp_api.requests} == {"Bearer test-token"}
+    assert run_status(endpoint, out["run_id"]).state == "RUNNING"
+    assert run_status(endpoint, out["run_id"]).finished
+    token_file.write_text("rotated")  # a new token is read for the next call, and refused here
+    with pytest.raises(Exception, match="401"):
+        run_status(endpoint, out["run_id"])
+    assert "rotated" not in repr(endpoint) and "test-token" not in repr(KfpEndpoint("h", "test-token"))
 
 
 def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task, tmp_path, monkeypatch):
     """What a retry sees: the same output path, holding the killed attempt's checkpoint.pt."""
-    from kfp.dsl import Dataset, Metrics, Model
+    from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
     import softprompt.train as train_mod
     from components.steps import prepare_data, train_prompt
+    from softprompt.data_version import dataset_version
 
     train_dev, test_set = Dataset(uri=str(tmp_path / "train_dev")), Dataset(uri=str(tmp_path / "test"))
-    prepare_data.python_func(task=str(toy_task["spec_path"]), data_dir=str(toy_task["data_dir"]), data_version="",
-                             max_train_examples=0, max_dev_examples=16, max_test_examples=0, seed=0,
-                             train_dev=train_dev, test_set=test_set)
+    spec = Artifact(uri=str(tmp_path / "spec"))
+    prepared = prepare_data.python_func(
+        task="toy", task_spec=toy_task["spec_path"].read_text(), data_dir=str(toy_task["data_dir"]),
+        data_repo="", data_rev="", data_remote="", data_path="", data_version="",
+        max_train_examples=0, max_dev_examples=16, max_test_examples=0, seed=0,
+        spec=spec, train_dev=train_dev, test_set=test_set)
     assert not (tmp_path / "train_dev" / "test.jsonl").exists() and (tmp_path / "test" / "test.jsonl").exists()
-    assert train_dev.metadata["dev_examples"] == 16 and train_dev.metadata["dataset_version"].endswith(".dir")
+    assert train_dev.metadata["dev_examples"] == 16
+    assert prepared.dataset_version == dataset_version(toy_task["data_dir"] / "toy")
+    assert prepared.data_source["kind"] == "local"
+    assert (tmp_path / "spec").read_text() == toy_task["spec_path"].read_text()
 
     def attempt():
         run, metrics = Model(uri=str(tmp_path / "run")), Metrics(uri=str(tmp_path / "metrics"))
         train_prompt.python_func(
-            task=str(toy_task["spec_path"]), train_dev=train_dev, base_model=str(tiny_causal_dir),
+            task="toy", spec=spec, train_dev=train_dev, base_model=str(tiny_causal_dir),
             prompt_config={"seed": 1.0, "init": "class_label"}, prompt_length=4, optimizer="adafactor", lr=0.3,
             batch_size=8, micro_batch_size=4, max_steps=6, max_minutes=0.0, eval_every=2, patience=0,
             eval_max_examples=0, eval_batch_size=16, max_input_tokens=64, checkpoint_root="", run_key="job", run=run,
-            metrics=metrics)
+            metrics=metrics, curve=HTML(uri=str(tmp_path / "curve")))
         return run
 
     real = train_mod.lm_loss
@@ -197,6 +214,9 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
     log = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"event": "resume", "step": 2' in log
     assert json.loads((tmp_path / "metrics").read_text())["best_step"] == run.metadata["best_step"]
+    # The learning curve: dev scores in the run's metadata, and a plot the Kubeflow UI shows.
+    assert [step for step, _ in run.metadata["dev_curve"]] == [2, 4, 6]
+    assert "<svg" in (tmp_path / "curve").read_text()
 
 
 @pytest.mark.pipeline
@@ -256,8 +276,9 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
         path = tmp_path / f"summary-{version}.json"
         path.write_text(json.dumps(scores))
         out = register_prompt.python_func(
-            task=task, ensemble=ensemble, summary=Artifact(uri=str(path)), registry_uri=str(tmp_path / "registry"),
-            alias="production", min_improvement=min_improvement, dataset_version="", code_version="test",
+            task="toy", spec=Artifact(uri=task), ensemble=ensemble, summary=Artifact(uri=str(path)),
+            registry_uri=str(tmp_path / "registry"), alias="production", min_improvement=min_improvement,
+            dataset_version="", data_source={}, code_version="test",
             registration=Artifact(uri=str(tmp_path / f"registration-{version}")))
         assert (out.version, out.promoted) == (version, promoted)
     assert reg.manifest("toy", "production").version == 3
@@ -275,3 +296,46 @@ def test_local_lm_adaptation_pipeline(tiny_t5_dir, toy_task, tmp_path):
     adapted, base = load_frozen_lm(out["model_path"]).model.state_dict(), load_frozen_lm(str(tiny_t5_dir)).model.state_dict()
     assert adapted.keys() == base.keys() and any(not (adapted[k] == base[k]).all() for k in base)
     assert (Path(out["model_path"]) / "lm_adapt.json").is_file()
+
+
+@pytest.mark.pipeline
+def test_bad_data_references_fail_at_prepare_and_register_nothing(tiny_causal_dir, s3_server,
+                                                                  tmp_path, monkeypatch, capfd):
+    """A wrong revision, a missing remote object and tampered bytes each stop the pipeline at its
+    first step with an error naming the task, revision and path; no version is registered."""
+    from dvc_catalogue import DvcCatalogue
+
+    from softprompt.registry import open_registry
+
+    cat = DvcCatalogue(tmp_path / "catalogue", s3_server)
+    head = cat.add_task("alpha")
+    empty = tmp_path / "aws-config"
+    empty.touch()
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    registry_uri = f"s3://{s3_server.create_bucket()}/prompts"
+    monkeypatch.setenv("SOFTPROMPT_REGISTRY_CACHE", str(tmp_path / "cache"))
+    base = {"task_spec": (cat.root / "tasks" / "alpha.yaml").read_text(),
+            "base_model": str(tiny_causal_dir), "registry_uri": registry_uri,
+            "prompt_configs": [{"seed": 0}], "prompt_length": 4, "max_steps": 2}
+    version = cat.version("alpha")
+    wrong_rev = {"data_repo": str(cat.root), "data_rev": "no-such-rev"}
+    missing = {"data_remote": cat.remote, "data_version": "f" * 32 + ".dir", "data_rev": head}
+    client = s3_server.client()
+    key = cat.file_objects("alpha")[0]
+    client.put_object(Bucket=cat.bucket, Key=key, Body=b'{"sentence": "forged", "label": 1}\n')
+    tampered = {"data_remote": cat.remote, "data_version": version, "data_rev": head}
+    expected = {
+        "wrong rev": (wrong_rev, "task alpha, rev no-such-rev, path data/alpha"),
+        "missing object": (missing, f"task alpha, rev {head}, path data/alpha, remote "
+                                    f"{cat.remote}: cannot download the data"),
+        "tampered": (tampered, f"but {version} was promised; refusing to train on it"),
+    }
+    for name, (data, message) in expected.items():
+        with pytest.raises(RuntimeError, match="Inner task failed: .*prepare-data"):
+            run_prompt_tuning("alpha", base | data, root=tmp_path / name, cache=False)
+        captured = capfd.readouterr()
+        assert message in captured.out + captured.err, name
+    assert open_registry(registry_uri).list_versions("alpha") == []

@@ -5,6 +5,7 @@ predictions, alone and in mixed-task batches; bad input is refused; aliases relo
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -98,11 +99,17 @@ def _check(lm, reg, task, fields, answer):
     assert answer["versions"] == (versions or [1])
 
 
-def _metric(client, name):
+def _metric(client, name, path="/metrics"):
     """{labels tuple: value} of one Prometheus sample name."""
-    text = client.get("/metrics").text
+    text = client.get(path).text
     return {tuple(sorted(s.labels.items())): s.value for fam in text_string_to_metric_families(text)
             for s in fam.samples if s.name == name}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- scoring
@@ -184,6 +191,28 @@ def test_openapi_metrics_and_tasks(server):
     assert _metric(server, "softprompt_classify_latency_seconds_count")[(("task", "senti"),)] >= 1
     assert _metric(server, "softprompt_batch_rows_count")[()] >= 1
     assert _metric(server, "softprompt_http_requests_total")[(("route", "/v1/classify"), ("status", "200"))] >= 1
+
+
+def test_metrics_port_needs_no_token_and_closes_with_the_service(tiny_causal, registry):
+    port = _free_port()
+    app = create_app(_config(metrics_port=port), lm=tiny_causal, registry=registry)
+    scrape = f"http://127.0.0.1:{port}/metrics"
+    with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        answer = client.post("/v1/classify", json={"task": "senti", "input": "great"}, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        with httpx.Client(timeout=60) as anonymous:  # no Authorization header at all
+            r = anonymous.get(scrape)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            senti, yesno = (("task", "senti"),), (("task", "yesno"),)
+            assert _metric(anonymous, "softprompt_predictions_total", scrape)[senti] >= 1
+            assert _metric(anonymous, "softprompt_prompt_version", scrape)[yesno] == 3
+            # The service's own registry, not the process-wide default one (no process_* series).
+            assert "process_cpu_seconds_total" not in r.text and "python_gc_" not in r.text
+        unauthorized = client.get("/metrics")
+        assert unauthorized.status_code == 401 and "bearer token" in unauthorized.text
+        assert client.get("/metrics", headers=AUTH).status_code == 200
+    with pytest.raises(httpx.TransportError):  # stopped with the service
+        httpx.get(scrape, timeout=5)
 
 
 # ---------------------------------------------------------------- bad input
@@ -301,6 +330,8 @@ def test_config_validation():
         _config(tasks=[TaskServing("a"), TaskServing("a")])
     with pytest.raises(ValueError, match="max_batch_size"):
         _config(max_batch_size=0)
+    with pytest.raises(ValueError, match="metrics_port"):
+        _config(metrics_port=70000)
 
 
 def test_service_holds_a_read_only_registry_view(tiny_causal, registry):
@@ -329,21 +360,26 @@ def test_serve_command_line_builds_the_config(monkeypatch):
         config_from_args(build_parser().parse_args(["serve", "--registry", "/r", "--tasks", "sst2", "--ensemble", "qqp=3"]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--registry", "/r", "--tasks", "sst2", "--ensemble", "sst2"])
+    assert config.metrics_port == 0  # off unless asked for
+    minimal = ["serve", "--registry", "/r", "--tasks", "sst2"]
+    argv = [*minimal, "--host", "0.0.0.0", "--metrics-port", "9090"]
+    on = config_from_args(build_parser().parse_args(argv))
+    assert (on.metrics_port, on.metrics_host) == (9090, "0.0.0.0")
+    with pytest.raises(ValueError, match="--metrics-port 8000"):
+        config_from_args(build_parser().parse_args([*minimal, "--metrics-port", "8000"]))
 
 
 def test_softprompt_serve_command_end_to_end(tiny_causal_dir, tiny_causal, registry):
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
+    metrics_port = next(p for p in iter(_free_port, None) if p != port)
     env = os.environ | {"SP_SERVE_TOKEN": TOKEN}
     cmd = [sys.executable, "-m", "softprompt.cli", "serve", "--registry", registry.uri, "--model", str(tiny_causal_dir),
            "--tasks", "senti,yesno", "--ensemble", "yesno=3", "--token-env", "SP_SERVE_TOKEN", "--port", str(port),
-           "--poll-seconds", "0"]
+           "--poll-seconds", "0", "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -363,6 +399,10 @@ def test_softprompt_serve_command_end_to_end(tiny_causal_dir, tiny_causal, regis
                 r = client.post("/v1/classify", json={"task": task, "input": fields}, headers=AUTH)
                 assert r.status_code == 200, r.text
                 _check(tiny_causal, registry, task, fields, r.json())
+            assert client.get("/metrics").status_code == 401
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60)
+            assert scraped.status_code == 200
+            assert 'softprompt_predictions_total{task="yesno"} 1.0' in scraped.text
     finally:
         proc.terminate()
         proc.wait(30)

@@ -1,11 +1,20 @@
 import json
+import logging
+import re
 
 import pytest
 import torch
 
 from softprompt.prompt import PromptConfig, load_prompt
 from softprompt.tasks import load_spec
-from softprompt.train import TrainConfig, batch_indices, train
+from softprompt.train import (
+    TrainConfig,
+    batch_indices,
+    eta_seconds,
+    format_duration,
+    format_eval_line,
+    train,
+)
 
 
 def _config(toy_task, **kw):
@@ -125,3 +134,123 @@ def test_micro_batching_does_not_change_the_update(tiny_causal, toy_task, tmp_pa
         train(_config(toy_task, max_steps=2, eval_every=2, micro_batch_size=micro), run, lm=tiny_causal, progress=False)
         prompts.append(torch.load(run / "checkpoint.pt", weights_only=True)["prompt"])
     assert torch.allclose(prompts[0], prompts[1], atol=1e-5)
+
+
+# ------------------------------------------------------------------ progress lines
+def _eval_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "softprompt.train"
+            and r.levelno == logging.INFO and " | dev " in r.getMessage()]
+
+
+def test_each_evaluation_logs_one_line(tiny_causal, toy_task, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="softprompt.train")
+    # Evaluations at steps 2 and 4 in the loop and at 5 after it (5 is not a multiple of 2).
+    config = _config(toy_task, max_steps=5, eval_every=2, max_minutes=60)
+    train(config, tmp_path / "run", lm=tiny_causal, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["event"] == "step"]
+    evals = [r for r in records if r["event"] == "eval"]
+    lines = _eval_lines(caplog)
+    assert [r["step"] for r in evals] == [2, 4, 5] and len(lines) == 3
+    pattern = re.compile(
+        r"step (\d+)/5 \| train loss (\S+) \(mean of (\d) steps?\) \| dev accuracy (\S+) \| "
+        r"best (\S+) @ step (\d+) \| elapsed \d+s \| ETA (\S+) \((.+)\)"
+    )
+    best = -1.0
+    for line, record, (first, last) in zip(lines, evals, [(0, 2), (2, 4), (4, 5)], strict=True):
+        match = pattern.fullmatch(line)
+        assert match, line
+        step, loss, n, score, best_score, best_step, eta, which = match.groups()
+        mean = sum(losses[first:last]) / (last - first)  # the steps since the previous evaluation
+        assert int(step) == record["step"] and int(n) == last - first
+        assert float(loss) == pytest.approx(mean, abs=1e-4)
+        assert float(score) == pytest.approx(record["score"], abs=1e-4)
+        if record["score"] > best:
+            best, best_at = record["score"], record["step"]
+        assert float(best_score) == pytest.approx(best, abs=1e-4) and int(best_step) == best_at
+        # The same fields in metrics.jsonl, next to the ones other readers use.
+        assert record["loss_since_last_eval"] == pytest.approx(mean, abs=1e-5)
+        assert record["best_score"] == best and record["best_step"] == best_at
+        assert {"score", "accuracy", "elapsed", "best"} <= record.keys()
+        assert record["eta_by"] == which
+        if last < 5:  # an hour's budget is far off: the 5 steps end the run first
+            assert which == "step budget" and record["eta_s"] >= 0
+    assert which == "stopped: max_steps" and eta == "0s" and evals[-1]["eta_s"] == 0
+    stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training")]
+    assert len(stopped) == 1 and re.fullmatch(
+        rf"training stopped at step 5/5 \(max_steps\); best dev accuracy {best:.4f} @ step "
+        rf"{best_at}; elapsed \d+s; scoring the best prompt on test", stopped[0]), stopped
+
+
+def test_with_a_progress_bar_the_line_goes_above_it(tiny_causal, toy_task, tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="softprompt.train")
+    config = _config(toy_task, max_steps=2, eval_every=2)
+    train(config, tmp_path / "run", lm=tiny_causal, progress=True)
+    # Not also through the logger: a console handler's line would break the bar.
+    assert _eval_lines(caplog) == []
+    captured = capsys.readouterr()
+    # tqdm clears the bar with a carriage return, writes the line, then redraws the bar below it.
+    lines = re.split(r"[\r\n]", captured.err)
+    assert [x for x in lines if x.startswith("step ")] == [
+        x for x in lines if re.fullmatch(r"step 2/2 \| train loss .* \| ETA 0s \(step budget\)", x)
+    ] != []
+    assert "step 2/2" not in captured.out  # stdout stays free for results
+
+
+def test_cli_train_logs_progress_without_verbose(tiny_causal_dir, toy_task, tmp_path, caplog, capsys):
+    from softprompt.cli import main
+
+    # The CLI, not the library, decides that training progress is shown: start from the default
+    # levels (root WARNING), under which a library's INFO line is dropped.
+    package, root = logging.getLogger("softprompt"), logging.getLogger()
+    saved = package.level, root.level
+    package.setLevel(logging.NOTSET)
+    root.setLevel(logging.WARNING)
+    try:
+        assert main([
+            "train", "--task", str(toy_task["spec_path"]), "--data-dir", str(toy_task["data_dir"]),
+            "--model", str(tiny_causal_dir), "--run-dir", str(tmp_path / "run"),
+            "--prompt-length", "4", "--train-batch-size", "8", "--micro-batch-size", "8",
+            "--max-steps", "2", "--eval-every", "2", "--eval-max-examples", "16", "--no-progress",
+        ]) == 0
+    finally:
+        package.setLevel(saved[0])
+        root.setLevel(saved[1])
+    assert len(_eval_lines(caplog)) == 1 and _eval_lines(caplog)[0].startswith("step 2/2 | ")
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "step, max_steps, elapsed, max_minutes, expected",
+    [
+        (100, 1000, 60.0, None, (540.0, "step budget")),  # 0.6 s/step x 900 steps, no time budget
+        (100, 1000, 60.0, 5, (240.0, "time budget")),  # 300 s budget - 60 s < 540 s of steps
+        (500, 1000, 60.0, 60, (60.0, "step budget")),  # 60 s of steps < 3540 s of budget
+        (10, 1000, 400.0, 5, (0.0, "time budget")),  # past the budget: never negative
+        (1000, 1000, 90.0, None, (0.0, "step budget")),  # all steps done
+        (0, 1000, 3.0, None, (None, "no estimate")),  # no step measured, no time budget
+        (0, 1000, 3.0, 2, (117.0, "time budget")),  # no step measured: the budget bounds the run
+    ],
+)
+def test_eta_seconds(step, max_steps, elapsed, max_minutes, expected):
+    seconds, which = eta_seconds(step, max_steps, elapsed, max_minutes)
+    assert which == expected[1]
+    assert seconds == (None if expected[0] is None else pytest.approx(expected[0]))
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "?"), (0, "0s"), (44.6, "45s"), (59.6, "1m00s"),
+                                           (750, "12m30s"), (7500, "2h05m"), (float("nan"), "?")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_format_eval_line():
+    line = format_eval_line(
+        step=300, max_steps=1000, loss=0.41234, loss_steps=50, metric="accuracy", score=0.8125,
+        best_score=0.825, best_step=250, elapsed=252.0, eta=(750.0, "time budget"),
+    )
+    assert line == ("step 300/1000 | train loss 0.4123 (mean of 50 steps) | dev accuracy 0.8125 | "
+                    "best 0.8250 @ step 250 | elapsed 4m12s | ETA 12m30s (time budget)")
+    line = format_eval_line(step=0, max_steps=10, loss=None, loss_steps=0, metric="f1", score=0.5,
+                            best_score=0.5, best_step=0, elapsed=1.0, eta=(None, "no estimate"))
+    assert "train loss n/a" in line and line.endswith("ETA ? (no estimate)")

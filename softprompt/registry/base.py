@@ -155,6 +155,7 @@ _TYPES: dict[str, tuple] = {
     "objective": (str, type(None)), "hyperparameters": (dict,), "dataset_version": (str, type(None)),
     "code_version": (str, type(None)), "metrics": (dict,), "label_words": (list,), "template": (str, type(None)),
     "metric": (str, type(None)), "created_at": (str,), "publish_id": (str,),
+    "spec_sha256": (str, type(None)), "data_source": (dict,),
 }
 
 
@@ -180,6 +181,10 @@ class Manifest:
     label_words: list[str] = field(default_factory=list)  # the verbalizer, in label order
     template: str | None = None  # the task's input template
     metric: str | None = None  # the task's metric name
+    spec_sha256: str | None = None  # TaskSpec.digest: what in the task spec shapes training
+    # Where the data came from: {"kind": "dvc-remote" | "dvc-repo" | "local", "version", and
+    # "repo", "rev", "path", "remote" as far as known}; `dataset_version` is its DVC hash.
+    data_source: dict = field(default_factory=dict)
     publish_id: str = ""  # unique per publish() call: tells a retried write of ours from a rival's
     schema: int = SCHEMA
 
@@ -327,7 +332,8 @@ def default_cache_dir() -> Path:
 
 # ---------------------------------------------------------------------------- the registry
 _LINEAGE_FIELDS = ("task", "base_model", "base_model_fingerprint", "init", "prompt_length", "objective", "hyperparameters",
-                   "dataset_version", "code_version", "metrics", "label_words", "template", "metric")
+                   "dataset_version", "code_version", "metrics", "label_words", "template", "metric",
+                   "spec_sha256", "data_source")
 
 
 class Registry:
@@ -423,10 +429,12 @@ class Registry:
             )
         if out.setdefault("prompt_length", shape[0]) != shape[0]:
             raise InvalidArtifactError(f"task {task}: lineage prompt_length {out['prompt_length']} but the prompt has P={shape[0]}")
-        for name, kinds in (("hyperparameters", dict), ("metrics", dict), ("label_words", list)):
+        for name, kinds in (("hyperparameters", dict), ("metrics", dict), ("label_words", list),
+                            ("data_source", dict)):
             if name in out and not isinstance(out[name], kinds):
                 raise InvalidArtifactError(f"task {task}: lineage field {name!r} must be a {kinds.__name__}")
-        for name in ("init", "objective", "dataset_version", "code_version", "template", "metric"):
+        for name in ("init", "objective", "dataset_version", "code_version", "template", "metric",
+                     "spec_sha256"):
             if out.get(name) is not None and not isinstance(out[name], str):
                 raise InvalidArtifactError(f"task {task}: lineage field {name!r} must be a string or None")
         return out

@@ -44,11 +44,13 @@ def current_code_version() -> str:
             return "unknown"
 
 
-def lineage_from_run(run_dir: str | Path, dataset_version: str | None = None, code_version: str | None = None, spec=None) -> dict:
+def lineage_from_run(run_dir: str | Path, dataset_version: str | None = None, code_version: str | None = None, spec=None,
+                     data_source: dict | None = None) -> dict:
     """Every Manifest field except version/blob/shape/dtype/created_at, ready for `publish()`.
 
-    `spec` (a TaskSpec) supplies label_words/template/metric; by default the run's task spec is
-    loaded by the name or path in config.json. `code_version` defaults to the source's git commit.
+    `spec` (a TaskSpec) supplies label_words/template/metric and its digest; by default the run's
+    task spec is loaded by the name or path in config.json. `code_version` defaults to the
+    source's git commit. `data_source` says where the data came from (softprompt.data_source).
     """
     from softprompt.tasks import TaskDataError, load_spec
 
@@ -78,4 +80,6 @@ def lineage_from_run(run_dir: str | Path, dataset_version: str | None = None, co
         "label_words": spec.label_words,
         "template": spec.template,
         "metric": spec.metric,
+        "spec_sha256": spec.digest or None,
+        "data_source": data_source or {},
     }

@@ -1,0 +1,97 @@
+"""Registering a pipeline's selected prompt, and the quality gate that decides whether an alias
+moves to it.
+
+Every trained prompt is published (a new immutable version with its lineage and metrics). The
+alias (`production`) moves to it only if its dev score beats the alias's current prompt by more
+than `min_improvement`, or if the alias points nowhere yet. The move is a compare-and-swap on the
+alias's version, so a concurrent promotion fails this one instead of being overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from softprompt.registry.base import Manifest, NotFoundError, Registry
+from softprompt.registry.lineage import lineage_from_run
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the alias moves to the new version, and a sentence saying why."""
+
+    promoted: bool
+    reason: str
+    previous_version: int | None
+    previous_score: float | None
+
+
+def quality_gate(new_score: float, current: Manifest | None, alias: str,
+                 min_improvement: float) -> GateDecision:
+    """Promote when the alias has no prompt, or no dev score to beat, or a lower one."""
+    if current is None:
+        return GateDecision(True, f"{alias} had no prompt", None, None)
+    score = current.metrics.get("dev", {}).get("score")
+    if score is None:
+        return GateDecision(True, f"{alias} v{current.version} has no dev score",
+                            current.version, None)
+    reason = f"{alias} v{current.version} dev {score:.4f} + min_improvement {min_improvement}"
+    return GateDecision(new_score > score + min_improvement, reason, current.version, score)
+
+
+def register_with_gate(registry: Registry, task: str, prompt, lineage: dict, new_score: float,
+                       alias: str, min_improvement: float) -> dict:
+    """Publishes `prompt` [P, E] with `lineage`, then moves `alias` to it if the gate passes.
+
+    Returns the registration record: task, version, alias, promoted, decision (a sentence),
+    previous ({"version", "dev_score"} or None), manifest (dict) and manifest_uri."""
+    try:
+        current = registry.manifest(task, alias)
+    except NotFoundError:
+        current = None
+    manifest = registry.publish(task, prompt, lineage)
+    gate = quality_gate(new_score, current, alias, min_improvement)
+    if gate.promoted:
+        registry.promote(task, alias, manifest.version, expected_version=gate.previous_version)
+    kept = gate.previous_version
+    decision = (f"promoted {alias} to v{manifest.version}" if gate.promoted else
+                f"kept {alias} at v{kept}")
+    decision += f": new v{manifest.version} dev {new_score:.4f} vs {gate.reason}"
+    previous = None if current is None else {"version": kept, "dev_score": gate.previous_score}
+    return {
+        "registry_uri": registry.uri,
+        "task": task,
+        "version": manifest.version,
+        "alias": alias,
+        "promoted": gate.promoted,
+        "decision": decision,
+        "previous": previous,
+        # The registry's layout, the same on every backend.
+        "manifest_uri": "/".join([registry.uri.rstrip("/"), "prompts", task,
+                                  str(manifest.version), "manifest.json"]),
+        "manifest": manifest.to_dict(),
+    }
+
+
+def register_selected(registry: Registry, summary: dict, ensemble_dir: str, spec,
+                      dataset_version: str | None, data_source: dict | None,
+                      code_version: str | None, alias: str, min_improvement: float) -> dict:
+    """Registers the ensemble member that `summary` (softprompt.evaluation) selected by dev
+    score, with the dev/test scores of the evaluation passes and the ensemble's, behind the
+    quality gate. `code_version` None: the source's git commit."""
+    from softprompt.prompt import load_prompt
+
+    selected = summary["selected"]
+    member_dir = os.path.join(ensemble_dir, summary["members"][selected["member"]]["dir"])
+    lineage = lineage_from_run(member_dir, dataset_version=dataset_version,
+                               code_version=code_version, spec=spec, data_source=data_source)
+    # Whole prepared splits from the evaluation passes replace training's dev subset.
+    lineage["metrics"].update(
+        dev=selected["dev"],
+        test=selected["test"],
+        ensemble={"n_prompts": len(summary["members"]), "dev": summary["dev"]["ensemble"],
+                  "test": summary["test"]["ensemble"]},
+    )
+    prompt = load_prompt(os.path.join(member_dir, "prompt.safetensors"))
+    return register_with_gate(registry, spec.name, prompt, lineage, selected["dev"]["score"],
+                              alias, min_improvement)

@@ -1,0 +1,75 @@
+"""The ensemble and evaluation stages as plain functions (softprompt.evaluation), without KFP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from softprompt.ensemble import ensemble_evaluate
+from softprompt.evaluation import confusion_matrix, ensemble_on_dev, ensemble_on_test
+from softprompt.scoring import encode_examples
+from softprompt.tasks import load_spec, load_task
+from softprompt.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_causal_dir, tmp_path_factory):
+    """Two short training runs of the toy task (class-label and sampled-vocab inits)."""
+    import yaml
+    from conftest import TOY_SPEC, _toy_rows  # the toy task, built once for the module
+
+    root = tmp_path_factory.mktemp("eval")
+    (root / "data" / "toy").mkdir(parents=True)
+    for split, (n, seed) in {"train": (48, 1), "dev": (16, 2), "test": (16, 3)}.items():
+        rows = "".join(json.dumps(r) + "\n" for r in _toy_rows(n, seed))
+        (root / "data" / "toy" / f"{split}.jsonl").write_text(rows)
+    spec_path = root / "toy.yaml"
+    spec_path.write_text(yaml.safe_dump(TOY_SPEC))
+    runs = []
+    for seed, init in ((0, "class_label"), (1, "sampled_vocab")):
+        config = TrainConfig(task=str(spec_path), model=str(tiny_causal_dir), batch_size=8,
+                             micro_batch_size=8, max_steps=2, eval_every=2, seed=seed,
+                             max_input_tokens=64, data_dir=str(root / "data"))
+        config.prompt.length, config.prompt.init = 4, init
+        train(config, root / f"run{seed}", progress=False)
+        runs.append((str(root / f"run{seed}"), f"{init}-seed{seed}"))
+    spec = load_spec(spec_path)
+    return {"spec": spec, "runs": runs, "data": load_task(spec, root / "data"), "root": root}
+
+
+def test_dev_then_test_scores_match_one_ensemble_pass(two_runs, tiny_causal, tmp_path):
+    spec, data = two_runs["spec"], two_runs["data"]
+    summary = ensemble_on_dev(spec, tiny_causal, two_runs["runs"], data["dev"], str(tmp_path),
+                              max_input_tokens=64, batch_size=8)
+    assert json.loads((tmp_path / "ensemble.json").read_text()) == summary
+    assert [m["init"] for m in summary["members"]] == ["class_label", "sampled_vocab"]
+    assert not list(tmp_path.glob("members/*/checkpoint.pt*"))  # checkpoints left behind
+    dev_scores = [m["dev"]["score"] for m in summary["members"]]
+    assert summary["best_member"] == dev_scores.index(max(dev_scores))
+
+    result = ensemble_on_test(spec, tiny_causal, str(tmp_path), data["test"], 64, 8, nearest_k=2,
+                              base_model="tiny")
+    # The same numbers as ensemble_evaluate on the members' prompts directly.
+    from softprompt.prompt import load_prompt
+
+    prompts = [load_prompt(tmp_path / m["dir"] / "prompt.safetensors") for m in summary["members"]]
+    direct = ensemble_evaluate(tiny_causal, prompts, spec, data["test"],
+                               encode_examples(tiny_causal, data["test"], 64), batch_size=8)
+    assert result.values["test_ensemble"] == direct["ensemble"]["score"]
+    assert [result.values[f"test_prompt_{i}"] for i in range(2)] == [
+        p["score"] for p in direct["per_prompt"]]
+    best = summary["best_member"]
+    assert result.summary["selected"]["member"] == best
+    assert result.values["test_selected"] == direct["per_prompt"][best]["score"]
+    assert sum(map(sum, result.confusion)) == len(data["test"])
+    assert result.labels == spec.label_words
+    assert "ensemble (majority vote)" in result.html and f"{best} (registered)" in result.html
+    assert "2 nearest tokens by cosine" in result.html
+
+
+def test_confusion_matrix_rows_are_gold_columns_predicted():
+    labels = ["negative", "positive"]
+    gold = ["negative", "negative", "positive", "positive", "positive"]
+    predicted = ["negative", "positive", "positive", "positive", "negative"]
+    assert confusion_matrix(labels, gold, predicted) == [[1, 1], [1, 2]]
