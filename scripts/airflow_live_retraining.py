@@ -58,17 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     s3 = S3Server(workdir / "s3")
     s3.start()
     try:
-        out = run_live_retraining(workdir, s3, args.model, params, add_tasks, args.timeout)
+        out = run_live_retraining(workdir, s3, args.model, params, add_tasks,
+                                  timeout=args.timeout)
     finally:
         s3.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(out["summary"])
-    report = {k: out[k] for k in ("state", "seconds", "run_id", "catalogue")}
-    report["registered"] = {t: {k: m[k] for k in ("version", "dataset_version", "metrics")}
-                            for t, m in out["registered"].items()}
+    (run,) = out["runs"]
+    print(run["summary"])
+    report = {"run_id": run["run_id"], "state": run["state"], "seconds": out["seconds"],
+              "catalogue": out["catalogue"],
+              "registered": {t: [{k: m[k] for k in ("version", "dataset_version", "metrics")}
+                                 for m in manifests]
+                             for t, manifests in out["registered"].items()}}
     print(json.dumps(report, indent=2, default=str))
-    return 0 if out["state"] == "success" else 1
+    return 0 if run["state"] == "success" else 1
 
 
 if __name__ == "__main__":
