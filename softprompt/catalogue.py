@@ -30,19 +30,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import yaml
-
 from softprompt.data_source import (
     CATALOGUE_DATA_DIR,
     DataFetchError,
     DataRef,
     default_remote,
     open_dvc_repo,
+    parse_spec_text,
     recorded_hash,
 )
 from softprompt.data_version import dataset_version
 from softprompt.registry import Manifest, Registry
-from softprompt.tasks import TaskDataError, TaskSpec, default_data_dir, parse_spec
+from softprompt.tasks import TaskDataError, TaskSpec, default_data_dir
 
 
 class CatalogueError(ValueError):
@@ -96,14 +95,9 @@ class TaskPlan:
 
 def _entry(name: str, where: str, text: str, data: DataRef) -> CatalogueEntry:
     """An entry from a spec's text; a spec that does not parse, or whose `name` differs from its
-    file name, becomes an entry with `error` set."""
+    file name (the task's name), becomes an entry with `error` set."""
     try:
-        spec = parse_spec(yaml.safe_load(text), where)
-        if spec.name != name:
-            raise TaskDataError(f"{where}: field 'name' is {spec.name!r} but the file is "
-                                f"{name}.yaml; they must match")
-    except yaml.YAMLError as err:
-        return CatalogueEntry(name, where, error=f"invalid task spec: {where}: invalid YAML: {err}")
+        spec = parse_spec_text(name, text, where)
     except TaskDataError as err:
         return CatalogueEntry(name, where, error=f"invalid task spec: {err}")
     return CatalogueEntry(name, where, spec, text, data)

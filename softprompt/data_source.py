@@ -128,8 +128,7 @@ def parse_spec_text(task: str, text: str, where: str) -> TaskSpec:
         raise TaskDataError(f"{where}: invalid YAML: {err}") from err
     spec = parse_spec(raw, where)
     if spec.name != task:
-        raise TaskDataError(f"{where}: the spec is for task {spec.name!r}, "
-                            f"but the run is for task {task!r}")
+        raise TaskDataError(f"{where}: field 'name' is {spec.name!r}, but the task is {task!r}")
     return spec
 
 

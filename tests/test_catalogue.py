@@ -128,7 +128,7 @@ def test_unusable_specs_and_data_fail_only_their_own_task(catalogue):
     plans = {p.task: p for p in plan_retraining(entries, reg, "m")}
     assert plans["good"].retrain and plans["good"].error is None
     assert "invalid task spec" in plans["broken"].error and "broken.yaml" in plans["broken"].error
-    assert "field 'name' is 'renamed' but the file is other.yaml" in plans["other"].error
+    assert "other.yaml: field 'name' is 'renamed', but the task is 'other'" in plans["other"].error
     assert plans["nodata"].error.startswith("data: task nodata")
     assert "nodata not found" in plans["nodata"].error
     assert all(p.retrain for p in plans.values())  # errors are launched, to fail visibly

@@ -129,7 +129,7 @@ def test_spec_sources(tmp_path, monkeypatch):
     monkeypatch.setenv("SOFTPROMPT_TASKS_DIR", str(tmp_path))
     assert read_spec("toy").spec_file == str(path)
     with pytest.raises(TaskDataError,
-                       match="the spec is for task 'toy', but the run is for task 'other'"):
+                       match="field 'name' is 'toy', but the task is 'other'"):
         read_spec("other", inline)
     with pytest.raises(TaskDataError, match="cannot read the task spec at"):
         read_spec("toy", str(tmp_path / "missing.yaml"))
