@@ -109,13 +109,14 @@ def _spec_file_to_params(task: str, params: dict) -> str:
     a pod that cannot see this machine's files still gets it; returns the task's name."""
     if not task.endswith((".yaml", ".yml")):
         return task
-    from softprompt.data_source import parse_spec_text
+    from softprompt.data_source import parse_spec_text, read_spec_text
 
-    text = Path(task).read_text(encoding="utf-8")
+    name = Path(task).stem
+    text, where = read_spec_text(name, task)
     if params.get("task_spec") not in (None, "", text):
         raise ValueError(f"task {task!r} is a spec file, and params['task_spec'] is another spec")
     params["task_spec"] = text
-    return parse_spec_text(Path(task).stem, text, task).name
+    return parse_spec_text(name, text, where).name
 
 
 def run_prompt_tuning(

@@ -101,7 +101,6 @@ def _resolve_config(params: dict) -> dict:
                       "tasks_dir": setting("tasks_dir", str(TASKS_DIR)),
                       "data_dir": setting("data_dir", str(default_data_dir()))},
         "runs_dir": runs_dir,
-        "timeout_s": int(PIPELINE_TIMEOUT.total_seconds()),
         "pipeline_params": pipeline,
     }
 

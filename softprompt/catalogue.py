@@ -35,11 +35,11 @@ from softprompt.data_source import (
     DataFetchError,
     DataRef,
     default_remote,
+    materialize,
     open_dvc_repo,
     parse_spec_text,
     recorded_hash,
 )
-from softprompt.data_version import dataset_version
 from softprompt.registry import Manifest, Registry
 from softprompt.tasks import TaskDataError, TaskSpec, default_data_dir
 
@@ -166,10 +166,7 @@ def entry_data_version(entry: CatalogueEntry) -> str:
     folder (hashing it reads the files, and nothing else)."""
     if entry.data.version:
         return entry.data.version
-    folder = Path(entry.data.data_dir or default_data_dir()) / entry.data.folder
-    if not folder.is_dir():
-        raise DataFetchError(f"{entry.data.where()}: data folder {folder} not found")
-    return dataset_version(folder)
+    return materialize(entry.data, scratch="")[1]  # a local folder: hashed where it is
 
 
 def _latest(registry: Registry, task: str) -> Manifest | None:

@@ -278,7 +278,7 @@ def prepare(spec: TaskSpec, ref: DataRef, train_dev_dir: str | Path, test_dir: s
     test examples to two folders (training never sees test). `caps` ({"train": n, ...}, 0 = all)
     keep a seeded random subset of a split. Returns what was prepared: the data's DVC hash
     (`dataset_version`), the source, the example counts and the skipped rows."""
-    from softprompt.tasks import load_task, write_prepared
+    from softprompt.tasks import load_task, seeded_subset, write_prepared
 
     check_inside_folder(spec, ref.folder)
     stats: dict = {}
@@ -303,13 +303,3 @@ def prepare(spec: TaskSpec, ref: DataRef, train_dev_dir: str | Path, test_dir: s
         "skipped_rows": len(meta["skipped_rows"]),
     }
 
-
-def seeded_subset(items: list, cap: int, seed: int) -> list:
-    """`cap` items drawn with `seed`, in their original order; all of them when cap is 0 or
-    at least their number."""
-    import random
-
-    if not cap or len(items) <= cap:
-        return items
-    keep = sorted(random.Random(seed).sample(range(len(items)), cap))
-    return [items[i] for i in keep]

@@ -14,7 +14,6 @@ report split; the subset is written as prepared data under out_dir/.prepared (ne
 from __future__ import annotations
 
 import json
-import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import fields
@@ -27,7 +26,15 @@ from softprompt.baselines import ModelTuningConfig, eval_split, model_tune, prom
 from softprompt.ensemble import ensemble_evaluate
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.scoring import encode_examples, evaluate
-from softprompt.tasks import Example, TaskSpec, load_prepared, load_spec, load_task, write_prepared
+from softprompt.tasks import (
+    Example,
+    TaskSpec,
+    load_prepared,
+    load_spec,
+    load_task,
+    seeded_subset,
+    write_prepared,
+)
 from softprompt.train import TrainConfig, train
 
 ABLATION_AXES = {"length": (1, 5, 20, 100, 150), "init": ("random_uniform", "sampled_vocab", "class_label")}
@@ -61,12 +68,6 @@ def variant(base: TrainConfig, prompt: dict | None = None, **changes) -> TrainCo
     return TrainConfig.from_dict(raw | changes)
 
 
-def _subset(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
-    if not limit or len(examples) <= limit:
-        return examples
-    return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), limit))]
-
-
 class TaskData:
     """A task's spec and data, the report split optionally cut to a seeded subset."""
 
@@ -77,7 +78,7 @@ class TaskData:
         self.split = eval_split(self.data)
         self.test_limit = test_limit
         if test_limit:
-            self.data[self.split] = _subset(self.data[self.split], test_limit, base.seed)
+            self.data[self.split] = seeded_subset(self.data[self.split], test_limit, base.seed)
             self.prepared_dir = out_dir / ".prepared" / f"{self.spec.name}-{self.split}{test_limit}-seed{base.seed}"
             if not (self.prepared_dir / "meta.json").is_file():
                 write_prepared(self.spec, self.data, self.prepared_dir)

@@ -295,6 +295,14 @@ def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list
     return examples
 
 
+def seeded_subset(items: list, cap: int | None, seed: int) -> list:
+    """`cap` items drawn with `seed`, in their original order; all of them when cap is 0/None or
+    at least their number."""
+    if not cap or len(items) <= cap:
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), cap))]
+
+
 def _carve(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Reproducible split: a seeded shuffle of indices; MultiRC keeps a question's options together."""
     keys = list(dict.fromkeys(e.group or e.source for e in examples))

@@ -31,7 +31,7 @@ import torch
 from softprompt import prompt as prompt_lib
 from softprompt.model import DEFAULT_MODEL, Batch, FrozenLM, load_frozen_lm
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
-from softprompt.tasks import TaskSpec, load_prepared, load_spec, load_task
+from softprompt.tasks import TaskSpec, load_prepared, load_spec, load_task, seeded_subset
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
@@ -277,10 +277,8 @@ def train(
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", enabled=writer)
 
     train_enc = encode_examples(lm, data["train"], config.max_input_tokens)
-    dev_examples = data["dev"]
-    if config.eval_max_examples and len(dev_examples) > config.eval_max_examples:
-        keep = sorted(random.Random(config.seed).sample(range(len(dev_examples)), config.eval_max_examples))
-        dev_examples = [dev_examples[i] for i in keep]
+    # A fixed seeded subset, so every evaluation of a run scores the same dev examples.
+    dev_examples = seeded_subset(data["dev"], config.eval_max_examples, config.seed)
     dev_enc = encode_examples(lm, dev_examples, config.max_input_tokens)
 
     prompt = torch.nn.Parameter(
