@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU evidence in one script, for a machine with one CUDA GPU and this repo's checkout.
 #
-#   infra/gpu_evidence.sh bench MODEL OUT_DIR     bf16 benchmarks against PEFT (bench/, issue 10)
+#   infra/gpu_evidence.sh bench MODEL OUT_DIR     bf16 benchmarks against PEFT (bench/)
 #   infra/gpu_evidence.sh carry OUT_DIR           here, before the call: what `arch` and `bench` need
 #                                                 (SmolLM2's config and tokenizer from the model
 #                                                 cache, the data of sst2 rte mrpc cb), about 10 MB
@@ -10,7 +10,7 @@
 #                                                 travel (a call carries 64 MiB; time and memory do
 #                                                 not depend on the weights' values)
 #   infra/gpu_evidence.sh experiments OUT_DIR     GPU check, then the paper's experiments at real
-#                                                 size on SmolLM2-135M (issue 3), five at once
+#                                                 size on SmolLM2-135M, five at once
 #
 # Needs $PYTHON (default python3) with torch (CUDA), transformers, peft, pyyaml, matplotlib; the experiments need
 # `smollm2-135m` loadable (its GGUF package or the cache in $SOFTPROMPT_MODEL_CACHE) and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 2's real-model evidence on SmolLM2-135M (offline), in the order they were run.
+# The real-model results on SmolLM2-135M (offline), in the order they were run.
 # Each run writes results/<task>_smollm2/{config,result}.json, metrics.jsonl, prompt.safetensors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,9 +11,9 @@ if [ -z "${SKIP_ZERO_SHOT:-}" ]; then
   done
 fi
 # Paper settings (Adafactor lr 0.3, weight decay 1e-5, beta2 decay 0.8, class-label init, P=20),
-# batch 16 as the peer calibration run. Step budgets, not wall-clock ones: these ran while the
+# batch 16 as in the PEFT comparison run. Step budgets, not wall-clock ones: these ran while the
 # machine was shared, and a step budget makes the result independent of the load.
-# RTE was stopped by hand after its step-100 evaluation (session time); its best prompt (step 75)
+# RTE was stopped by hand after its step-100 evaluation (for time); its best prompt (step 75)
 # was then scored on the official val set:
 $sp train --task rte --run-dir results/rte_smollm2 --prompt-length 20 --init class_label \
   --train-batch-size 16 --micro-batch-size 8 --max-steps 200 --eval-every 25 --no-progress
