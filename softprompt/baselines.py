@@ -44,8 +44,7 @@ def empty_prompt(lm: FrozenLM) -> torch.Tensor:
 
 def trainable_copy(lm: FrozenLM) -> FrozenLM:
     """A deep copy of `lm` whose weights all require gradients; `lm` itself stays frozen."""
-    tuned = FrozenLM(copy.deepcopy(lm.model), lm.tokenizer, name=f"{lm.name}+model-tuned")
-    tuned.target_prefix = lm.target_prefix
+    tuned = FrozenLM(copy.deepcopy(lm.model), lm.tokenizer, f"{lm.name}+model-tuned", lm.options)
     for p in tuned.model.parameters():
         p.requires_grad_(True)
     return tuned

@@ -18,6 +18,7 @@ classification feeds all labels' tokens in the input's own pass. bench/ measures
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -25,7 +26,7 @@ import inspect
 import logging
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -42,6 +43,23 @@ DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_CACHE = Path.home() / ".cache" / "softprompt" / "models"
 # `read` for a decoder pass whose outputs are not read at all (only its key/value cache is).
 _NOTHING = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a FrozenLM runs; fixed per wrapper (`FrozenLM.with_options` makes a new one)."""
+
+    # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
+    # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.lm_adapt).
+    target_prefix: str = ""
+    # One prompt for the whole batch: run [lead; P] once and share its KV cache (saves P
+    # positions per row). It pays where FLOPs bound the step (CPU). On an H200 the step is
+    # launch-bound (results/gpu_h200: time flat from B=8 to B=64) and the extra decoder
+    # pass made it 2x PEFT's, so None means: share on CPU only.
+    share_prompt_prefix: bool | None = None
+    # Training rows end to end in one sequence instead of padded (see `_run_packed_rows`):
+    # None = whenever the cost model in `packs_rows` says it saves work.
+    pack_rows: bool | None = None
 
 
 @dataclass
@@ -107,7 +125,9 @@ def _distinct_prompts(prompts: torch.Tensor, batch: int) -> tuple[torch.Tensor, 
 class FrozenLM(nn.Module):
     """A frozen Hugging Face LM plus its tokenizer. Only prompts passed in carry gradients."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str = "model") -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer, name: str = "model", options: ModelOptions | None = None
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         for p in self.model.parameters():
@@ -127,20 +147,28 @@ class FrozenLM(nn.Module):
         bos = tokenizer.bos_token_id
         self.lead_ids = [bos] if (not self.is_encoder_decoder and bos is not None and probe[:1] == [bos]) else []
         self._fingerprint: str | None = None
-        # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
-        # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.lm_adapt).
-        self.target_prefix = ""
         # transformers 5.24 renamed `past_key_values` (argument and output field) to `cache`.
         params = inspect.signature(model.base_model.forward).parameters
         self._cache_name = "cache" if "cache" in params else "past_key_values"
-        # One prompt for the whole batch: run [lead; P] once and share its KV cache (saves P
-        # positions per row). It pays where FLOPs bound the step (CPU). On an H200 the step is
-        # launch-bound (results/gpu_h200: time flat from B=8 to B=64) and the extra decoder
-        # pass made it 2x PEFT's, so None means: share on CPU only.
-        self.share_prompt_prefix: bool | None = None
-        # Training rows end to end in one sequence instead of padded (see `_run_packed_rows`):
-        # None = whenever the cost model in `packs_rows` says it saves work.
-        self.pack_rows: bool | None = None
+        self.options = options or ModelOptions()
+
+    def with_options(self, **changes) -> FrozenLM:
+        """The same frozen weights under other options; this wrapper is left as it is."""
+        view = copy.copy(self)
+        view.options = replace(self.options, **changes)
+        return view
+
+    @property
+    def target_prefix(self) -> str:
+        return self.options.target_prefix
+
+    @property
+    def share_prompt_prefix(self) -> bool | None:
+        return self.options.share_prompt_prefix
+
+    @property
+    def pack_rows(self) -> bool | None:
+        return self.options.pack_rows
 
     def _decoder(self, cache=None, read=None, **kwargs):
         """The decoder stack (no LM head); `cache` under whichever name this transformers uses.

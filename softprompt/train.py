@@ -16,7 +16,6 @@ Run directory layout:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -259,8 +258,7 @@ def train(
             raise ValueError(f"task {spec.name}: no {split!r} split to train on")
     lm = lm or load_frozen_lm(config.model, device=config.device, dtype=config.dtype)
     if lm.target_prefix != config.target_prefix:
-        lm = copy.copy(lm)  # same frozen weights, own target prefix: the caller's object is untouched
-        lm.target_prefix = config.target_prefix
+        lm = lm.with_options(target_prefix=config.target_prefix)  # the caller's wrapper is untouched
     world, rank = _world()
     if config.batch_size % (config.micro_batch_size * world):
         raise ValueError(f"batch_size {config.batch_size} must split into micro-batches of {config.micro_batch_size} on {world} processes")

@@ -1,4 +1,3 @@
-import copy
 import json
 import random
 
@@ -82,7 +81,6 @@ def test_span_corruption_sentinel_prefixes_every_target(tiny_t5, toy_task, tmp_p
     result = train(config, tmp_path / "run", lm=tiny_t5, spec=load_spec(toy_task["spec_path"]), progress=False)
     assert result["steps"] == 2
     assert tiny_t5.target_prefix == ""  # the caller's model object is untouched
-    view = copy.copy(tiny_t5)
-    view.target_prefix = sentinel
+    view = tiny_t5.with_options(target_prefix=sentinel)
     assert view.encode_target("positive")[0] == sentinel_id and tiny_t5.encode_target("positive")[0] != sentinel_id
     assert json.loads((tmp_path / "run" / "config.json").read_text())["target_prefix"] == sentinel

@@ -54,7 +54,7 @@ def test_prefix_sharing_is_a_switch_with_equal_results(tiny_causal, monkeypatch)
     shared = label_scores(lm, prompt, inputs, ["positive", "negative"])
     shared_calls = len(calls)
     calls.clear()
-    monkeypatch.setattr(lm, "share_prompt_prefix", False)
+    lm = lm.with_options(share_prompt_prefix=False)
     single = label_scores(lm, prompt, inputs, ["positive", "negative"])
     assert shared_calls == len(calls) + 1
     assert torch.allclose(shared, single, atol=1e-5)
@@ -67,7 +67,7 @@ def test_packed_and_repeated_label_passes_agree(tiny_causal, monkeypatch, share)
     whose sliding window is shorter than the packed sequence (a custom 4-D mask would bypass the
     window) take the repeated pass."""
     lm = tiny_causal
-    monkeypatch.setattr(lm, "share_prompt_prefix", share)
+    lm = lm.with_options(share_prompt_prefix=share)
     prompt = torch.randn(3, lm.dim) * 0.1
     inputs = _inputs(lm, TEXTS)
     choices = [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]]
@@ -163,12 +163,12 @@ def test_packed_rows_train_exactly_as_padded_rows(tiny_causal, monkeypatch):
     """Training rows packed end to end behind a block mask give the padded batch's target
     log-probabilities and prompt gradient."""
     lm = tiny_causal
-    monkeypatch.setattr(lm, "share_prompt_prefix", True)
+    lm = lm.with_options(share_prompt_prefix=True)
     inputs = _inputs(lm, TEXTS)
     batch = Batch(inputs, [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]])
     results = {}
     for pack in (True, False):
-        monkeypatch.setattr(lm, "pack_rows", pack)
+        lm = lm.with_options(pack_rows=pack)
         prompt = torch.nn.Parameter(torch.linspace(-0.3, 0.3, 4 * lm.dim).view(4, lm.dim))
         lp, row = lm.target_logprobs(prompt, batch)
         (-lp.mean()).backward()
@@ -185,7 +185,7 @@ def test_rows_are_packed_only_when_that_saves_work(tiny_causal, monkeypatch):
     assert not lm.packs_rows([64] * 8, prompt_length=4)  # no padding; attention would span 512 positions
     monkeypatch.setattr(lm.model.config, "sliding_window", 32, raising=False)
     assert not lm.packs_rows([3, 3, 3, 40], prompt_length=4)  # longer than the window
-    monkeypatch.setattr(lm, "pack_rows", False)
+    lm = lm.with_options(pack_rows=False)
     monkeypatch.setattr(lm.model.config, "sliding_window", None, raising=False)
     assert not lm.packs_rows([3, 3, 3, 40], prompt_length=4)
 
@@ -196,7 +196,7 @@ def test_target_logprobs_equal_a_plain_forward_of_the_model(tiny_causal, monkeyp
     not fed, the last layer's MLP and the head only where targets are predicted) leaves the
     log-probabilities and the prompt's gradient of the plain model over [lead; P; x; y] unchanged."""
     lm = tiny_causal
-    monkeypatch.setattr(lm, "share_prompt_prefix", share)
+    lm = lm.with_options(share_prompt_prefix=share)
     inputs = _inputs(lm, TEXTS)
     targets = [lm.encode_target(w) for w in ["positive", "negative", "neutral contradiction"]]
     init = torch.linspace(-0.3, 0.3, 4 * lm.dim).view(4, lm.dim)
@@ -221,7 +221,7 @@ def test_repeated_prompts_in_a_batch_share_their_prefix(tiny_causal, monkeypatch
     """Rows using the same prompt (an ensemble's N prompts, a mixed batch's tasks) run each distinct
     [lead; P] once; scores and gradients equal the unshared pass's."""
     lm = tiny_causal
-    monkeypatch.setattr(lm, "share_prompt_prefix", True)
+    lm = lm.with_options(share_prompt_prefix=True)
     table = torch.nn.Parameter(torch.randn(2, 3, lm.dim, generator=torch.Generator().manual_seed(0)) * 0.1)
     owner = torch.tensor([0, 1, 0])
     inputs = _inputs(lm, TEXTS)
@@ -232,7 +232,7 @@ def test_repeated_prompts_in_a_batch_share_their_prefix(tiny_causal, monkeypatch
     lp, _ = lm.target_logprobs(table[owner], batch)
     assert shapes[0] == (2, len(lm.lead_ids) + 3, lm.dim)  # one prefix per distinct prompt
     (grad_shared,) = torch.autograd.grad(lp.sum(), table)
-    monkeypatch.setattr(lm, "share_prompt_prefix", False)
+    lm = lm.with_options(share_prompt_prefix=False)
     lp_plain, _ = lm.target_logprobs(table[owner], batch)
     (grad_plain,) = torch.autograd.grad(lp_plain.sum(), table)
     assert torch.allclose(lp, lp_plain, atol=1e-5)
