@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from softprompt.fileio import atomic_write
 
 INITS = ("random_uniform", "sampled_vocab", "class_label", "text", "file")
 PROMPT_KEY = "prompt"
@@ -141,11 +143,8 @@ def load_prompt(path: str | Path, expected_shape: tuple[int, int] | None = None)
 
 def save_prompt(prompt: torch.Tensor, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Writes a [P, E] prompt as safetensors, atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({PROMPT_KEY: prompt.detach().float().contiguous().cpu()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    tensors = {PROMPT_KEY: prompt.detach().float().contiguous().cpu()}
+    atomic_write(path, save(tensors, metadata=metadata))
 
 
 def initialize(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from softprompt.fileio import atomic_write
+
 FORMATS = ("jsonl", "tsv", "multirc")
 METRICS = ("accuracy", "f1", "macro_f1", "multirc")
 SPLITS = ("train", "dev", "test")
@@ -336,11 +338,15 @@ def write_prepared(spec: TaskSpec, data: dict[str, list[Example]], out_dir: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for split, examples in data.items():
-        tmp = out / f".{split}.jsonl.tmp"
-        with tmp.open("w", encoding="utf-8") as f:
-            for e in examples:
-                f.write(json.dumps({"input": e.input, "target": e.target, "group": e.group, "source": e.source}, ensure_ascii=False) + "\n")
-        tmp.replace(out / f"{split}.jsonl")
+        lines = [
+            json.dumps(
+                {"input": e.input, "target": e.target, "group": e.group, "source": e.source},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for e in examples
+        ]
+        atomic_write(out / f"{split}.jsonl", "".join(lines).encode("utf-8"))
     meta = {
         "task": spec.name,
         "label_words": spec.label_words,

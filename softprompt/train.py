@@ -16,6 +16,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from softprompt import prompt as prompt_lib
+from softprompt.fileio import atomic_write
 from softprompt.model import DEFAULT_MODEL, Batch, FrozenLM, load_frozen_lm
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
 from softprompt.tasks import TaskSpec, load_prepared, load_spec, load_task, seeded_subset
@@ -230,9 +232,9 @@ def format_eval_line(
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def train(

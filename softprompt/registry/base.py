@@ -46,10 +46,12 @@ from pathlib import Path
 
 import torch
 
+from softprompt.fileio import atomic_write
+from softprompt.prompt import PROMPT_KEY  # the tensor's name inside a prompt blob
+
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-PROMPT_KEY = "prompt"  # the tensor's name inside the safetensors blob (as softprompt.prompt writes it)
 TASK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 ALIAS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
@@ -268,26 +270,6 @@ class Store(ABC):
     @abstractmethod
     def children(self, prefix: str) -> list[str]:
         """Names directly under `prefix/` (files and folders), unordered; [] when there are none."""
-
-
-def write_temp(path: Path, data: bytes) -> Path:
-    """Writes `data` durably to a unique temp file beside `path` (for a rename or link onto it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes a file completely or not at all: a unique temp file in the same folder, then rename."""
-    tmp = write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Cache:

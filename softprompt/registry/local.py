@@ -17,13 +17,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from softprompt.fileio import atomic_write, write_temp
 from softprompt.registry.base import (
     ConflictError,
     NotFoundError,
     RegistryAccessError,
     Store,
-    atomic_write,
-    write_temp,
 )
 
 
