@@ -2,20 +2,21 @@
 # The GPU evidence in one script, for a machine with one CUDA GPU and this repo's checkout.
 #
 #   infra/gpu_evidence.sh bench MODEL OUT_DIR     bf16 benchmarks against PEFT (bench/)
-#   infra/gpu_evidence.sh carry OUT_DIR           here, before the call: what `arch` and `bench` need
+#   infra/gpu_evidence.sh carry OUT_DIR           where the model cache and data are: what `arch`
+#                                                 and `bench` need on a machine without network
 #                                                 (SmolLM2's config and tokenizer from the model
 #                                                 cache, the data of sst2 rte mrpc cb), about 10 MB
 #   infra/gpu_evidence.sh arch SRC OUT_DIR        SRC's config and tokenizer with random weights (seed
-#                                                 0): a MODEL for `bench` where the weights cannot
-#                                                 travel (a call carries 64 MiB; time and memory do
-#                                                 not depend on the weights' values)
+#                                                 0), a MODEL for `bench` on a machine without the
+#                                                 weights (time and memory do not depend on the
+#                                                 weights' values)
 #   infra/gpu_evidence.sh experiments OUT_DIR     GPU check, then the paper's experiments at real
 #                                                 size on SmolLM2-135M, five at once
 #
-# Needs $PYTHON (default python3) with torch (CUDA), transformers, peft, pyyaml, matplotlib; the experiments need
-# `smollm2-135m` loadable (its GGUF package or the cache in $SOFTPROMPT_MODEL_CACHE) and
-# $SOFTPROMPT_DATA_DIR. Every step has its own time limit, so one slow step cannot starve the
-# rest, and its log lands beside its results.
+# Needs $PYTHON (default python3) with torch (CUDA), transformers, peft, pyyaml, matplotlib. The
+# experiments need `smollm2-135m` loadable (its GGUF package or the cache in
+# $SOFTPROMPT_MODEL_CACHE) and $SOFTPROMPT_DATA_DIR. Every step has its own time limit, so one
+# slow step cannot starve the rest, and its log lands beside its results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -43,8 +44,8 @@ bench() {
   step 60 "$out/rank_labels.log" $PY -m bench.rank_labels --model "$model" --out "$out" --naive
   step 60 "$out/ensemble_batch.log" $PY -m bench.ensemble_batch --model "$model" --out "$out"
   step 60 "$out/mixed_tasks.log" $PY -m bench.mixed_tasks --model "$model" --out "$out"
-  # Each serving measurement is a fresh process (2 patterns x 3 K per repetition): 2 repetitions took
-  # 93 s with a tiny model on the 2-core CPU, so 80 s would not fit them.
+  # Each serving measurement is a fresh process (2 patterns x 3 K per repetition), so it gets the
+  # longest limit. 2 repetitions take 93 s with a tiny model on a 2-core CPU.
   step 150 "$out/memory.log" $PY -m bench.memory --model "$model" --out "$out" --reps 2
   $PY -c "import sys; from pathlib import Path; from bench.__main__ import write_summary; write_summary(Path(sys.argv[1]))" "$out"
 }
