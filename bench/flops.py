@@ -20,7 +20,7 @@ a few percent of the total and run at memory speed, not matmul speed):
   credit us with work we do not do. The rows' own token embeddings then carry no gradient, so
   the first layer's query, key and value projections (Q parameters) have no backward for them:
   2 Q per row position less in the step (PEFT's input includes the prompt: all of it has one).
-- the last layer's MLP (R parameters) runs only where the head reads (FrozenLM._decoder `read`):
+- the last layer's MLP (R parameters) runs only where the head reads (DecoderStack.run `read`):
   2 R per head position instead of per position. PEFT's plain forward reads every position, so
   for it the count is the plain 2 N B T.
 """
@@ -74,7 +74,7 @@ class ModelShape:
         """A forward over `batch` rows of `width` positions, of which the first `shared_prefix` run
         once for the whole batch (their keys are read by every row). `packed` (the rows' own
         lengths): the rows instead run end to end as one sequence after the shared prefix, with
-        no padding, every position attending over the whole pack (FrozenLM._run_packed_rows)."""
+        no padding, every position attending over the whole pack (softprompt.model.packing)."""
         if packed:
             parts = [self.forward(1, sum(packed), head_rows, keys=shared_prefix + sum(packed))]
         else:

@@ -35,10 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.server_thread import ServerThread  # noqa: E402
 from softprompt.model import load_frozen_lm  # noqa: E402
 from softprompt.prompt import load_prompt, random_uniform  # noqa: E402
 from softprompt.registry import lineage_from_run, open_registry  # noqa: E402
-from softprompt.serve import ServeConfig, ServerThread, TaskServing, create_app  # noqa: E402
+from softprompt.serve.config import ServeConfig, TaskServing  # noqa: E402
+from softprompt.serve.http import create_app  # noqa: E402
 from softprompt.tasks import default_data_dir, load_spec  # noqa: E402
 
 TRAINED_RUN = ROOT / "results" / "sst2_smollm2"

@@ -3,7 +3,7 @@
 Both train a [P, E] prompt on the same frozen model object (PEFT wraps it with
 `get_peft_model(model, PromptTuningConfig(task_type=CAUSAL_LM, num_virtual_tokens=P))`), start
 from the same prompt values, see the same batches in the same order, and step the paper's
-Adafactor (softprompt.train.make_optimizer). One step = forward, backward, optimizer step.
+Adafactor (softprompt.training.make_optimizer). One step = forward, backward, optimizer step.
 The loss both compute is the mean NLL of the target tokens; the first step's two losses are
 recorded as a check that they train the same thing.
 
@@ -38,7 +38,9 @@ from bench.flops import ModelShape, softprompt_step
 from softprompt.model import Batch, FrozenLM
 from softprompt.prompt import PromptConfig, random_uniform
 from softprompt.scoring import encode_examples, lm_loss
-from softprompt.train import TrainConfig, batch_indices, make_optimizer
+from softprompt.training.config import TrainConfig
+from softprompt.training.loop import batch_indices
+from softprompt.training.optim import make_optimizer
 
 TARGET_SPEEDUP = 1.5
 

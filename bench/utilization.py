@@ -34,7 +34,8 @@ from bench.flops import ModelShape, shared_prefix, softprompt_step
 from softprompt.model import Batch, FrozenLM
 from softprompt.prompt import PromptConfig, random_uniform
 from softprompt.scoring import lm_loss
-from softprompt.train import TrainConfig, make_optimizer
+from softprompt.training.config import TrainConfig
+from softprompt.training.optim import make_optimizer
 
 TARGET_UTILIZATION = 0.75
 

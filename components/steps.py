@@ -95,7 +95,8 @@ def lm_adapt_model(
     every pod mounts), else the artifact's own path (one machine)."""
     import logging
 
-    from softprompt.lm_adapt import LMAdaptConfig, adapt_and_export
+    from softprompt.training.config import LMAdaptConfig
+    from softprompt.training.lm_adaptation import adapt_and_export
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -149,7 +150,8 @@ def train_prompt(
     from softprompt.data_source import read_spec
     from softprompt.prompt import prompt_config_from_item
     from softprompt.report import learning_curve_html, read_metrics_log
-    from softprompt.train import TrainConfig, train
+    from softprompt.training.config import TrainConfig
+    from softprompt.training.prompt_tuning import train
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from softprompt.prompt import PromptConfig
-from softprompt.train import TrainConfig, train
+from softprompt.training.config import TrainConfig
+from softprompt.training.prompt_tuning import train
 
 
 def _step_times(run_dir: Path) -> list[float]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from softprompt.prompt import INITS
-from softprompt.train import OPTIMIZERS
+from softprompt.training.config import OPTIMIZERS
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from softprompt.prompt import PromptConfig
-    from softprompt.train import TrainConfig, train
+    from softprompt.training.config import TrainConfig
+    from softprompt.training.prompt_tuning import train
 
     config = TrainConfig(
         task=args.task, model=args.model,
@@ -111,7 +112,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands with `add_commands(subparsers)`; imports stay light
 # (heavy libraries are imported inside the command functions).
-_EXTENSIONS: tuple[str, ...] = ("softprompt.data_version", "softprompt.experiments_cli", "softprompt.serve_cli", "softprompt.registry.cli")
+_EXTENSIONS: tuple[str, ...] = ("softprompt.data_version", "softprompt.experiments_cli", "softprompt.serve.cli", "softprompt.registry.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

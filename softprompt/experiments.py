@@ -1,7 +1,7 @@
 """The paper's experiments as runners: ensembles, ablations, baselines, domain shift and scale.
 
 Every runner takes a base `TrainConfig` (the small config a command starts from), trains through
-`softprompt.train.train` (and `softprompt.baselines` for the baselines), and writes into `out_dir`:
+`softprompt.training.train` (model_tune and softprompt.prompt_design for the baselines), and writes into `out_dir`:
   <name>.md    a results table (with the command that made it)
   <name>.json  the same numbers, machine-readable
   <name>.png   a plot, where the paper has a figure (ablations, scale)
@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 from softprompt import prompt as prompt_lib
-from softprompt.baselines import ModelTuningConfig, eval_split, model_tune, prompt_design_evaluate
 from softprompt.ensemble import ensemble_evaluate
 from softprompt.model import FrozenLM, load_frozen_lm
+from softprompt.prompt_design import eval_split, prompt_design_evaluate
 from softprompt.scoring import encode_examples, evaluate
 from softprompt.tasks import (
     Example,
@@ -35,7 +35,9 @@ from softprompt.tasks import (
     seeded_subset,
     write_prepared,
 )
-from softprompt.train import TrainConfig, train
+from softprompt.training.config import ModelTuningConfig, TrainConfig
+from softprompt.training.model_tuning import model_tune
+from softprompt.training.prompt_tuning import train
 
 ABLATION_AXES = {"length": (1, 5, 20, 100, 150), "init": ("random_uniform", "sampled_vocab", "class_label")}
 

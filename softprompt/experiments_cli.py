@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from softprompt.prompt import INITS
-from softprompt.train import OPTIMIZERS
+from softprompt.training.config import OPTIMIZERS
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -150,7 +150,8 @@ def _cmd_interpret(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm_adapt(args: argparse.Namespace) -> int:
-    from softprompt.lm_adapt import LMAdaptConfig, lm_adapt
+    from softprompt.training.config import LMAdaptConfig
+    from softprompt.training.lm_adaptation import lm_adapt
 
     config = LMAdaptConfig(model=args.model, corpus=args.corpus, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.batch_size, max_tokens=args.max_tokens, seed=args.seed, data_dir=args.data_dir)

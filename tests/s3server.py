@@ -5,8 +5,8 @@ auth on (an identities file holding one generated key pair). Every port is a fre
 construction and kept across stop()/start(), so the endpoint URL stays valid through a restart
 (fault tests stop the server mid-operation and start it again; the data directory survives).
 As on AWS, a PUT into a missing bucket fails (SeaweedFS would create it by default). SeaweedFS
-4.48 honours conditional PutObject (If-None-Match: *, If-Match: <etag>); tests/test_registry.py
-checks that against this server.
+4.48 honours conditional PutObject (If-None-Match: *, If-Match: <etag>);
+tests/registry/test_stores.py checks that against this server.
 
 Registered by `pytest_plugins = ["s3server"]` in tests/conftest.py; tests then take the
 session-scoped `s3_server` fixture (started on first use, stopped at session end):

@@ -1,13 +1,14 @@
 """Data-parallel training: 2 processes (torchrun, gloo on CPU) learn the same prompt as 1.
 
-Why the results can be compared tightly: train.py divides every micro-batch's summed target
-log-likelihood by the whole step's target-token count and all-reduces (sums) the prompt gradient,
-so in exact arithmetic the 2-process update equals the 1-process update whatever the examples'
-lengths. What remains is float32 rounding: the shards pad their micro-batches differently and the
-all-reduce adds in another order. Measured: 8e-6 max difference after 4 SGD steps (3e-5 with
-Adafactor). The test uses SGD because its update is linear in the gradient; Adafactor divides the
-gradient by its own RMS, so it would not notice an all-reduce that averaged instead of summed.
-Tolerance 1e-4: ~10x the rounding, and far below what a gradient off by 2x does (0.33, checked).
+Why the results can be compared tightly: the training loop divides every micro-batch's summed
+target log-likelihood by the whole step's target-token count and all-reduces (sums) the prompt
+gradient, so in exact arithmetic the 2-process update equals the 1-process update whatever the
+examples' lengths. What remains is float32 rounding: the shards pad their micro-batches
+differently and the all-reduce adds in another order. Measured: 8e-6 max difference after 4 SGD
+steps (3e-5 with Adafactor). The test uses SGD because its update is linear in the gradient;
+Adafactor divides the gradient by its own RMS, so it would not notice an all-reduce that averaged
+instead of summed. Tolerance 1e-4: ~10x the rounding, and far below what a gradient off by 2x
+does (0.33, checked).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from softprompt.cli import main
-from softprompt.distributed import backend_for, process_group
+from softprompt.distributed import SINGLE_PROCESS, backend_for, barrier, process_group, world
 
 STEPS = 4
 TOLERANCE = 1e-4
@@ -31,8 +32,8 @@ def _train_args(toy_task, model_dir, run_dir, lr: float = 0.3) -> list[str]:
         "train", "--task", str(toy_task["spec_path"]), "--data-dir", str(toy_task["data_dir"]),
         "--model", str(model_dir), "--run-dir", str(run_dir), "--prompt-length", "4",
         "--train-batch-size", "8", "--micro-batch-size", "2", "--max-steps", str(STEPS),
-        "--eval-every", str(STEPS), "--eval-max-examples", "16", "--batch-size", "16", "--no-progress",
-        "--optimizer", "sgd", "--lr", str(lr),
+        "--eval-every", str(STEPS), "--eval-max-examples", "16", "--batch-size", "16",
+        "--no-progress", "--optimizer", "sgd", "--lr", str(lr),
     ]
 
 
@@ -57,7 +58,9 @@ def test_two_processes_learn_the_single_process_prompt(toy_task, tiny_causal_dir
     # Rank 0 alone wrote the run directory: one line per step, not two.
     assert len(_losses(two)) == STEPS
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
-    assert abs(_losses(one)[0] - _losses(one)[-1]) > 1e-3, "the prompt did not train: the comparison would be empty"
+    assert abs(_losses(one)[0] - _losses(one)[-1]) > 1e-3, (
+        "the prompt did not train: the comparison would be empty"
+    )
     final_one = torch.load(one / "checkpoint.pt", weights_only=True)
     final_two = torch.load(two / "checkpoint.pt", weights_only=True)
     assert final_two["state"]["step"] == final_one["state"]["step"] == STEPS
@@ -91,3 +94,9 @@ def test_backend_follows_the_device():
     assert backend_for("cpu") == "gloo"
     assert backend_for("cuda") == "nccl"
     assert backend_for(None) == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def test_without_a_process_group_there_is_one_process():
+    assert not torch.distributed.is_initialized()
+    assert world() == SINGLE_PROCESS == (1, 0) and world().rank == 0
+    barrier()  # nothing to wait for

@@ -452,7 +452,7 @@ def test_static_import_model_matches_what_python_loads():
                          text=True)
     assert out.returncode == 0, out.stderr
     loaded = set(json.loads(out.stdout))
-    assert "softprompt.train" in loaded and loaded <= _loaded_by_every_command()
+    assert "softprompt.training" in loaded and loaded <= _loaded_by_every_command()
 
 
 def test_every_stage_depends_on_the_code_its_commands_import():

@@ -10,7 +10,8 @@ from softprompt.ensemble import ensemble_evaluate
 from softprompt.evaluation import confusion_matrix, ensemble_on_dev, ensemble_on_test
 from softprompt.scoring import encode_examples
 from softprompt.tasks import load_spec, load_task
-from softprompt.train import TrainConfig, train
+from softprompt.training.config import TrainConfig
+from softprompt.training.prompt_tuning import train
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,12 @@ import json
 import pytest
 import yaml
 
-from softprompt.baselines import ModelTuningConfig, few_shot_inputs, model_tune
 from softprompt.cli import main
 from softprompt.experiments import load_train_config
+from softprompt.prompt_design import few_shot_inputs
 from softprompt.tasks import load_spec, load_task
+from softprompt.training.config import ModelTuningConfig
+from softprompt.training.model_tuning import model_tune
 
 FAST = ["--prompt-length", "4", "--train-batch-size", "8", "--micro-batch-size", "8", "--max-steps", "2",
         "--eval-every", "2", "--test-limit", "12", "--eval-max-examples", "12"]

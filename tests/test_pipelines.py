@@ -169,7 +169,7 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
     """What a retry sees: the same output path, holding the killed attempt's checkpoint.pt."""
     from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
-    import softprompt.train as train_mod
+    import softprompt.training.prompt_tuning as train_mod
     from components.steps import prepare_data, train_prompt
     from softprompt.data_version import dataset_version
 

@@ -1,5 +1,5 @@
-"""Prompt registry: immutable, verified, lineage-carrying prompt artifacts (see base.py for the
-layout and guarantees).
+"""Prompt registry: immutable, verified, lineage-carrying prompt artifacts (the guarantees are in
+registry.py, the records and their layout in records.py).
 
     reg = open_registry("s3://bucket/prompts")     # or "/path", "file:///path"
     m = reg.publish("sst2", prompt, lineage_from_run("runs/sst2"))
@@ -12,30 +12,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from softprompt.registry.base import (
+from softprompt.registry.cache import Cache, default_cache_dir
+from softprompt.registry.errors import (
     AliasConflictError,
-    AliasState,
     ConflictError,
     FingerprintMismatchError,
     IntegrityError,
     InvalidArtifactError,
     InvalidNameError,
-    Manifest,
     NotFoundError,
-    Registry,
     RegistryAccessError,
     RegistryError,
     RegistryUnavailableError,
-    default_cache_dir,
 )
 from softprompt.registry.lineage import lineage_from_run
+from softprompt.registry.records import AliasState, Manifest
+from softprompt.registry.registry import PulledPrompt, Registry
+from softprompt.registry.stores import Store
 
 DEFAULT_REGISTRY = "registry"  # a folder under the current directory
 
 __all__ = [
-    "AliasConflictError", "AliasState", "ConflictError", "FingerprintMismatchError", "IntegrityError",
-    "InvalidArtifactError", "InvalidNameError", "Manifest", "NotFoundError", "Registry", "RegistryAccessError",
-    "RegistryError", "RegistryUnavailableError", "default_registry_uri", "lineage_from_run", "open_registry",
+    "AliasConflictError", "AliasState", "Cache", "ConflictError", "FingerprintMismatchError",
+    "IntegrityError", "InvalidArtifactError", "InvalidNameError", "Manifest", "NotFoundError",
+    "PulledPrompt", "Registry", "RegistryAccessError", "RegistryError", "RegistryUnavailableError",
+    "Store", "default_cache_dir", "default_registry_uri", "lineage_from_run", "open_registry",
 ]
 
 
@@ -43,7 +44,8 @@ def default_registry_uri() -> str:
     return os.environ.get("SOFTPROMPT_REGISTRY") or DEFAULT_REGISTRY
 
 
-def open_registry(uri: str | Path | None = None, cache_dir: str | Path | None = None, session=None) -> Registry:
+def open_registry(uri: str | Path | None = None, cache_dir: str | Path | None = None,
+                  session=None) -> Registry:
     """A registry by URI: "s3://bucket/prefix" (boto3; endpoint and credentials from the standard
     AWS chain, e.g. AWS_ENDPOINT_URL; `session` a boto3.Session to choose a profile), "file:///path"
     or a plain path (a local directory). Default: $SOFTPROMPT_REGISTRY, else ./registry.
@@ -56,9 +58,12 @@ def open_registry(uri: str | Path | None = None, cache_dir: str | Path | None = 
     if uri.startswith("s3://"):
         from softprompt.registry.s3 import S3Store
 
-        return Registry(S3Store(uri, session=session), cache_dir if cache_dir is not None else default_cache_dir())
+        cache = cache_dir if cache_dir is not None else default_cache_dir()
+        return Registry(S3Store(uri, session=session), cache)
     if "://" in uri and not uri.startswith("file://"):
-        raise RegistryError(f"unsupported registry URI {uri!r}: use a directory, file:///path or s3://bucket/prefix")
+        raise RegistryError(
+            f"unsupported registry URI {uri!r}: use a directory, file:///path or s3://bucket/prefix"
+        )
     from softprompt.registry.local import LocalStore
 
     return Registry(LocalStore(uri.removeprefix("file://")), cache_dir)

@@ -47,7 +47,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from softprompt.prompt import load_prompt
     from softprompt.registry import lineage_from_run
 
-    lineage = lineage_from_run(args.run_dir, dataset_version=args.dataset_version, code_version=args.code_version)
+    lineage = lineage_from_run(args.run_dir, dataset_version=args.dataset_version,
+                               code_version=args.code_version)
     task = args.task or lineage["task"]
     lineage["task"] = task  # a run may be published under another registry name
     prompt = load_prompt(Path(args.run_dir) / "prompt.safetensors")
@@ -66,7 +67,8 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
     prompt, m = _open(args).pull(args.task, args.ref, expected_fingerprint=args.fingerprint)
     if args.out:
-        save_prompt(prompt, args.out, {"task": m.task, "version": str(m.version), "blob_sha256": m.blob_sha256})
+        metadata = {"task": m.task, "version": str(m.version), "blob_sha256": m.blob_sha256}
+        save_prompt(prompt, args.out, metadata)
     _print({"manifest": m.to_dict(), "out": args.out})
     return 0
 
@@ -79,11 +81,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     aliases = reg.aliases(args.task)
     versions = [
-        {"version": m.version, "created_at": m.created_at, "blob_sha256": m.blob_sha256, "shape": m.shape,
-         "base_model": m.base_model, "metrics": m.metrics, "aliases": sorted(a for a, s in aliases.items() if s.version == m.version)}
+        {"version": m.version, "created_at": m.created_at, "blob_sha256": m.blob_sha256,
+         "shape": m.shape, "base_model": m.base_model, "metrics": m.metrics,
+         "aliases": sorted(a for a, s in aliases.items() if s.version == m.version)}
         for m in reg.list_versions(args.task)
     ]
-    _print({"registry": reg.uri, "task": args.task, "versions": versions, "aliases": {a: s.version for a, s in aliases.items()}})
+    _print({"registry": reg.uri, "task": args.task, "versions": versions,
+            "aliases": {a: s.version for a, s in aliases.items()}})
     return 0
 
 
@@ -103,7 +107,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     if args.expect_new:
         state = reg.promote(args.task, args.alias, args.version, expected_version=None)
     elif args.expected_version is not None:
-        state = reg.promote(args.task, args.alias, args.version, expected_version=args.expected_version)
+        state = reg.promote(args.task, args.alias, args.version,
+                            expected_version=args.expected_version)
     else:
         state = reg.promote(args.task, args.alias, args.version)
     _print(asdict(state))
@@ -126,7 +131,8 @@ def _cmd_import_peft(args: argparse.Namespace) -> int:
     from softprompt.peft_interop import import_peft
 
     reg = _open(args)
-    lineage = {k: v for k, v in (("dataset_version", args.dataset_version), ("code_version", args.code_version)) if v}
+    given = (("dataset_version", args.dataset_version), ("code_version", args.code_version))
+    lineage = {k: v for k, v in given if v}
     m = import_peft(reg, args.task, args.adapter, load_frozen_lm(args.model), lineage)
     out = {"manifest": m.to_dict()}
     if args.alias:
@@ -137,10 +143,16 @@ def _cmd_import_peft(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Adds the registry subcommands to the `softprompt` parser's subparsers."""
-    def parser(name: str, help_: str, task: bool = True, ref: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--registry", default=None, help="directory, file:///path or s3://bucket/prefix (default: $SOFTPROMPT_REGISTRY, else ./registry)")
-        p.add_argument("--cache-dir", default=None, help="local cache of pulled prompts (default: $SOFTPROMPT_REGISTRY_CACHE or ~/.cache/softprompt/registry)")
+    def parser(name: str, help_: str, task: bool = True,
+               ref: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--registry", default=None,
+                       help="directory, file:///path or s3://bucket/prefix "
+                            "(default: $SOFTPROMPT_REGISTRY, else ./registry)")
+        p.add_argument("--cache-dir", default=None,
+                       help="local cache of pulled prompts (default: $SOFTPROMPT_REGISTRY_CACHE "
+                            "or ~/.cache/softprompt/registry)")
         if task:
             p.add_argument("--task", required=True, help="task name: [a-z0-9][a-z0-9_-]{0,63}")
         if ref:
@@ -150,14 +162,19 @@ def add_commands(sub) -> None:
     p = parser("push", "publish a trained run's prompt as the task's next version", task=False)
     p.add_argument("--run-dir", required=True, help="a `softprompt train` run directory")
     p.add_argument("--task", default=None, help="registry task name (default: the run's task)")
-    p.add_argument("--alias", default=None, help="also point this alias (e.g. staging) at the new version")
-    p.add_argument("--dataset-version", default=None, help="data version to record (e.g. the DVC hash)")
-    p.add_argument("--code-version", default=None, help="code version to record (default: the git commit)")
+    p.add_argument("--alias", default=None,
+                   help="also point this alias (e.g. staging) at the new version")
+    p.add_argument("--dataset-version", default=None,
+                   help="data version to record (e.g. the DVC hash)")
+    p.add_argument("--code-version", default=None,
+                   help="code version to record (default: the git commit)")
     p.set_defaults(func=_cmd_push)
 
     p = parser("pull", "fetch a verified prompt (cached; works offline from the cache)", ref=True)
-    p.add_argument("--out", default=None, help="write the prompt here as safetensors (usable as --prompt)")
-    p.add_argument("--fingerprint", default=None, help="refuse unless the prompt's base-model fingerprint is this")
+    p.add_argument("--out", default=None,
+                   help="write the prompt here as safetensors (usable as --prompt)")
+    p.add_argument("--fingerprint", default=None,
+                   help="refuse unless the prompt's base-model fingerprint is this")
     p.set_defaults(func=_cmd_pull)
 
     p = parser("list", "list tasks, or a task's versions and aliases", task=False)
@@ -171,18 +188,23 @@ def add_commands(sub) -> None:
     p.add_argument("--alias", required=True, help="alias name, e.g. production or staging")
     p.add_argument("--version", required=True, type=int, help="version to point at")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--expected-version", type=int, default=None, help="move only if the alias points here now")
-    group.add_argument("--expect-new", action="store_true", help="move only if the alias does not exist yet")
+    group.add_argument("--expected-version", type=int, default=None,
+                       help="move only if the alias points here now")
+    group.add_argument("--expect-new", action="store_true",
+                       help="move only if the alias does not exist yet")
     p.set_defaults(func=_cmd_promote)
 
     p = parser("export-peft", "write a registered prompt as a PEFT prompt-tuning adapter", ref=True)
     p.add_argument("--out", required=True, help="adapter folder to write")
-    p.add_argument("--model", default="smollm2-135m", help="the base model (its fingerprint must match the prompt's)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="the base model (its fingerprint must match the prompt's)")
     p.set_defaults(func=_cmd_export_peft)
 
     p = parser("import-peft", "publish a PEFT prompt-tuning adapter as the task's next version")
-    p.add_argument("--adapter", required=True, help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
-    p.add_argument("--model", default="smollm2-135m", help="the base model the adapter was trained on")
+    p.add_argument("--adapter", required=True,
+                   help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="the base model the adapter was trained on")
     p.add_argument("--alias", default=None, help="also point this alias at the new version")
     p.add_argument("--dataset-version", default=None)
     p.add_argument("--code-version", default=None)

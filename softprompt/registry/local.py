@@ -18,12 +18,8 @@ import os
 from pathlib import Path
 
 from softprompt.fileio import atomic_write, write_temp
-from softprompt.registry.base import (
-    ConflictError,
-    NotFoundError,
-    RegistryAccessError,
-    Store,
-)
+from softprompt.registry.errors import ConflictError, NotFoundError, RegistryAccessError
+from softprompt.registry.stores import Store
 
 
 def _etag(data: bytes) -> str:
@@ -85,7 +81,8 @@ class LocalStore(Store):
         """Like an S3 listing: a folder counts only if some visible file lies below it (a killed
         publisher can leave a version folder holding nothing but its temp file)."""
         try:
-            return [p.name for p in self._path(prefix).iterdir() if not p.name.startswith(".") and _has_files(p)]
+            entries = self._path(prefix).iterdir()
+            return [p.name for p in entries if not p.name.startswith(".") and _has_files(p)]
         except (FileNotFoundError, NotADirectoryError):
             return []
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from softprompt.registry.base import Manifest, NotFoundError, Registry
+from softprompt.registry.errors import NotFoundError
 from softprompt.registry.lineage import lineage_from_run
+from softprompt.registry.records import Manifest
+from softprompt.registry.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -24,20 +24,24 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from softprompt.registry.base import (
+from softprompt.registry.errors import (
     ConflictError,
     NotFoundError,
     RegistryAccessError,
     RegistryError,
     RegistryUnavailableError,
-    Store,
 )
+from softprompt.registry.stores import Store
 
-_UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+_UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
+                ReadTimeoutError)
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+           "ExpiredToken", "403"}
 
 
-_loader = None  # botocore's JSON model loader, shared: building a client from scratch parses ~1 MB of JSON
+# botocore's JSON model loader, shared, because building a client from scratch parses ~1 MB of
+# JSON.
+_loader = None
 
 
 def _new_session():
@@ -91,10 +95,13 @@ class S3Store(Store):
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except _UNREACHABLE as err:
-            raise RegistryUnavailableError(f"{where}: cannot reach the S3 endpoint {self.endpoint} ({what}): {err}") from err
+            raise RegistryUnavailableError(
+                f"{where}: cannot reach the S3 endpoint {self.endpoint} ({what}): {err}"
+            ) from err
         except (NoCredentialsError, PartialCredentialsError) as err:
             raise RegistryAccessError(
-                f"{where}: no usable AWS credentials ({err}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role"
+                f"{where}: no usable AWS credentials ({err}); set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role"
             ) from err
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", ""))
@@ -102,15 +109,20 @@ class S3Store(Store):
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
                 raise ConflictError(f"{where}: conditional {what} failed ({code})") from err
             if code == "NoSuchBucket":
-                raise RegistryAccessError(f"{where}: bucket {self.bucket!r} does not exist at {self.endpoint}") from err
+                raise RegistryAccessError(
+                    f"{where}: bucket {self.bucket!r} does not exist at {self.endpoint}"
+                ) from err
             if code in ("NoSuchKey", "404") or status == 404:
                 raise NotFoundError(f"{where} not found") from err
             if code in _DENIED or status == 403:
                 raise RegistryAccessError(
-                    f"{where}: access denied by {self.endpoint} ({code}): check the AWS credentials and their permissions"
+                    f"{where}: access denied by {self.endpoint} ({code}): "
+                    "check the AWS credentials and their permissions"
                 ) from err
             if status is not None and status >= 500:
-                raise RegistryUnavailableError(f"{where}: S3 server error {status} {code} ({what})") from err
+                raise RegistryUnavailableError(
+                    f"{where}: S3 server error {status} {code} ({what})"
+                ) from err
             raise RegistryError(f"{where}: S3 {what} failed: {code} {err}") from err
         except BotoCoreError as err:
             raise RegistryError(f"{where}: S3 {what} failed: {err}") from err
@@ -120,14 +132,20 @@ class S3Store(Store):
         try:
             data = response["Body"].read()
         except (BotoCoreError, OSError) as err:  # the connection dropped mid-body
-            raise RegistryUnavailableError(f"{self.uri}/{key}: download interrupted from {self.endpoint}: {err}") from err
+            raise RegistryUnavailableError(
+                f"{self.uri}/{key}: download interrupted from {self.endpoint}: {err}"
+            ) from err
         return data, response["ETag"]
 
     def create(self, key: str, data: bytes) -> str:
-        return self._call("create", key, self.client.put_object, Key=self._key(key), Body=data, IfNoneMatch="*")["ETag"]
+        response = self._call("create", key, self.client.put_object, Key=self._key(key),
+                              Body=data, IfNoneMatch="*")
+        return response["ETag"]
 
     def replace(self, key: str, data: bytes, etag: str) -> str:
-        return self._call("replace", key, self.client.put_object, Key=self._key(key), Body=data, IfMatch=etag)["ETag"]
+        response = self._call("replace", key, self.client.put_object, Key=self._key(key),
+                              Body=data, IfMatch=etag)
+        return response["ETag"]
 
     def write(self, key: str, data: bytes) -> None:
         self._call("PUT", key, self.client.put_object, Key=self._key(key), Body=data)
@@ -136,7 +154,9 @@ class S3Store(Store):
         full = self._key(prefix) + "/"
         names, token = [], None
         while True:
-            kwargs = {"Prefix": full, "Delimiter": "/", **({"ContinuationToken": token} if token else {})}
+            kwargs = {"Prefix": full, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
             page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
             names += [p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", [])]
             names += [o["Key"][len(full):] for o in page.get("Contents", [])]

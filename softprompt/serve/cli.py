@@ -1,0 +1,122 @@
+"""`softprompt serve`: the multi-task inference service (softprompt.serve) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import NamedTuple
+
+
+class EnsembleArg(NamedTuple):
+    """One `--ensemble` value: the N newest versions of a task, or pinned versions."""
+
+    task: str
+    newest: int  # 0 when versions are pinned
+    pinned: tuple[int, ...]
+
+
+def _ensemble_arg(text: str) -> EnsembleArg:
+    """`task=N` (the N newest versions) or `task=v1+v2+v3` (pinned versions)."""
+    task, sep, value = text.partition("=")
+    parts = value.split("+")
+    if not sep or not task or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"--ensemble {text!r}: use TASK=N (N newest versions) or TASK=V1+V2+... (pinned)"
+        )
+    numbers = tuple(int(p) for p in parts)
+    if len(numbers) == 1:
+        return EnsembleArg(task, numbers[0], ())
+    return EnsembleArg(task, 0, numbers)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token from the environment variable `--token-env` names (None: no auth)."""
+    if not args.token_env:
+        return None
+    token = os.environ.get(args.token_env)
+    if not token:
+        raise ValueError(f"--token-env {args.token_env}: that environment variable is unset or "
+                         "empty")
+    return token
+
+
+def config_from_args(args: argparse.Namespace):
+    """The parsed command line -> ServeConfig; the token comes from the named environment
+    variable."""
+    from softprompt.serve.config import ServeConfig, TaskServing
+
+    token = _token(args)
+    if args.metrics_port and args.metrics_port == args.port:
+        raise ValueError(f"--metrics-port {args.metrics_port} is also --port: "
+                         "the token-free metrics need a port of their own")
+    ensembles = {e.task: e for e in args.ensemble}
+    names = [t for t in (s.strip() for s in args.tasks.split(",")) if t]
+    unknown = sorted(set(ensembles) - set(names))
+    if unknown:
+        raise ValueError(
+            f"--ensemble names task(s) {unknown} that --tasks does not list ({names})"
+        )
+    off = EnsembleArg("", 0, ())
+    tasks = [TaskServing(name, ref=args.alias, ensemble=ensembles.get(name, off).newest,
+                         versions=ensembles.get(name, off).pinned)
+             for name in names]
+    return ServeConfig(
+        registry=args.registry, tasks=tasks, model=args.model, token=token,
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        mixed_batches=not args.per_task_batches, max_body_bytes=args.max_body_bytes,
+        max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens,
+        poll_seconds=args.poll_seconds, metrics_port=args.metrics_port, metrics_host=args.host,
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from softprompt.serve.http import create_app
+
+    config = config_from_args(args)
+    log_level = "info" if args.verbose else "warning"
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=log_level)
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser(
+        "serve", help="serve every registered task's prompt from one frozen model over HTTP",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Registry credentials come from the standard AWS chain (s3://) or the "
+                    "directory's permissions: give the service a read-only identity, e.g. "
+                    "AWS_PROFILE=<reader>.",
+    )
+    s.add_argument("--registry", required=True,
+                   help="registry URI: a directory, file:// or s3://bucket/prefix")
+    s.add_argument("--model", default="smollm2-135m",
+                   help="frozen base model; prompts must carry its fingerprint")
+    s.add_argument("--tasks", required=True, help="comma-separated task names to serve")
+    s.add_argument("--alias", default="production",
+                   help="alias (or version) each single-prompt task is served from")
+    s.add_argument("--ensemble", action="append", default=[], type=_ensemble_arg,
+                   metavar="TASK=N|TASK=V1+V2",
+                   help="serve TASK as a majority-vote ensemble of its N newest (or the pinned) "
+                        "versions (repeatable)")
+    s.add_argument("--token-env", default=None,
+                   help="environment variable holding the bearer token (unset: no auth)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=0,
+                   help="also serve GET /metrics without the token on this port, on --host, for a "
+                        "scraper that holds no token (0: off; /metrics on --port always needs it)")
+    s.add_argument("--max-batch-size", type=int, default=32,
+                   help="rows per forward (an ensemble request is N rows)")
+    s.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests")
+    s.add_argument("--per-task-batches", action="store_true",
+                   help="one forward per task instead of mixed batches (baseline)")
+    s.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+                   help="larger request bodies get 413")
+    s.add_argument("--max-input-chars", type=int, default=8000, help="longer inputs get 422")
+    s.add_argument("--max-input-tokens", type=int, default=256,
+                   help="longer inputs keep their last tokens")
+    s.add_argument("--poll-seconds", type=float, default=30.0,
+                   help="registry poll period for moved aliases (0: off)")
+    s.set_defaults(func=_cmd_serve)

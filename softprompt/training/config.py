@@ -1,0 +1,254 @@
+"""What determines a training run, as one config dataclass per method, and their shared checks.
+
+Every field carries its help text (`metadata={"help": ...}`), so a command line or a form can be
+built from the dataclass, and every config validates itself when constructed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from softprompt import prompt as prompt_lib
+from softprompt.model import DEFAULT_MODEL
+
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a prompt-tuning run (recorded in config.json and the
+    registry)."""
+
+    task: str = field(
+        default="sst2", metadata={"help": "Task name (tasks/<name>.yaml) or spec path."}
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Offline short name, local dir, GGUF path or hub name."},
+    )
+    prompt: prompt_lib.PromptConfig = field(default_factory=prompt_lib.PromptConfig)
+    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    lr: float = field(default=0.3, metadata={"help": "Learning rate (paper: 0.3, constant)."})
+    weight_decay: float = field(default=1e-5, metadata={"help": "Weight decay (paper: 1e-5)."})
+    beta2_decay: float = field(
+        default=0.8, metadata={"help": "Adafactor second-moment decay exponent (paper: 0.8)."}
+    )
+    batch_size: int = field(
+        default=32, metadata={"help": "Examples per optimizer step (paper: 32)."}
+    )
+    micro_batch_size: int = field(
+        default=8,
+        metadata={"help": "Examples per forward; batch_size/micro steps are accumulated."},
+    )
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps at most."})
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "Wall-clock training budget (evaluations included)."}
+    )
+    eval_every: int = field(
+        default=50, metadata={"help": "Evaluate on dev every K steps (and at the end)."}
+    )
+    patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without a new best."}
+    )
+    eval_max_examples: int | None = field(
+        default=1000,
+        metadata={"help": "Dev examples used for early stopping (a fixed seeded subset)."},
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Examples per scoring forward."})
+    max_input_tokens: int = field(
+        default=256,
+        metadata={"help": "Longer inputs keep their last tokens (counted in the log)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds prompt init and data order."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Data location (default: $SOFTPROMPT_DATA_DIR or ../shared/data)."},
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cuda or cpu (default: cuda when available)."}
+    )
+    dtype: str = field(
+        default="float32", metadata={"help": "Frozen weights' dtype: float32 or bfloat16 (GPU)."}
+    )
+    prepared_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Read normalized examples written by `softprompt prepare` instead of raw data."
+        },
+    )
+    target_prefix: str = field(
+        default="",
+        metadata={
+            "help": "Text put before every target; '<extra_id_0> ' is the paper's "
+            "'span corruption + sentinel' setting for T5."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt, dict):
+            self.prompt = prompt_lib.PromptConfig(**self.prompt)
+        check_optimization(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**raw)
+
+
+@dataclass
+class ModelTuningConfig:
+    """Model tuning (all weights) on one task, or multi-task model tuning on several."""
+
+    tasks: list[str] = field(
+        default_factory=lambda: ["sst2"],
+        metadata={"help": "Task names or spec paths; more than one: multi-task."},
+    )
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to copy and tune."})
+    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "Learning rate (T5's model tuning: Adafactor, constant 1e-3)."},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
+    beta2_decay: float = field(
+        default=0.8, metadata={"help": "Adafactor second-moment decay exponent."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
+    micro_batch_size: int = field(default=8, metadata={"help": "Examples per forward."})
+    max_steps: int = field(default=100, metadata={"help": "Optimizer steps."})
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "Wall-clock budget (evaluations included)."}
+    )
+    eval_every: int = field(
+        default=50,
+        metadata={
+            "help": "Evaluate on dev every K steps (and at the end); the best weights are kept."
+        },
+    )
+    eval_max_examples: int | None = field(
+        default=1000,
+        metadata={"help": "Dev examples per task for model selection (a seeded subset)."},
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Examples per scoring forward."})
+    max_input_tokens: int = field(
+        default=256, metadata={"help": "Longer inputs keep their last tokens."}
+    )
+    task_prefix: bool | None = field(
+        default=None,
+        metadata={"help": "Prefix inputs with the task name (default: only for multi-task)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds data order."})
+    data_dir: str | None = field(default=None, metadata={"help": "Data location."})
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("model tuning needs at least one task")
+        check_optimization(self)
+        if self.task_prefix is None:
+            self.task_prefix = len(self.tasks) > 1
+
+
+@dataclass
+class LMAdaptConfig:
+    """Continued pre-training of an encoder-decoder checkpoint with the prefix-LM objective."""
+
+    model: str = field(metadata={"help": "Encoder-decoder checkpoint (local dir or hub name)."})
+    corpus: str = field(
+        metadata={
+            "help": "Unlabeled text: a .txt file (one document per line) or a task name whose "
+            "train inputs are used."
+        }
+    )
+    steps: int = field(
+        default=1000, metadata={"help": "Optimizer steps (paper: 100K; configurable)."}
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "Learning rate (T5 pre-training: Adafactor 1e-3 constant here)."},
+    )
+    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
+    beta2_decay: float = field(
+        default=0.8, metadata={"help": "Adafactor second-moment decay exponent."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Sequences per step."})
+    max_tokens: int = field(
+        default=128,
+        metadata={"help": "Window of each document, split into prefix and continuation."},
+    )
+    min_tokens: int = field(
+        default=4, metadata={"help": "Documents shorter than this are skipped."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds windows, split points and order."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Data location when corpus is a task name."}
+    )
+    log_every: int = field(default=10, metadata={"help": "Log the loss every K steps."})
+
+    def __post_init__(self) -> None:
+        check_at_least_one(self, ("steps", "batch_size", "max_tokens", "log_every"))
+        if self.min_tokens < 2:
+            raise ValueError(
+                f"min_tokens must be >= 2 (a prefix and a continuation), got {self.min_tokens}"
+            )
+        check_optimizer_name(self)
+        check_lr(self)
+
+
+def check_optimizer_name(config) -> None:
+    """The config's `optimizer` is one make_optimizer builds."""
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+
+
+def check_at_least_one(config, names: tuple[str, ...]) -> None:
+    """Every named field of the config is a count of at least 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+
+
+def check_lr(config) -> None:
+    if config.lr <= 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
+
+
+def check_optimization(config) -> None:
+    """Validation shared by the configs that train on task examples (prompt tuning, model
+    tuning). It checks the optimizer name, positive sizes, a batch that is a multiple of the
+    micro-batch, and a positive learning rate."""
+    check_optimizer_name(config)
+    check_at_least_one(
+        config,
+        (
+            "batch_size",
+            "micro_batch_size",
+            "max_steps",
+            "eval_every",
+            "max_input_tokens",
+            "eval_batch_size",
+        ),
+    )
+    if config.batch_size % config.micro_batch_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
+            f"{config.micro_batch_size}"
+        )
+    check_lr(config)
+
+
+def check_world_split(batch_size: int, micro_batch_size: int, world: int) -> None:
+    """A step's examples split evenly into micro-batches on every one of `world` processes."""
+    if batch_size % (micro_batch_size * world):
+        raise ValueError(
+            f"batch_size {batch_size} must split into micro-batches of {micro_batch_size} on "
+            f"{world} processes"
+        )

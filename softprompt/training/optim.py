@@ -1,0 +1,31 @@
+"""The optimizers a training config can name (config.OPTIMIZERS).
+
+Adafactor takes the paper's settings (Lester et al. 2021, section 3): a constant learning rate,
+no parameter scaling, no relative step, and the second-moment decay beta2_t = 1 - t^-0.8.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer `config.optimizer` over `params`. Any config with the fields optimizer, lr,
+    weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation)."""
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # decay_rate is the exponent of beta2_t = 1 - t^decay_rate; the paper's "beta2 decay 0.8"
+        # is -0.8.
+        return Adafactor(
+            params,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            decay_rate=-config.beta2_decay,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)

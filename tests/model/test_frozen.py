@@ -1,0 +1,119 @@
+"""FrozenLM on both tiny architectures, with frozen weights, gradients into the prompt only, scores
+that do not depend on batching, tokenization and the fingerprint."""
+
+import pytest
+import torch
+
+from softprompt.model import Batch, CausalLM, Seq2SeqLM
+from softprompt.scoring import encode_examples, label_scores, lm_loss
+from softprompt.tasks import load_spec, load_task
+
+
+def test_all_weights_frozen(lm):
+    assert all(not p.requires_grad for p in lm.model.parameters())
+
+
+def test_gradient_reaches_only_the_prompt(lm, reviews):
+    prompt = torch.nn.Parameter(torch.randn(4, lm.dim) * 0.1)
+    inputs = reviews(lm)
+    targets = [lm.encode_target(w) for w in ["positive", "negative", "negative"]]
+    lp, row = lm.target_logprobs(prompt, Batch(inputs, targets))
+    (-lp.mean()).backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.model.parameters())
+    assert row.tolist() == sorted(row.tolist()) and lp.shape == row.shape
+
+
+def test_architecture_is_chosen_once_from_the_config(tiny_causal, tiny_t5):
+    """The wrapper picks its architecture from the model's config; every view binds it to
+    itself, so a view's passes run under the view's options."""
+    assert tiny_causal.architecture_type is CausalLM and tiny_t5.architecture_type is Seq2SeqLM
+    view = tiny_causal.with_options(share_prompt_prefix=False)
+    assert view.architecture.lm is view and tiny_causal.architecture.lm is tiny_causal
+    assert tiny_causal.options.share_prompt_prefix is None
+
+
+def test_shared_prompt_equals_per_example_prompts(lm, reviews):
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = reviews(lm)
+    shared = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    per_example = label_scores(
+        lm, prompt.expand(3, -1, -1).clone(), inputs, ["positive", "negative"]
+    )
+    assert torch.allclose(shared, per_example, atol=1e-5)
+
+
+def test_cached_rank_scores_equal_full_sequence_likelihood(lm, reviews):
+    """Scoring from the cache (one input pass, short label passes) equals scoring each label
+    alone."""
+    prompt = torch.randn(3, lm.dim) * 0.1
+    inputs = reviews(lm)
+    words = ["positive", "negative", "neutral contradiction"]  # a multi-token choice too
+    cached = label_scores(lm, prompt, inputs, words)
+    for j, w in enumerate(words):
+        target = lm.encode_target(w)
+        lp, row = lm.target_logprobs(prompt, Batch(inputs, [target] * len(inputs)))
+        full = torch.zeros(len(inputs)).index_add_(0, row, lp)
+        assert torch.allclose(cached[:, j], full, atol=1e-4), (w, cached[:, j], full)
+
+
+def test_padding_does_not_change_scores(lm, reviews):
+    prompt = torch.randn(2, lm.dim) * 0.1
+    inputs = reviews(lm)
+    together = label_scores(lm, prompt, inputs, ["positive", "negative"])
+    alone = torch.cat([label_scores(lm, prompt, [x], ["positive", "negative"]) for x in inputs])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_mixed_prompts_in_one_batch_match_separate_runs(lm, reviews):
+    """Different prompts per example (mixed tasks / ensembles) give each example its own
+    prompt's scores."""
+    p1, p2 = torch.randn(3, lm.dim) * 0.1, torch.randn(3, lm.dim) * 0.1
+    inputs = reviews(lm)[:2]
+    words = ["positive", "negative"]
+    mixed = label_scores(lm, torch.stack([p1, p2]), inputs, words)
+    assert torch.allclose(mixed[0], label_scores(lm, p1, inputs[:1], words)[0], atol=1e-4)
+    assert torch.allclose(mixed[1], label_scores(lm, p2, inputs[1:], words)[0], atol=1e-4)
+
+
+def test_greedy_generation_follows_argmax(lm, reviews):
+    prompt = torch.randn(2, lm.dim) * 0.1
+    inputs = reviews(lm)
+    outs = lm.generate(prompt, inputs, max_new_tokens=3)
+    assert len(outs) == 3 and all(len(o) <= 3 for o in outs)
+    # Each example decoded alone gives the same tokens (padding-independent decoding).
+    for x, o in zip(inputs, outs, strict=True):
+        assert lm.generate(prompt, [x], max_new_tokens=3)[0] == o
+
+
+def test_prompt_shape_errors(lm, reviews):
+    with pytest.raises(ValueError, match=r"prompts must be \[P, E\] or \[B=3, P, E\]"):
+        label_scores(lm, torch.randn(2, 2, lm.dim), reviews(lm), ["positive"], batch_size=8)
+
+
+def test_fingerprint_tracks_the_embedding(tiny_causal_dir):
+    from softprompt.model import load_frozen_lm
+
+    a, b = load_frozen_lm(str(tiny_causal_dir)), load_frozen_lm(str(tiny_causal_dir))
+    assert a.fingerprint == b.fingerprint and a.fingerprint.startswith("sha256:")
+    with torch.no_grad():
+        b.embedding.weight[0, 0] += 1
+    del b.fingerprint  # computed once per wrapper: recompute it after the edit
+    assert a.fingerprint != b.fingerprint
+
+
+def test_truncation_keeps_the_end(tiny_causal):
+    ids, cut = tiny_causal.encode_input("the movie was really quite great and the plot", 3)
+    full = tiny_causal.tokenize("the movie was really quite great and the plot")
+    assert cut and ids == full[-3:]
+
+
+@pytest.mark.real_model
+def test_a_training_step_moves_only_the_prompt(smollm):
+    spec = load_spec("sst2")
+    enc = encode_examples(smollm, load_task(spec)["train"][:4], 256)
+    before = {k: v.clone() for k, v in smollm.model.state_dict().items()}
+    prompt = torch.nn.Parameter(torch.randn(5, smollm.dim) * 0.05)
+    lm_loss(smollm, prompt, Batch(enc.inputs, enc.targets)).backward()
+    assert prompt.grad.abs().sum() > 0
+    assert all(torch.equal(v, smollm.model.state_dict()[k]) for k, v in before.items())

@@ -1,0 +1,34 @@
+"""Fixtures of the inference service tests: a local registry with prompts of three tasks built
+here, and the service started for real (uvicorn on 127.0.0.1) on the tiny causal model. Both are
+shared by every module of this package."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from served_tasks import AUTH, TASKS, publish, serve_config
+
+from bench.server_thread import ServerThread
+from softprompt.registry import open_registry
+from softprompt.serve.http import create_app
+
+
+@pytest.fixture(scope="package")
+def registry(tiny_causal, tmp_path_factory):
+    reg = open_registry(tmp_path_factory.mktemp("registry"))
+    for seed, task in enumerate(TASKS):
+        m = publish(reg, tiny_causal, task, seed)
+        reg.promote(task, "production", m.version)
+    for seed in (10, 11):
+        publish(reg, tiny_causal, "yesno", seed)  # yesno: versions 1-3, the ensemble
+    return reg
+
+
+@pytest.fixture(scope="package")
+def server(tiny_causal, registry):
+    app = create_app(serve_config(), lm=tiny_causal, registry=registry)
+    with (
+        ServerThread(app) as srv,
+        httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as client,
+    ):
+        yield client
