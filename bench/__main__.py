@@ -14,7 +14,14 @@ from pathlib import Path
 
 from bench.common import RESULTS_DIR, fmt, markdown_table
 
-BENCHMARKS = ("train_vs_peft", "utilization", "rank_labels", "ensemble_batch", "mixed_tasks", "memory")
+BENCHMARKS = (
+    "train_vs_peft",
+    "utilization",
+    "rank_labels",
+    "ensemble_batch",
+    "mixed_tasks",
+    "memory",
+)
 
 
 def write_summary(out: Path) -> Path:
@@ -26,12 +33,34 @@ def write_summary(out: Path) -> Path:
             continue
         record = json.loads(path.read_text())
         env, load = record["environment"], record["load_avg_1m"]
-        runs.append([f"[{name}]({name}.md)", env.get("gpu") or env["cpu"], f"{load['before']:.1f} / {load['after']:.1f}",
-                     record["started"], f"`{record['command']}`"])
+        runs.append(
+            [
+                f"[{name}]({name}.md)",
+                env.get("gpu") or env["cpu"],
+                f"{load['before']:.1f} / {load['after']:.1f}",
+                record["started"],
+                f"`{record['command']}`",
+            ]
+        )
         for t in record["targets"]:
-            rows.append([t["name"], t["goal"], f"{fmt(t['measured'])}{t['unit']}", "yes" if t["met"] else "**no**"])
-    text = ["# Benchmark summary", "", markdown_table(["target", "goal", "measured", "met"], rows), "",
-            markdown_table(["benchmark", "machine", "load avg before / after", "started", "command"], runs), ""]
+            rows.append(
+                [
+                    t["name"],
+                    t["goal"],
+                    f"{fmt(t['measured'])}{t['unit']}",
+                    "yes" if t["met"] else "**no**",
+                ]
+            )
+    text = [
+        "# Benchmark summary",
+        "",
+        markdown_table(["target", "goal", "measured", "met"], rows),
+        "",
+        markdown_table(
+            ["benchmark", "machine", "load avg before / after", "started", "command"], runs
+        ),
+        "",
+    ]
     path = out / "summary.md"
     path.write_text("\n".join(text))
     return path
@@ -42,14 +71,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks to run")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default=None)
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions for each benchmark (default: its own)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="timed repetitions for each benchmark (default: its own)",
+    )
     p.add_argument("--out", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
-        raise SystemExit(f"--only: unknown benchmarks {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    common = ["--out", args.out] + (["--quick"] if args.quick else []) + (["--model", args.model] if args.model else [])
+        raise SystemExit(
+            f"--only: unknown benchmarks {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}"
+        )
+    common = (
+        ["--out", args.out]
+        + (["--quick"] if args.quick else [])
+        + (["--model", args.model] if args.model else [])
+    )
     common += ["--reps", str(args.reps)] if args.reps is not None else []
     for name in chosen:
         print(f"\n=== bench.{name} ===", flush=True)

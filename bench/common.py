@@ -31,16 +31,28 @@ REPO = Path(__file__).resolve().parent.parent
 def base_parser(description: str, reps: int = 5) -> argparse.ArgumentParser:
     """Options every benchmark shares."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", default="smollm2-135m", help="offline short name, local dir or .gguf path (decoder-only)")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="offline short name, local dir or .gguf path (decoder-only)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="frozen weights' dtype (default: float32 on CPU, bfloat16 on GPU)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="frozen weights' dtype (default: float32 on CPU, bfloat16 on GPU)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
-    p.add_argument("--reps", type=int, default=reps, help="timed repetitions per case (after warmup)")
+    p.add_argument(
+        "--reps", type=int, default=reps, help="timed repetitions per case (after warmup)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     p.add_argument("--prompt-length", type=int, default=20, help="P, soft prompt tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS_DIR), help="folder for <name>.json and <name>.md")
-    p.add_argument("--quick", action="store_true", help="few repetitions and small shapes (for tests)")
+    p.add_argument(
+        "--quick", action="store_true", help="few repetitions and small shapes (for tests)"
+    )
     return p
 
 
@@ -56,7 +68,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def load_lm(args: argparse.Namespace):
-    """The frozen LM the benchmark runs on (decoder-only only: the shapes and FLOP counts assume it)."""
+    """The frozen LM the benchmark runs on.
+
+    It must be decoder-only, as the shapes and FLOP counts assume it."""
     from softprompt.model import load_frozen_lm
 
     torch.set_num_threads(args.threads)
@@ -64,7 +78,9 @@ def load_lm(args: argparse.Namespace):
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     lm = load_frozen_lm(args.model, device=device, dtype=dtype)
     if lm.is_encoder_decoder:
-        raise SystemExit(f"{args.model}: the benchmarks cover decoder-only models; this one is encoder-decoder")
+        raise SystemExit(
+            f"{args.model}: the benchmarks cover decoder-only models; this one is encoder-decoder"
+        )
     return lm
 
 
@@ -85,7 +101,10 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def interleaved(
-    cases: dict[str, Callable[[], object]], reps: int, warmup: int = 1, device: torch.device | str = "cpu"
+    cases: dict[str, Callable[[], object]],
+    reps: int,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
     """Seconds per call of every case, `reps` rounds of one call each; the order rotates by one
     case per round so no case always runs first (or right after a particular other one)."""
@@ -109,8 +128,12 @@ def summary(samples: Sequence[float]) -> dict:
     """median, min, max and spread = (max - min) / median of a list of measurements."""
     med = statistics.median(samples)
     return {
-        "median": med, "min": min(samples), "max": max(samples),
-        "spread": (max(samples) - min(samples)) / med if med else 0.0, "n": len(samples), "samples": list(samples),
+        "median": med,
+        "min": min(samples),
+        "max": max(samples),
+        "spread": (max(samples) - min(samples)) / med if med else 0.0,
+        "n": len(samples),
+        "samples": list(samples),
     }
 
 
@@ -125,7 +148,8 @@ def fmt(x: float, digits: int = 3) -> str:
 
 def fmt_spread(s: dict, scale: float = 1.0, digits: int = 3) -> str:
     """'median (min-max)' of a summary, scaled."""
-    return f"{fmt(s['median'] * scale, digits)} ({fmt(s['min'] * scale, digits)}-{fmt(s['max'] * scale, digits)})"
+    low, high = fmt(s["min"] * scale, digits), fmt(s["max"] * scale, digits)
+    return f"{fmt(s['median'] * scale, digits)} ({low}-{high})"
 
 
 # -------------------------------------------------------------------- memory
@@ -193,7 +217,9 @@ def matmul_peak(
 
 
 # -------------------------------------------------------------------- inputs
-def fixed_batch(lm, batch: int, input_tokens: int, label_words: Sequence[str], seed: int) -> tuple[list[list[int]], list[list[int]]]:
+def fixed_batch(
+    lm, batch: int, input_tokens: int, label_words: Sequence[str], seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
     """`batch` inputs of exactly `input_tokens` ids drawn from the model's common tokens, each with
     a label word target (alternating). Returns (inputs, targets)."""
     rng = random.Random(seed)
@@ -205,7 +231,8 @@ def fixed_batch(lm, batch: int, input_tokens: int, label_words: Sequence[str], s
 
 def task_examples(task: str, data_dir: str | None, split: str | None = None):
     """(spec, examples) of a task's split (default: test, else dev, else train)."""
-    from softprompt.tasks import load_spec, load_task
+    from softprompt.task_data import load_task
+    from softprompt.tasks import load_spec
 
     spec = load_spec(task)
     data = load_task(spec, data_dir)
@@ -218,7 +245,9 @@ def task_examples(task: str, data_dir: str | None, split: str | None = None):
 # -------------------------------------------------------------------- the record of a run
 def _git(*cmd: str) -> str:
     try:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -230,14 +259,26 @@ def environment(device: torch.device | str) -> dict:
     cpu = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     env = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "device": str(device), "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
         # The results folder is left out: a run of several benchmarks writes it as it goes.
-        "git_dirty": bool(_git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR.relative_to(REPO)}")),
+        "git_dirty": bool(
+            _git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR.relative_to(REPO)}")
+        ),
     }
     try:
         import peft
@@ -260,7 +301,9 @@ class Report:
     """Collects a benchmark's tables, targets and notes, prints them, and writes
     <out>/<name>.json (everything, raw samples included) and <out>/<name>.md (for people)."""
 
-    def __init__(self, name: str, title: str, args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    def __init__(
+        self, name: str, title: str, args: argparse.Namespace, argv: Sequence[str] | None
+    ) -> None:
         self.name, self.title, self.args = name, title, args
         argv = sys.argv[1:] if argv is None else list(argv)
         self.command = "python -m bench." + name + (" " + shlex.join(argv) if argv else "")
@@ -273,11 +316,15 @@ class Report:
         self.env: dict = {}
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        self.tables.append({"title": title, "columns": list(columns), "rows": [[str(c) for c in r] for r in rows]})
+        self.tables.append(
+            {"title": title, "columns": list(columns), "rows": [[str(c) for c in r] for r in rows]}
+        )
         print(f"\n{title}\n{markdown_table(columns, rows)}", flush=True)
 
     def target(self, name: str, goal: str, measured: float, met: bool, unit: str = "") -> None:
-        self.targets.append({"name": name, "goal": goal, "measured": measured, "unit": unit, "met": bool(met)})
+        self.targets.append(
+            {"name": name, "goal": goal, "measured": measured, "unit": unit, "met": bool(met)}
+        )
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -285,13 +332,18 @@ class Report:
     def write(self, device: torch.device | str) -> tuple[Path, Path]:
         self.env = self.env or environment(device)
         record = {
-            "benchmark": self.name, "title": self.title, "command": self.command,
+            "benchmark": self.name,
+            "title": self.title,
+            "command": self.command,
             "config": {k: v for k, v in vars(self.args).items() if k != "out"},
             "environment": self.env,
             "load_avg_1m": {"before": self.load_before, "after": os.getloadavg()[0]},
             "wall_seconds": round(time.time() - self.started, 1),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
-            "results": self.results, "targets": self.targets, "tables": self.tables, "notes": self.notes,
+            "results": self.results,
+            "targets": self.targets,
+            "tables": self.tables,
+            "notes": self.notes,
         }
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +356,15 @@ class Report:
         return json_path, md_path
 
     def _target_rows(self) -> tuple[list[str], list[list[str]]]:
-        rows = [[t["name"], t["goal"], f"{fmt(t['measured'])}{t['unit']}", "yes" if t["met"] else "**no**"] for t in self.targets]
+        rows = [
+            [
+                t["name"],
+                t["goal"],
+                f"{fmt(t['measured'])}{t['unit']}",
+                "yes" if t["met"] else "**no**",
+            ]
+            for t in self.targets
+        ]
         return ["target", "goal", "measured", "met"], rows
 
     def markdown(self, record: dict) -> str:
@@ -316,15 +376,24 @@ class Report:
             parts += ["### Targets", "", markdown_table(*self._target_rows()), ""]
         if self.notes:
             parts += ["### Notes", ""] + [f"- {n}" for n in self.notes] + [""]
-        machine = env["gpu"] if "gpu" in env else f"{env['cpu']}, {env['cpu_count']} cores, {env['torch_threads']} torch threads"
+        machine = (
+            env["gpu"]
+            if "gpu" in env
+            else f"{env['cpu']}, {env['cpu_count']} cores, {env['torch_threads']} torch threads"
+        )
         parts += [
-            "### Run", "",
-            f"- command: `{record['command']}` (under `nice -n 19`, median of {self.args.reps} interleaved repetitions; ranges are min-max)",
+            "### Run",
+            "",
+            f"- command: `{record['command']}` (under `nice -n 19`, median of {self.args.reps} "
+            "interleaved repetitions; ranges are min-max)",
             f"- machine: {machine}; {env['platform']}",
-            f"- versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}; "
-            f"softprompt {env['git_commit']}{' (uncommitted changes)' if env['git_dirty'] else ''}",
-            f"- 1-minute load average: {record['load_avg_1m']['before']:.2f} before, {record['load_avg_1m']['after']:.2f} after "
-            f"(the CPU is shared; compare the ratios, measured side by side, more than absolute times)",
-            f"- started {record['started']}, {record['wall_seconds']} s", "",
+            f"- versions: python {env['python']}, torch {env['torch']}, transformers "
+            f"{env['transformers']}, peft {env['peft']}; softprompt "
+            f"{env['git_commit']}{' (uncommitted changes)' if env['git_dirty'] else ''}",
+            f"- 1-minute load average: {record['load_avg_1m']['before']:.2f} before, "
+            f"{record['load_avg_1m']['after']:.2f} after (the CPU is shared; compare the ratios, "
+            "measured side by side, more than absolute times)",
+            f"- started {record['started']}, {record['wall_seconds']} s",
+            "",
         ]
         return "\n".join(parts)

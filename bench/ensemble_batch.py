@@ -34,7 +34,9 @@ from softprompt.scoring import label_scores
 
 def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n")[0], reps=4)
-    p.add_argument("--batch-size", type=int, default=8, help="examples B (one batch holds N*B rows)")
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="examples B (one batch holds N*B rows)"
+    )
     p.add_argument("--input-tokens", type=int, default=128)
     p.add_argument("--ensembles", default="1,3,5", help="ensemble sizes N")
     p.add_argument("--label-words", default="negative,positive")
@@ -43,10 +45,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sizes = parse_ints(args.ensembles, "--ensembles")
     words = args.label_words.split(",")
 
-    report = Report("ensemble_batch", "N-prompt ensemble: one batch vs N separate passes", args, argv)
+    report = Report(
+        "ensemble_batch", "N-prompt ensemble: one batch vs N separate passes", args, argv
+    )
     lm = load_lm(args)
     gen = torch.Generator().manual_seed(args.seed)
-    prompts = torch.stack([random_uniform(args.prompt_length, lm.dim, gen) for _ in range(max(sizes))]).to(lm.device)
+    prompts = torch.stack(
+        [random_uniform(args.prompt_length, lm.dim, gen) for _ in range(max(sizes))]
+    ).to(lm.device)
     inputs, _ = fixed_batch(lm, args.batch_size, args.input_tokens, words, args.seed)
     B = args.batch_size
 
@@ -54,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return ensemble_scores(lm, prompts[:n], inputs, words, batch_size=B)  # [N, B, L]
 
     def separate(n):
-        return torch.stack([label_scores(lm, prompts[k], inputs, words, batch_size=B) for k in range(n)])
+        return torch.stack(
+            [label_scores(lm, prompts[k], inputs, words, batch_size=B) for k in range(n)]
+        )
 
     agree = {n: float((one_batch(n) - separate(n)).abs().max()) for n in sizes}
     cases = {}
@@ -73,13 +81,37 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "separate": {"seconds": summary(times[sep]), "memory": memory[sep]},
             "speedup_one_batch": speedup, "max_abs_score_difference": agree[n],
         }
-        rows.append([n, fmt_spread(results[n]["one_batch"]["seconds"]), fmt_spread(results[n]["separate"]["seconds"]),
-                     f"{fmt_spread(speedup)}x", mib(memory[one]["delta"]), mib(memory[sep]["delta"]), f"{agree[n]:.1e}"])
-    report.table(f"B={B} inputs of {args.input_tokens} tokens + {args.prompt_length} prompt tokens, L={len(words)} (median (min-max))",
-                 ["N", "one batch s", "N passes s", "one batch speedup", "one batch peak extra MiB", "N passes peak extra MiB", "max |score diff|"], rows)
+        rows.append(
+            [
+                n,
+                fmt_spread(results[n]["one_batch"]["seconds"]),
+                fmt_spread(results[n]["separate"]["seconds"]),
+                f"{fmt_spread(speedup)}x",
+                mib(memory[one]["delta"]),
+                mib(memory[sep]["delta"]),
+                f"{agree[n]:.1e}",
+            ]
+        )
+    report.table(
+        f"B={B} inputs of {args.input_tokens} tokens + {args.prompt_length} prompt tokens, "
+        f"L={len(words)} (median (min-max))",
+        [
+            "N",
+            "one batch s",
+            "N passes s",
+            "one batch speedup",
+            "one batch peak extra MiB",
+            "N passes peak extra MiB",
+            "max |score diff|",
+        ],
+        rows,
+    )
     report.results = {"ensembles": results}
-    report.note("Both paths do the same FLOPs; one batch only gains from larger matrix multiplies and fewer Python/launch "
-                "overheads (a GPU gains more than a 2-core CPU) and pays N times the activation memory.")
+    report.note(
+        "Both paths do the same FLOPs; one batch only gains from larger matrix multiplies and "
+        "fewer Python/launch overheads (a GPU gains more than a 2-core CPU) and pays N times the "
+        "activation memory."
+    )
     report.write(lm.device)
     return report.results
 

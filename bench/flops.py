@@ -34,10 +34,16 @@ from torch import nn
 
 
 def _linear_params(module: nn.Module | None, skip: str = "") -> int:
-    """Weights of the nn.Linear layers inside `module` (0 for None), leaving out the one named `skip`."""
+    """Weights of the nn.Linear layers inside `module` (0 for None).
+
+    The layer named `skip` is left out."""
     if module is None:
         return 0
-    return sum(m.weight.numel() for name, m in module.named_modules() if isinstance(m, nn.Linear) and name != skip)
+    return sum(
+        m.weight.numel()
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Linear) and name != skip
+    )
 
 
 @dataclass
@@ -56,21 +62,45 @@ class ModelShape:
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
 
-        first_attention = getattr(getattr(lm.model.base_model, "layers", [None])[0], "self_attn", None)
-        return cls(cfg.num_hidden_layers, cfg.hidden_size, heads * head_dim, lm.vocab_size, lm.decoder_linear_params,
-                   _linear_params(lm.last_mlp), _linear_params(first_attention, skip="o_proj"))
+        first_attention = getattr(
+            getattr(lm.model.base_model, "layers", [None])[0], "self_attn", None
+        )
+        return cls(
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            heads * head_dim,
+            lm.vocab_size,
+            lm.decoder_linear_params,
+            _linear_params(lm.last_mlp),
+            _linear_params(first_attention, skip="o_proj"),
+        )
 
     def forward(self, batch: int, width: int, head_rows: int, keys: int | None = None) -> dict:
         """One forward of `batch` sequences of `width` new positions attending to `keys` positions
         (default: width; more when reading a KV cache), the LM head (and the last MLP) on
         `head_rows` positions."""
         keys = width if keys is None else keys
-        linear = 2 * (self.body_params - self.last_mlp_params) * batch * width + 2 * self.last_mlp_params * head_rows
+        linear = (
+            2 * (self.body_params - self.last_mlp_params) * batch * width
+            + 2 * self.last_mlp_params * head_rows
+        )
         attention = 4 * width * keys * self.attn_dim * self.layers * batch
         head = 2 * self.vocab * self.hidden * head_rows
-        return {"linear": linear, "attention": attention, "head": head, "total": linear + attention + head}
+        return {
+            "linear": linear,
+            "attention": attention,
+            "head": head,
+            "total": linear + attention + head,
+        }
 
-    def run(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0, packed: Sequence[int] | None = None) -> dict:
+    def run(
+        self,
+        batch: int,
+        width: int,
+        head_rows: int,
+        shared_prefix: int = 0,
+        packed: Sequence[int] | None = None,
+    ) -> dict:
         """A forward over `batch` rows of `width` positions, of which the first `shared_prefix` run
         once for the whole batch (their keys are read by every row). `packed` (the rows' own
         lengths): the rows instead run end to end as one sequence after the shared prefix, with
@@ -85,14 +115,25 @@ class ModelShape:
         out["total"] = sum(out.values())
         return out
 
-    def prompt_step(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0, packed: Sequence[int] | None = None) -> dict:
+    def prompt_step(
+        self,
+        batch: int,
+        width: int,
+        head_rows: int,
+        shared_prefix: int = 0,
+        packed: Sequence[int] | None = None,
+    ) -> dict:
         """A prompt-tuning training step: forward plus backward to the inputs only (frozen weights).
         Behind a shared prefix the rows' first-layer q/k/v projections have no backward (their
         input, the token embeddings, carries no gradient)."""
         f = self.run(batch, width, head_rows, shared_prefix, packed)
         row_positions = sum(packed) if packed else batch * (width - shared_prefix)
         no_backward = 2 * self.first_qkv_params * row_positions if shared_prefix else 0
-        out = {"linear": 2 * f["linear"] - no_backward, "attention": 3 * f["attention"], "head": 2 * f["head"]}
+        out = {
+            "linear": 2 * f["linear"] - no_backward,
+            "attention": 3 * f["attention"],
+            "head": 2 * f["head"],
+        }
         out["total"] = sum(out.values())
         return out
 
@@ -101,7 +142,9 @@ class ModelShape:
 
 
 def shared_prefix(lm, prompt_length: int) -> int:
-    """Positions of [lead; P] that `lm` runs once per batch rather than once per row (0 if it does not)."""
+    """Positions of [lead; P] that `lm` runs once per batch rather than once per row.
+
+    It is 0 where `lm` does not share the prefix."""
     return len(lm.lead_ids) + prompt_length if lm.shares_prefix() else 0
 
 
@@ -112,4 +155,10 @@ def softprompt_step(shape: ModelShape, lm, batch, prompt_length: int) -> dict:
     rows = [len(x) + len(y) - 1 for x, y in zip(batch.inputs, batch.targets, strict=True)]
     prefix = shared_prefix(lm, prompt_length)
     packed = rows if lm.packs_rows(rows, prompt_length) else None
-    return shape.prompt_step(len(rows), len(lm.lead_ids) + prompt_length + max(rows), sum(map(len, batch.targets)), prefix, packed)
+    return shape.prompt_step(
+        len(rows),
+        len(lm.lead_ids) + prompt_length + max(rows),
+        sum(map(len, batch.targets)),
+        prefix,
+        packed,
+    )

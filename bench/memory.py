@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--input-tokens", type=int, default=128, help="training input length")
     p.add_argument("--label-words", default="negative,positive")
     p.add_argument("--skip-training", action="store_true", help="serving only (no PEFT needed)")
-    p.add_argument("--serve-once", default=None, metavar="PATTERN:K:DIR", help=argparse.SUPPRESS)  # one measurement, in a child process
+    p.add_argument(
+        "--serve-once", default=None, metavar="PATTERN:K:DIR", help=argparse.SUPPRESS
+    )  # one measurement, in a child process
     args = p.parse_args(argv)
     check_args(args)
     if args.serve_once:
@@ -79,15 +81,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         gen = torch.Generator().manual_seed(args.seed)
         for k in range(max(ks)):
-            save_prompt(random_uniform(args.prompt_length, lm.dim, gen), Path(tmp) / f"task{k}.safetensors")
-        child = [sys.executable, "-m", "bench.memory", *(argv if argv is not None else sys.argv[1:])]
+            save_prompt(
+                random_uniform(args.prompt_length, lm.dim, gen), Path(tmp) / f"task{k}.safetensors"
+            )
+        child = [
+            sys.executable,
+            "-m",
+            "bench.memory",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
         patterns = ("one_task", "spread")
         serving = {(pattern, k): [] for pattern in patterns for k in ks}
         for r in range(args.reps):
             for pattern in patterns:
                 for k in ks[r % len(ks):] + ks[: r % len(ks)]:
-                    out = subprocess.run([*child, "--serve-once", f"{pattern}:{k}:{tmp}"], capture_output=True, text=True, check=True,
-                                         cwd=REPO, env=CHILD_ENV).stdout
+                    out = subprocess.run(
+                        [*child, "--serve-once", f"{pattern}:{k}:{tmp}"],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        cwd=REPO,
+                        env=CHILD_ENV,
+                    ).stdout
                     serving[pattern, k].append(json.loads(out.strip().splitlines()[-1]))
     base_k = min(ks)
     rows = []
@@ -95,21 +110,54 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for pattern, k in serving:
         runs = serving[pattern, k]
         peak = summary([m["peak"] for m in runs])
-        extra = summary([a["peak"] / b["peak"] - 1 for a, b in zip(runs, serving[pattern, base_k], strict=True)])
+        extra = summary(
+            [a["peak"] / b["peak"] - 1 for a, b in zip(runs, serving[pattern, base_k], strict=True)]
+        )
         prompt_bytes = k * args.prompt_length * lm.dim * 4
-        results["serving"][pattern][k] = {"peak": peak, "delta": summary([m["delta"] for m in runs]), "extra_vs_min_k": extra,
-                                          "prompt_bytes": prompt_bytes}
-        rows.append([pattern.replace("_", " "), k, mib(peak["median"]), mib(results["serving"][pattern][k]["delta"]["median"]),
-                     mib(prompt_bytes), f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})"])
-    report.table(f"Serving K tasks: R={args.requests} requests of {args.serve_input_tokens} tokens in one batch, "
-                 f"model weights {mib(model_bytes)} MiB", ["requests", "K", "peak MiB (process)", "peak above start MiB", "prompts MiB",
-                                                           f"vs K={base_k}"], rows)
+        results["serving"][pattern][k] = {
+            "peak": peak,
+            "delta": summary([m["delta"] for m in runs]),
+            "extra_vs_min_k": extra,
+            "prompt_bytes": prompt_bytes,
+        }
+        rows.append(
+            [
+                pattern.replace("_", " "),
+                k,
+                mib(peak["median"]),
+                mib(results["serving"][pattern][k]["delta"]["median"]),
+                mib(prompt_bytes),
+                f"{extra['median']:+.2%} ({extra['min']:+.2%} to {extra['max']:+.2%})",
+            ]
+        )
+    report.table(
+        f"Serving K tasks: R={args.requests} requests of {args.serve_input_tokens} tokens in one "
+        f"batch, model weights {mib(model_bytes)} MiB",
+        [
+            "requests",
+            "K",
+            "peak MiB (process)",
+            "peak above start MiB",
+            "prompts MiB",
+            f"vs K={base_k}",
+        ],
+        rows,
+    )
     if 100 in ks and 1 in ks:
         extra = results["serving"]["one_task"][100]["extra_vs_min_k"]["median"]
-        report.target("serving 100 tasks vs 1", f"< {TARGET_EXTRA:.0%} more memory", extra * 100, extra < TARGET_EXTRA, "%")
+        report.target(
+            "serving 100 tasks vs 1",
+            f"< {TARGET_EXTRA:.0%} more memory",
+            extra * 100,
+            extra < TARGET_EXTRA,
+            "%",
+        )
         spread = results["serving"]["spread"][100]["extra_vs_min_k"]["median"]
-        report.note(f"Spread over the tasks, K=100 peaks {spread:+.2%} over K=1: besides the prompts, its rows cannot share a "
-                    "[BOS; P] prefix (every row has its own prompt), so each computes P more positions; at K=1 all rows share one.")
+        report.note(
+            f"Spread over the tasks, K=100 peaks {spread:+.2%} over K=1: besides the prompts, its "
+            "rows cannot share a [BOS; P] prefix (every row has its own prompt), so each computes "
+            "P more positions; at K=1 all rows share one."
+        )
 
     if not args.skip_training:
         trainers = Trainers(lm, args.prompt_length, args.seed)
@@ -122,18 +170,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for r in range(args.reps):
             for name in list(steps)[r % 2:] + list(steps)[: r % 2]:
                 train[name].append(peak_memory(steps[name], lm.device))
-        results["training"] = {name: {"peak": summary([m["peak"] for m in v]), "delta": summary([m["delta"] for m in v])}
-                               for name, v in train.items()}
-        report.table(f"Training step: B={args.batch_size}, {args.input_tokens} input + {args.prompt_length} prompt tokens",
-                     ["implementation", "peak above steady state MiB", "process peak MiB"],
-                     [[name, mib(v["delta"]["median"]), mib(v["peak"]["median"])] for name, v in results["training"].items()])
-        ratio = results["training"]["PEFT"]["delta"]["median"] / results["training"]["softprompt"]["delta"]["median"]
+        results["training"] = {
+            name: {
+                "peak": summary([m["peak"] for m in v]),
+                "delta": summary([m["delta"] for m in v]),
+            }
+            for name, v in train.items()
+        }
+        report.table(
+            f"Training step: B={args.batch_size}, {args.input_tokens} input + {args.prompt_length} "
+            "prompt tokens",
+            ["implementation", "peak above steady state MiB", "process peak MiB"],
+            [
+                [name, mib(v["delta"]["median"]), mib(v["peak"]["median"])]
+                for name, v in results["training"].items()
+            ],
+        )
+        ratio = (
+            results["training"]["PEFT"]["delta"]["median"]
+            / results["training"]["softprompt"]["delta"]["median"]
+        )
         results["training"]["peft_over_ours_delta"] = ratio
-        report.note(f"Training: PEFT's step needs {ratio:.2f}x softprompt's extra memory (full-vocabulary logits at every position).")
+        report.note(
+            f"Training: PEFT's step needs {ratio:.2f}x softprompt's extra memory (full-vocabulary "
+            "logits at every position)."
+        )
     report.results = results
-    report.note("Serving: one fresh process per measurement (K and repetition interleaved). "
-                "CPU memory is the process RSS: freed heap is returned (malloc_trim) and the kernel's high-water mark reset "
-                "(/proc/self/clear_refs) before each measurement; `peak above start` is what the measured work added.")
+    report.note(
+        "Serving: one fresh process per measurement (K and repetition interleaved). CPU memory is "
+        "the process RSS: freed heap is returned (malloc_trim) and the kernel's high-water mark "
+        "reset (/proc/self/clear_refs) before each measurement; `peak above start` is what the "
+        "measured work added."
+    )
     report.write(lm.device)
     return report.results
 
@@ -147,14 +215,24 @@ def serve_once(args: argparse.Namespace, pattern: str, k: int, prompt_dir: Path)
     inputs, _ = fixed_batch(lm, args.requests, args.serve_input_tokens, words, args.seed)
     # A first request pages in every weight (safetensors loads are file-backed), so the peak
     # measures what K tasks add to a warm service, not how much of the model was resident.
-    mixed_label_scores(lm, [random_uniform(args.prompt_length, lm.dim, torch.Generator().manual_seed(args.seed))] * len(inputs),
-                       inputs, [words] * len(inputs), by_prompt=False)
+    mixed_label_scores(
+        lm,
+        [random_uniform(args.prompt_length, lm.dim, torch.Generator().manual_seed(args.seed))]
+        * len(inputs),
+        inputs,
+        [words] * len(inputs),
+        by_prompt=False,
+    )
     resident: list = []
 
     def serve() -> None:
-        resident.extend(load_prompt(prompt_dir / f"task{i}.safetensors").to(lm.device) for i in range(k))
+        resident.extend(
+            load_prompt(prompt_dir / f"task{i}.safetensors").to(lm.device) for i in range(k)
+        )
         owners = [i % k if pattern == "spread" else 0 for i in range(len(inputs))]
-        mixed_label_scores(lm, [resident[i] for i in owners], inputs, [words] * len(inputs), by_prompt=False)
+        mixed_label_scores(
+            lm, [resident[i] for i in owners], inputs, [words] * len(inputs), by_prompt=False
+        )
 
     measured = peak_memory(serve, lm.device)
     print(json.dumps(measured))

@@ -36,7 +36,9 @@ from softprompt.scoring import encode_examples, label_scores, mixed_label_scores
 
 def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser(__doc__.split("\n")[0], reps=4)
-    p.add_argument("--tasks", default="sst2,rte,mrpc,cb", help="comma list of task names or spec paths")
+    p.add_argument(
+        "--tasks", default="sst2,rte,mrpc,cb", help="comma list of task names or spec paths"
+    )
     p.add_argument("--per-task", type=int, default=8, help="requests per task")
     p.add_argument("--max-input-tokens", type=int, default=128)
     p.add_argument("--data-dir", default=None)
@@ -56,51 +58,88 @@ def main(argv: Sequence[str] | None = None) -> dict:
         tasks.append({"name": spec.name, "words": spec.label_words, "inputs": enc.inputs,
                       "prompt": random_uniform(args.prompt_length, lm.dim, gen).to(lm.device)})
     # Arrival order: round-robin over tasks; row i belongs to task owner[i].
-    owner = [t for k in range(args.per_task) for t in range(len(tasks)) if k < len(tasks[t]["inputs"])]
+    owner = [
+        t for k in range(args.per_task) for t in range(len(tasks)) if k < len(tasks[t]["inputs"])
+    ]
     slot = [sum(1 for j in owner[:i] if j == t) for i, t in enumerate(owner)]
     rows_inputs = [tasks[t]["inputs"][k] for t, k in zip(owner, slot, strict=True)]
     rows_prompts = [tasks[t]["prompt"] for t in owner]
     rows_words = [tasks[t]["words"] for t in owner]
 
     def per_task():
-        scores = [label_scores(lm, t["prompt"], t["inputs"], t["words"], batch_size=len(t["inputs"])) for t in tasks]
+        scores = [
+            label_scores(lm, t["prompt"], t["inputs"], t["words"], batch_size=len(t["inputs"]))
+            for t in tasks
+        ]
         return [scores[t][k] for t, k in zip(owner, slot, strict=True)]
 
     cases = {
         "service": lambda: mixed_label_scores(lm, rows_prompts, rows_inputs, rows_words),
-        "one_batch": lambda: mixed_label_scores(lm, rows_prompts, rows_inputs, rows_words, by_prompt=False),
+        "one_batch": lambda: mixed_label_scores(
+            lm, rows_prompts, rows_inputs, rows_words, by_prompt=False
+        ),
         "per_task": per_task,
     }
     reference = per_task()
-    diff = max(float((a - b).abs().max()) for name in ("service", "one_batch") for a, b in zip(cases[name](), reference, strict=True))
+    diff = max(
+        float((a - b).abs().max())
+        for name in ("service", "one_batch")
+        for a, b in zip(cases[name](), reference, strict=True)
+    )
     times = interleaved(cases, args.reps, args.warmup, lm.device)
     memory = {name: peak_memory(fn, lm.device) for name, fn in cases.items()}
     lengths = [len(x) for x in rows_inputs]
     results = {name: {"seconds": summary(times[name]), "memory": memory[name]} for name in cases}
     for name in ("service", "one_batch"):
         results[name]["speedup_vs_per_task"] = paired_ratio(times["per_task"], times[name])
-    results.update({
-        "max_abs_score_difference": diff, "rows": len(owner), "service_groups_by_prompt": lm.shares_prefix(),
-        "tasks": {t["name"]: {"labels": t["words"], "mean_input_tokens": sum(map(len, t["inputs"])) / len(t["inputs"])} for t in tasks},
-    })
+    results.update(
+        {
+            "max_abs_score_difference": diff,
+            "rows": len(owner),
+            "service_groups_by_prompt": lm.shares_prefix(),
+            "tasks": {
+                t["name"]: {
+                    "labels": t["words"],
+                    "mean_input_tokens": sum(map(len, t["inputs"])) / len(t["inputs"]),
+                }
+                for t in tasks
+            },
+        }
+    )
     labels = {
-        "service": "service (mixed_label_scores: " + ("a batch per prompt" if lm.shares_prefix() else "one batch per prompt length") + ")",
+        "service": "service (mixed_label_scores: "
+        + ("a batch per prompt" if lm.shares_prefix() else "one batch per prompt length")
+        + ")",
         "one_batch": f"one mixed batch of {len(owner)}",
         "per_task": f"per task: {len(tasks)} batches",
     }
     rows = [
-        [labels[name], fmt_spread(results[name]["seconds"]), f"{len(owner) / results[name]['seconds']['median']:.2f}",
-         f"{fmt_spread(results[name]['speedup_vs_per_task'])}x" if name != "per_task" else "1", mib(memory[name]["delta"])]
+        [
+            labels[name],
+            fmt_spread(results[name]["seconds"]),
+            f"{len(owner) / results[name]['seconds']['median']:.2f}",
+            f"{fmt_spread(results[name]['speedup_vs_per_task'])}x" if name != "per_task" else "1",
+            mib(memory[name]["delta"]),
+        ]
         for name in cases
     ]
-    task_list = ", ".join(f"{t['name']} ({sum(map(len, t['inputs'])) / len(t['inputs']):.0f} tokens)" for t in tasks)
-    report.table(f"{len(owner)} requests over {len(tasks)} tasks: {task_list}; max |score diff| {diff:.1e}",
-                 ["batching", "seconds", "requests/s", "vs per task", "peak extra MiB"], rows)
+    task_list = ", ".join(
+        f"{t['name']} ({sum(map(len, t['inputs'])) / len(t['inputs']):.0f} tokens)" for t in tasks
+    )
+    report.table(
+        f"{len(owner)} requests over {len(tasks)} tasks: {task_list}; max |score diff| {diff:.1e}",
+        ["batching", "seconds", "requests/s", "vs per task", "peak extra MiB"],
+        rows,
+    )
     report.results = results
-    report.note(f"Input lengths {min(lengths)}-{max(lengths)} tokens (mean input tokens per task in the title): one mixed batch pads "
-                "every row to the longest input of any task and scores every row against every task's labels; per-prompt batches "
-                "pad only within a task, and each runs its [lead; P] prefix once. On a 2-core CPU a bigger batch gains little; "
-                "the service's win there is one model and one queue for all tasks, and on a GPU one launch for all rows.")
+    report.note(
+        f"Input lengths {min(lengths)}-{max(lengths)} tokens (mean input tokens per task in the "
+        "title): one mixed batch pads every row to the longest input of any task and scores every "
+        "row against every task's labels; per-prompt batches pad only within a task, and each "
+        "runs its [lead; P] prefix once. On a 2-core CPU a bigger batch gains little; the "
+        "service's win there is one model and one queue for all tasks, and on a GPU one launch "
+        "for all rows."
+    )
     report.write(lm.device)
     return report.results
 

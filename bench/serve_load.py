@@ -45,18 +45,51 @@ from softprompt.tasks import default_data_dir, load_spec  # noqa: E402
 
 TRAINED_RUN = ROOT / "results" / "sst2_smollm2"
 QUICK_TASKS = {  # name: (template, label words, rows)
-    "senti": ("Review: {sentence}\nSentiment:", ["negative", "positive"],
-              [{"sentence": s} for s in ("the movie was great", "awful boring plot", "quite a lovely story", "terrible acting")]),
-    "nli": ("Premise: {premise}\nHypothesis: {hypothesis}\nEntailment, contradiction or neutral?", ["entailment", "contradiction", "neutral"],
-            [{"premise": "The fox jumps.", "hypothesis": "A fox moves."}, {"premise": "the cast was brilliant", "hypothesis": "it was bad"}]),
-    "yesno": ("Question: {question}\nAnswer:", ["yes", "no"], [{"question": "is the fox lazy"}, {"question": "was the film boring"}]),
+    "senti": (
+        "Review: {sentence}\nSentiment:",
+        ["negative", "positive"],
+        [
+            {"sentence": s}
+            for s in (
+                "the movie was great",
+                "awful boring plot",
+                "quite a lovely story",
+                "terrible acting",
+            )
+        ],
+    ),
+    "nli": (
+        "Premise: {premise}\nHypothesis: {hypothesis}\nEntailment, contradiction or neutral?",
+        ["entailment", "contradiction", "neutral"],
+        [
+            {"premise": "The fox jumps.", "hypothesis": "A fox moves."},
+            {"premise": "the cast was brilliant", "hypothesis": "it was bad"},
+        ],
+    ),
+    "yesno": (
+        "Question: {question}\nAnswer:",
+        ["yes", "no"],
+        [{"question": "is the fox lazy"}, {"question": "was the film boring"}],
+    ),
 }
 
 
 def _lineage(lm, task: str, template: str, words: list[str], length: int) -> dict:
-    return {"task": task, "base_model": lm.name, "base_model_fingerprint": lm.fingerprint, "init": "random_uniform",
-            "prompt_length": length, "objective": "lm", "hyperparameters": {"untrained": True}, "dataset_version": None,
-            "code_version": None, "metrics": {}, "label_words": words, "template": template, "metric": "accuracy"}
+    return {
+        "task": task,
+        "base_model": lm.name,
+        "base_model_fingerprint": lm.fingerprint,
+        "init": "random_uniform",
+        "prompt_length": length,
+        "objective": "lm",
+        "hyperparameters": {"untrained": True},
+        "dataset_version": None,
+        "code_version": None,
+        "metrics": {},
+        "label_words": words,
+        "template": template,
+        "metric": "accuracy",
+    }
 
 
 def _real_rows(task: str, limit: int) -> tuple[list[dict], list[str]]:
@@ -74,14 +107,18 @@ def _real_rows(task: str, limit: int) -> tuple[list[dict], list[str]]:
 
 
 def setup(args, registry_dir: Path):
-    """Loads the model and publishes one prompt per task; returns (lm, registry, tasks {name: (rows, gold)})."""
+    """Loads the model and publishes one prompt per task.
+
+    Returns (lm, registry, tasks {name: (rows, gold)})."""
     lm = load_frozen_lm(args.model)
     reg = open_registry(str(registry_dir))
     tasks: dict[str, tuple[list[dict], list[str] | None]] = {}
     g = torch.Generator().manual_seed(0)
     if args.quick:
         for name, (template, words, rows) in QUICK_TASKS.items():
-            m = reg.publish(name, random_uniform(4, lm.dim, g), _lineage(lm, name, template, words, 4))
+            m = reg.publish(
+                name, random_uniform(4, lm.dim, g), _lineage(lm, name, template, words, 4)
+            )
             reg.promote(name, "production", m.version)
             tasks[name] = (rows, None)
         return lm, reg, tasks
@@ -98,7 +135,9 @@ def setup(args, registry_dir: Path):
     return lm, reg, tasks
 
 
-async def _load(url: str, jobs: list[tuple[str, dict, str | None]], concurrency: int, max_seconds: float) -> dict:
+async def _load(
+    url: str, jobs: list[tuple[str, dict, str | None]], concurrency: int, max_seconds: float
+) -> dict:
     """Sends `jobs` from `concurrency` clients; stops issuing new ones after `max_seconds`."""
     latencies, statuses, answers = [], [], {}
     queue = list(enumerate(jobs))[::-1]
@@ -123,44 +162,87 @@ async def _load(url: str, jobs: list[tuple[str, dict, str | None]], concurrency:
     wall = time.perf_counter() - start
     ok = sum(s == 200 for s in statuses)
     lat = np.array(latencies) * 1000
-    return {"sent": len(statuses), "ok": ok, "errors": len(statuses) - ok, "wall_s": round(wall, 2),
-            "throughput_rps": round(ok / wall, 3), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "answers": answers}
+    return {
+        "sent": len(statuses),
+        "ok": ok,
+        "errors": len(statuses) - ok,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(ok / wall, 3),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "answers": answers,
+    }
 
 
 def _batch_stats(url: str) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(url + "/metrics", timeout=60).text
-    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    values = {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if not s.labels
+    }
     forwards = values.get("softprompt_batch_rows_count", 0)
-    return {"forwards": int(forwards), "mean_rows_per_forward": round(values.get("softprompt_batch_rows_sum", 0) / max(forwards, 1), 2)}
+    return {
+        "forwards": int(forwards),
+        "mean_rows_per_forward": round(
+            values.get("softprompt_batch_rows_sum", 0) / max(forwards, 1), 2
+        ),
+    }
 
 
 def run_mode(lm, reg, registry_dir, task_names, jobs, mixed: bool, args) -> dict:
-    config = ServeConfig(registry=str(registry_dir), tasks=[TaskServing(t) for t in task_names], mixed_batches=mixed,
-                         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, poll_seconds=0,
-                         max_input_tokens=args.max_input_tokens)
+    config = ServeConfig(
+        registry=str(registry_dir),
+        tasks=[TaskServing(t) for t in task_names],
+        mixed_batches=mixed,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        poll_seconds=0,
+        max_input_tokens=args.max_input_tokens,
+    )
     with ServerThread(create_app(config, lm=lm, registry=reg)) as srv:
         for task in task_names:  # warm-up, not counted in the load but in the forward count
-            httpx.post(srv.url + "/v1/classify", json={"task": task, "input": next(f for t, f, _ in jobs if t == task)}, timeout=600)
+            httpx.post(
+                srv.url + "/v1/classify",
+                json={"task": task, "input": next(f for t, f, _ in jobs if t == task)},
+                timeout=600,
+            )
         warm = _batch_stats(srv.url)
         result = asyncio.run(_load(srv.url, jobs, args.concurrency, args.max_seconds))
         stats = _batch_stats(srv.url)
     result["forwards"] = stats["forwards"] - warm["forwards"]
-    rows = stats["mean_rows_per_forward"] * stats["forwards"] - warm["mean_rows_per_forward"] * warm["forwards"]
+    rows = (
+        stats["mean_rows_per_forward"] * stats["forwards"]
+        - warm["mean_rows_per_forward"] * warm["forwards"]
+    )
     result["mean_rows_per_forward"] = round(rows / max(result["forwards"], 1), 2)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny synthetic tasks and a short load (needs --model)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny synthetic tasks and a short load (needs --model)"
+    )
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--requests", type=int, default=None, help="requests per round (default 96; quick 24)")
+    p.add_argument(
+        "--requests", type=int, default=None, help="requests per round (default 96; quick 24)"
+    )
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--max-seconds", type=float, default=300, help="stop issuing requests after this long")
-    p.add_argument("--rounds", type=int, default=None, help="alternating mixed / per-task rounds (default 2; quick 1)")
+    p.add_argument(
+        "--max-seconds", type=float, default=300, help="stop issuing requests after this long"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating mixed / per-task rounds (default 2; quick 1)",
+    )
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=20)
     p.add_argument("--max-input-tokens", type=int, default=256)
@@ -185,7 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
         runs = {"mixed": [], "per_task": []}
         for _ in range(rounds):
             for mode in ("mixed", "per_task"):
-                runs[mode].append(run_mode(lm, reg, registry_dir, names, jobs, mode == "mixed", args))
+                runs[mode].append(
+                    run_mode(lm, reg, registry_dir, names, jobs, mode == "mixed", args)
+                )
                 shown = {k: v for k, v in runs[mode][-1].items() if k != "answers"}
                 print(f"{mode} round {len(runs[mode])}: {shown}", flush=True)
     load_after = os.getloadavg()
@@ -193,7 +277,11 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = {}
     answers = runs["mixed"][0]["answers"]
     for name in names:
-        hits = [answers[i] == gold for i, (t, _, gold) in enumerate(jobs) if t == name and gold and i in answers]
+        hits = [
+            answers[i] == gold
+            for i, (t, _, gold) in enumerate(jobs)
+            if t == name and gold and i in answers
+        ]
         if hits:
             accuracy[name] = round(sum(hits) / len(hits), 3)
     for mode_runs in runs.values():
@@ -202,22 +290,45 @@ def main(argv: list[str] | None = None) -> dict:
 
     def summary(mode):
         rs = runs[mode]
-        return {k: round(float(np.median([r[k] for r in rs])), 3) for k in ("throughput_rps", "p50_ms", "p99_ms", "mean_rows_per_forward")} | {
-            "errors": sum(r["errors"] for r in rs), "ok": sum(r["ok"] for r in rs)}
+        return {
+            k: round(float(np.median([r[k] for r in rs])), 3)
+            for k in ("throughput_rps", "p50_ms", "p99_ms", "mean_rows_per_forward")
+        } | {"errors": sum(r["errors"] for r in rs), "ok": sum(r["ok"] for r in rs)}
 
     result = {
-        "model": lm.name, "quick": args.quick, "tasks": names, "requests_per_round": n_requests, "rounds": rounds,
-        "concurrency": args.concurrency, "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-        "max_seconds": args.max_seconds, "setup_s": round(setup_s, 1),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "nice": os.nice(0),
-                    "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-                    "python": platform.python_version(), "torch": torch.__version__},
-        "runs": runs, "summary": {m: summary(m) for m in runs},
+        "model": lm.name,
+        "quick": args.quick,
+        "tasks": names,
+        "requests_per_round": n_requests,
+        "rounds": rounds,
+        "concurrency": args.concurrency,
+        "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "max_seconds": args.max_seconds,
+        "setup_s": round(setup_s, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "nice": os.nice(0),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "runs": runs,
+        "summary": {m: summary(m) for m in runs},
         "served_accuracy_on_sent_requests": accuracy,
-        "note": "sst2: the trained prompt; other tasks' prompts are untrained (accuracy meaningless, speed unaffected)" if not args.quick else "tiny random model and prompts",
+        "note": (
+            "sst2: the trained prompt; other tasks' prompts are untrained "
+            "(accuracy meaningless, speed unaffected)"
+            if not args.quick
+            else "tiny random model and prompts"
+        ),
     }
     s = result["summary"]
-    result["speedup_mixed_over_per_task"] = round(s["mixed"]["throughput_rps"] / max(s["per_task"]["throughput_rps"], 1e-9), 3)
+    result["speedup_mixed_over_per_task"] = round(
+        s["mixed"]["throughput_rps"] / max(s["per_task"]["throughput_rps"], 1e-9), 3
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(result, indent=2))
@@ -229,19 +340,34 @@ def main(argv: list[str] | None = None) -> dict:
 def _markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
-        f"# Inference service load test ({r['model']})", "",
-        f"{r['requests_per_round']} requests per round, tasks {', '.join(r['tasks'])} in round-robin, {r['concurrency']} concurrent "
-        f"loopback clients, max batch {r['max_batch_size']} rows, max wait {r['max_wait_ms']} ms, {r['rounds']} alternating round(s) "
-        f"per mode (medians shown). {m['cpus']} CPUs, {m['torch_threads']} torch threads, nice {m['nice']}, "
-        f"load average {m['loadavg_before'][0]} before / {m['loadavg_after'][0]} after.", "",
+        f"# Inference service load test ({r['model']})",
+        "",
+        f"{r['requests_per_round']} requests per round, tasks {', '.join(r['tasks'])} in "
+        f"round-robin, {r['concurrency']} concurrent loopback clients, max batch "
+        f"{r['max_batch_size']} rows, max wait {r['max_wait_ms']} ms, {r['rounds']} alternating "
+        f"round(s) per mode (medians shown). {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
+        f"nice {m['nice']}, load average {m['loadavg_before'][0]} before / {m['loadavg_after'][0]} "
+        "after.",
+        "",
         "| batching | ok | errors | throughput (req/s) | p50 (ms) | p99 (ms) | rows per forward |",
         "|---|---|---|---|---|---|---|",
     ]
     for mode, s in r["summary"].items():
-        lines.append(f"| {mode} | {s['ok']} | {s['errors']} | {s['throughput_rps']} | {s['p50_ms']} | {s['p99_ms']} | {s['mean_rows_per_forward']} |")
-    lines += ["", f"Mixed-task batching throughput / per-task batching: **{r['speedup_mixed_over_per_task']}x**.", ""]
+        lines.append(
+            f"| {mode} | {s['ok']} | {s['errors']} | {s['throughput_rps']} | {s['p50_ms']} | "
+            f"{s['p99_ms']} | {s['mean_rows_per_forward']} |"
+        )
+    lines += [
+        "",
+        "Mixed-task batching throughput / per-task batching: "
+        f"**{r['speedup_mixed_over_per_task']}x**.",
+        "",
+    ]
     if r["served_accuracy_on_sent_requests"]:
-        lines.append(f"Served accuracy on the requests sent: {r['served_accuracy_on_sent_requests']} ({r['note']}).")
+        lines.append(
+            f"Served accuracy on the requests sent: {r['served_accuracy_on_sent_requests']} "
+            f"({r['note']})."
+        )
     return "\n".join(lines) + "\n"
 
 

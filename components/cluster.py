@@ -15,28 +15,65 @@ from dataclasses import dataclass, field
 PROJECT_IMAGE = os.environ.get("SOFTPROMPT_IMAGE", "ghcr.io/softprompt/softprompt:0.1.0")
 DEFAULT_REGISTRY_URI = "s3://softprompt-registry/prompts"
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
-PIPELINE_SERVICE_ACCOUNT = "softprompt-pipeline"  # may write the registry and DVC prefixes (infra/k8s)
+PIPELINE_SERVICE_ACCOUNT = (
+    "softprompt-pipeline"  # may write the registry and DVC prefixes (infra/k8s)
+)
 
 
 @dataclass
 class ClusterConfig:
     """Kubernetes settings compiled into the pipelines (kfp.kubernetes platform config)."""
 
-    accelerator_type: str = field(default="nvidia.com/gpu", metadata={"help": "Resource name of the GPU each model step requests."})
-    accelerator_limit: int = field(default=1, metadata={"help": "GPUs per model step (train, ensemble, evaluate, LM-adapt)."})
-    node_selector: tuple[str, str] = field(default=("softprompt.io/pool", "gpu"), metadata={"help": "Node label (key, value) of the GPU pool."})
-    toleration: tuple[str, str, str] = field(default=("nvidia.com/gpu", "present", "NoSchedule"), metadata={"help": "The GPU pool's taint (key, value, effect) tolerated by model steps."})
-    checkpoint_pvc: str = field(default="softprompt-checkpoints", metadata={"help": "ReadWriteMany PVC mounted at /mnt/checkpoints: training checkpoints (resume after preemption) and exported base models."})
+    accelerator_type: str = field(
+        default="nvidia.com/gpu",
+        metadata={"help": "Resource name of the GPU each model step requests."},
+    )
+    accelerator_limit: int = field(
+        default=1, metadata={"help": "GPUs per model step (train, ensemble, evaluate, LM-adapt)."}
+    )
+    node_selector: tuple[str, str] = field(
+        default=("softprompt.io/pool", "gpu"),
+        metadata={"help": "Node label (key, value) of the GPU pool."},
+    )
+    toleration: tuple[str, str, str] = field(
+        default=("nvidia.com/gpu", "present", "NoSchedule"),
+        metadata={"help": "The GPU pool's taint (key, value, effect) tolerated by model steps."},
+    )
+    checkpoint_pvc: str = field(
+        default="softprompt-checkpoints",
+        metadata={
+            "help": "ReadWriteMany PVC mounted at /mnt/checkpoints: training checkpoints "
+            "(resume after preemption) and exported base models."
+        },
+    )
     cpu_request: str = field(default="2", metadata={"help": "CPU request of each model step."})
-    memory_request: str = field(default="8Gi", metadata={"help": "Memory request of each model step."})
-    train_retries: int = field(default=3, metadata={"help": "Retries of a training step (preemption); each resumes from its checkpoint."})
+    memory_request: str = field(
+        default="8Gi", metadata={"help": "Memory request of each model step."}
+    )
+    train_retries: int = field(
+        default=3,
+        metadata={
+            "help": "Retries of a training step (preemption); each resumes from its checkpoint."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.accelerator_limit < 0:
-            raise ValueError(f"ClusterConfig.accelerator_limit must be >= 0, got {self.accelerator_limit}")
+            raise ValueError(
+                f"ClusterConfig.accelerator_limit must be >= 0, got {self.accelerator_limit}"
+            )
         if self.train_retries < 0:
             raise ValueError(f"ClusterConfig.train_retries must be >= 0, got {self.train_retries}")
         if len(self.node_selector) != 2 or not all(self.node_selector):
-            raise ValueError(f"ClusterConfig.node_selector must be (key, value), got {self.node_selector!r}")
-        if len(self.toleration) != 3 or self.toleration[2] not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
-            raise ValueError(f"ClusterConfig.toleration must be (key, value, NoSchedule|PreferNoSchedule|NoExecute), got {self.toleration!r}")
+            raise ValueError(
+                f"ClusterConfig.node_selector must be (key, value), got {self.node_selector!r}"
+            )
+        if len(self.toleration) != 3 or self.toleration[2] not in (
+            "NoSchedule",
+            "PreferNoSchedule",
+            "NoExecute",
+        ):
+            raise ValueError(
+                "ClusterConfig.toleration must be (key, value, "
+                f"NoSchedule|PreferNoSchedule|NoExecute), got {self.toleration!r}"
+            )

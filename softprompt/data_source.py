@@ -278,7 +278,8 @@ def prepare(spec: TaskSpec, ref: DataRef, train_dev_dir: str | Path, test_dir: s
     test examples to two folders (training never sees test). `caps` ({"train": n, ...}, 0 = all)
     keep a seeded random subset of a split. Returns what was prepared: the data's DVC hash
     (`dataset_version`), the source, the example counts and the skipped rows."""
-    from softprompt.tasks import load_task, seeded_subset, write_prepared
+    from softprompt.prepared import write_prepared
+    from softprompt.task_data import load_task, seeded_subset
 
     check_inside_folder(spec, ref.folder)
     stats: dict = {}

@@ -61,7 +61,9 @@ def dataset_version(prepared_dir: str | Path) -> str:
     return hashlib.md5(listing).hexdigest() + ".dir"
 
 
-def commits_with_version(version: str, repo_dir: str | Path = ".", lock_file: str = "dvc.lock") -> list[str]:
+def commits_with_version(
+    version: str, repo_dir: str | Path = ".", lock_file: str = "dvc.lock"
+) -> list[str]:
     """Commits (newest first) that added or removed `version` in the lock file: the first of a
     pair is where that data version was introduced (git's pickaxe, `git log -S`)."""
     out = subprocess.run(
@@ -80,7 +82,9 @@ def _from_mirror(spec, mirror: Path, staging: Path) -> None:
     for split, rel in spec.splits.items():
         src = mirror / rel
         if not src.is_file():
-            raise TaskDataError(f"{spec.spec_file}: split {split!r} file {rel} not found in mirror {mirror}")
+            raise TaskDataError(
+                f"{spec.spec_file}: split {split!r} file {rel} not found in mirror {mirror}"
+            )
         dst = staging / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)  # not copy2: mirror files are read-only
@@ -98,7 +102,9 @@ def _from_hub(spec, staging: Path) -> dict:
     hub = spec.hub
     splits = {}
     for split, hub_split in hub.get("splits", {}).items():
-        rows = load_dataset(hub["path"], hub.get("name"), split=hub_split, revision=hub.get("revision"))
+        rows = load_dataset(
+            hub["path"], hub.get("name"), split=hub_split, revision=hub.get("revision")
+        )
         rel = f"hub/{split}.jsonl"
         (staging / "hub").mkdir(exist_ok=True)
         with (staging / rel).open("w", encoding="utf-8") as f:
@@ -114,7 +120,9 @@ def _from_hub(spec, staging: Path) -> dict:
         raw.pop("carve_dev", None)
     else:
         raw.setdefault("carve_dev", {"from": "train", "fraction": 0.1, "seed": 0})
-    (staging / f"{spec.name}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    (staging / f"{spec.name}.yaml").write_text(
+        yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    )
     return {k: v for k, v in hub.items() if k != "splits"}
 
 
@@ -141,7 +149,11 @@ def ingest(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        origin = _from_hub(spec, staging) if source == "hub" else _from_mirror(spec, Path(mirror or default_data_dir()), staging)
+        origin = (
+            _from_hub(spec, staging)
+            if source == "hub"
+            else _from_mirror(spec, Path(mirror or default_data_dir()), staging)
+        )
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         info = {
             "task": spec.name,
@@ -175,7 +187,10 @@ def write_curves(run_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
             dev.append((record["step"], record["score"], record.get("accuracy", "")))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, header, rows in (("loss.csv", ("step", "loss"), loss), ("dev.csv", ("step", "score", "accuracy"), dev)):
+    for name, header, rows in (
+        ("loss.csv", ("step", "loss"), loss),
+        ("dev.csv", ("step", "score", "accuracy"), dev),
+    ):
         with (out / name).open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
@@ -205,16 +220,33 @@ def add_commands(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     i.add_argument("--task", required=True, help="task name (tasks/<name>.yaml) or spec path")
     i.add_argument("--out", required=True, help="output folder, replaced (e.g. data/raw/<task>)")
-    i.add_argument("--source", choices=SOURCES, default="mirror", help="auto: the hub unless HF_HUB_OFFLINE/HF_DATASETS_OFFLINE")
-    i.add_argument("--mirror", default=None, help="local mirror (default: $SOFTPROMPT_DATA_DIR or ../shared/data)")
-    i.add_argument("--tasks-dir", default=None, help="folder of task specs (default: $SOFTPROMPT_TASKS_DIR or tasks/)")
+    i.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="mirror",
+        help="auto: the hub unless HF_HUB_OFFLINE/HF_DATASETS_OFFLINE",
+    )
+    i.add_argument(
+        "--mirror",
+        default=None,
+        help="local mirror (default: $SOFTPROMPT_DATA_DIR or ../shared/data)",
+    )
+    i.add_argument(
+        "--tasks-dir",
+        default=None,
+        help="folder of task specs (default: $SOFTPROMPT_TASKS_DIR or tasks/)",
+    )
     i.set_defaults(func=_cmd_ingest)
 
-    v = sub.add_parser("data-version", help="print the DVC hash (<md5>.dir) of a prepared data folder")
+    v = sub.add_parser(
+        "data-version", help="print the DVC hash (<md5>.dir) of a prepared data folder"
+    )
     v.add_argument("prepared_dir")
     v.set_defaults(func=_cmd_data_version)
 
-    c = sub.add_parser("curves", help="write loss.csv and dev.csv from a run's metrics.jsonl for dvc plots")
+    c = sub.add_parser(
+        "curves", help="write loss.csv and dev.csv from a run's metrics.jsonl for dvc plots"
+    )
     c.add_argument("--run-dir", required=True)
     c.add_argument("--out", required=True, help="output folder")
     c.set_defaults(func=_cmd_curves)

@@ -15,7 +15,8 @@ import torch
 
 from softprompt.model import FrozenLM
 from softprompt.scoring import Encoded, label_scores
-from softprompt.tasks import Example, TaskSpec, compute_metrics
+from softprompt.task_metrics import compute_metrics
+from softprompt.tasks import Example, TaskSpec
 
 TIE_BREAK = "summed log-likelihood over the N prompts"
 
@@ -30,7 +31,8 @@ def stack_prompts(prompts: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tenso
         raise ValueError("an ensemble needs at least one prompt")
     shapes = {tuple(p.shape) for p in prompts}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"ensemble prompts must all be [P, E] of one shape, got {[list(p.shape) for p in prompts]}")
+        got = [list(p.shape) for p in prompts]
+        raise ValueError(f"ensemble prompts must all be [P, E] of one shape, got {got}")
     return torch.stack([p.float() for p in prompts])
 
 
@@ -93,7 +95,9 @@ def ensemble_evaluate(
     words = spec.label_words
     per_prompt = []
     for n in range(scores.shape[0]):
-        metrics = compute_metrics(spec, [words[i] for i in scores[n].argmax(1).tolist()], list(examples))
+        metrics = compute_metrics(
+            spec, [words[i] for i in scores[n].argmax(1).tolist()], list(examples)
+        )
         per_prompt.append(metrics | {"n": len(examples)})
     winners, ties = majority_vote(scores)
     predictions = [words[i] for i in winners.tolist()]

@@ -1,11 +1,13 @@
 """The paper's experiments as runners: ensembles, ablations, baselines, domain shift and scale.
 
 Every runner takes a base `TrainConfig` (the small config a command starts from), trains through
-`softprompt.training.train` (model_tune and softprompt.prompt_design for the baselines), and writes into `out_dir`:
+`softprompt.training.train` (model_tune and softprompt.prompt_design for the baselines), and
+writes into `out_dir`:
   <name>.md    a results table (with the command that made it)
   <name>.json  the same numbers, machine-readable
   <name>.png   a plot, where the paper has a figure (ablations, scale)
   runs/...     one train run directory per trained prompt (resumable: rerun the command)
+The files are written by softprompt.experiment_output.
 Scores are the task's primary metric on its report split (test where the task has one, else dev),
 for the prompt or weights that scored best on dev. `test_limit` evaluates a seeded subset of the
 report split; the subset is written as prepared data under out_dir/.prepared (never committed).
@@ -13,56 +15,30 @@ report split; the subset is written as prepared data under out_dir/.prepared (ne
 
 from __future__ import annotations
 
-import json
-import statistics
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
 from softprompt import prompt as prompt_lib
 from softprompt.ensemble import ensemble_evaluate
+from softprompt.experiment_output import mean_spread, plot, write_results
 from softprompt.model import FrozenLM, load_frozen_lm
+from softprompt.prepared import load_prepared, write_prepared
 from softprompt.prompt_design import eval_split, prompt_design_evaluate
 from softprompt.scoring import encode_examples, evaluate
-from softprompt.tasks import (
-    Example,
-    TaskSpec,
-    load_prepared,
-    load_spec,
-    load_task,
-    seeded_subset,
-    write_prepared,
-)
+from softprompt.task_data import load_task, seeded_subset
+from softprompt.tasks import Example, TaskSpec, load_spec
 from softprompt.training.config import ModelTuningConfig, TrainConfig
 from softprompt.training.model_tuning import model_tune
 from softprompt.training.prompt_tuning import train
 
-ABLATION_AXES = {"length": (1, 5, 20, 100, 150), "init": ("random_uniform", "sampled_vocab", "class_label")}
+ABLATION_AXES = {
+    "length": (1, 5, 20, 100, 150),
+    "init": ("random_uniform", "sampled_vocab", "class_label"),
+}
 
 
 # ------------------------------------------------------------------ configs and data
-def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
-    """A TrainConfig from a JSON/YAML file of (some of) its fields, then `overrides` (None ignored).
-    A `prompt` mapping in either is merged field by field."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config must be a mapping of TrainConfig fields")
-    prompt = dict(raw.pop("prompt", None) or {})
-    prompt.update(overrides.pop("prompt", None) or {})
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.from_dict(raw | {"prompt": prompt_lib.PromptConfig(**prompt)})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path or 'config'}: {err}") from err
-
-
 def variant(base: TrainConfig, prompt: dict | None = None, **changes) -> TrainConfig:
     """`base` with some fields (and prompt fields) changed."""
     raw = base.to_dict()
@@ -73,7 +49,9 @@ def variant(base: TrainConfig, prompt: dict | None = None, **changes) -> TrainCo
 class TaskData:
     """A task's spec and data, the report split optionally cut to a seeded subset."""
 
-    def __init__(self, task: str, base: TrainConfig, out_dir: Path, test_limit: int | None) -> None:
+    def __init__(
+        self, task: str, base: TrainConfig, out_dir: Path, test_limit: int | None
+    ) -> None:
         self.spec: TaskSpec = load_spec(task)
         self.task = task
         self.data = load_task(self.spec, base.data_dir)
@@ -81,7 +59,8 @@ class TaskData:
         self.test_limit = test_limit
         if test_limit:
             self.data[self.split] = seeded_subset(self.data[self.split], test_limit, base.seed)
-            self.prepared_dir = out_dir / ".prepared" / f"{self.spec.name}-{self.split}{test_limit}-seed{base.seed}"
+            name = f"{self.spec.name}-{self.split}{test_limit}-seed{base.seed}"
+            self.prepared_dir = out_dir / ".prepared" / name
             if not (self.prepared_dir / "meta.json").is_file():
                 write_prepared(self.spec, self.data, self.prepared_dir)
             self.data = load_prepared(self.prepared_dir)  # exactly what train() will read
@@ -98,8 +77,10 @@ class TaskData:
 def model_tuning_config(base: TrainConfig, tasks: list[str], **overrides) -> ModelTuningConfig:
     """Model tuning with the prompt run's budget (steps, batch, evaluation); lr etc. overridable."""
     shared = {f.name for f in fields(ModelTuningConfig)} & set(base.to_dict())
-    raw = {name: getattr(base, name) for name in shared - {"optimizer", "lr", "weight_decay", "beta2_decay"}}
-    return ModelTuningConfig(**(raw | {"tasks": tasks} | {k: v for k, v in overrides.items() if v is not None}))
+    own = {"optimizer", "lr", "weight_decay", "beta2_decay"}
+    raw = {name: getattr(base, name) for name in shared - own}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return ModelTuningConfig(**(raw | {"tasks": tasks} | given))
 
 
 def _score(result: dict) -> float:
@@ -113,8 +94,9 @@ def _budget(base: TrainConfig) -> str:
 
 
 def _prompt_score(lm: FrozenLM, base: TrainConfig, td: TaskData, run_dir: Path) -> dict:
-    """Prompt tuning on one task: train (or resume) and report its metrics on the report split,
-    with the steps the run took."""
+    """Prompt tuning on one task, trained (or resumed), with its metrics on the report split.
+
+    The result also holds the steps the run took."""
     result = train(td.config(base), run_dir, lm=lm, spec=td.spec, progress=False)
     if "test" in result:
         return result["test"] | {"split": "test", "steps": result["steps"]}
@@ -124,62 +106,14 @@ def _prompt_score(lm: FrozenLM, base: TrainConfig, td: TaskData, run_dir: Path) 
 
 def _evaluate_on(lm: FrozenLM, prompt, base: TrainConfig, td: TaskData) -> dict:
     encoded = encode_examples(lm, td.report, base.max_input_tokens)
-    return evaluate(lm, prompt, td.spec, td.report, encoded, batch_size=base.eval_batch_size) | {"split": td.split}
-
-
-# ------------------------------------------------------------------ output
-def _fmt(x) -> str:
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
-def write_results(out_dir: Path, name: str, title: str, header: list[str], rows: list[list], payload: dict,
-                  command: str | None, notes: Sequence[str] = ()) -> Path:
-    """name.md (a table, the notes and the command) and name.json (payload + table)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", ""]
-    if command:
-        lines += ["Command:", "", "```", command, "```", ""]
-    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    payload = payload | {"command": command, "table": {"header": header, "rows": rows}}
-    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-    return out_dir / f"{name}.md"
-
-
-def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tuple[list, list, list]], logx: bool = False,
-          categorical: bool = False) -> None:
-    """One line (or bar group) with error bars per series: {label: (x, mean, spread)}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for label, (x, mean, spread) in series.items():
-        if categorical:
-            ax.bar([str(v) for v in x], mean, yerr=spread, capsize=4, label=label)
-        else:
-            ax.errorbar(x, mean, yerr=spread, marker="o", capsize=4, label=label)
-    if logx:
-        ax.set_xscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _mean_spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    metrics = evaluate(lm, prompt, td.spec, td.report, encoded, batch_size=base.eval_batch_size)
+    return metrics | {"split": td.split}
 
 
 # ------------------------------------------------------------------ runners
-def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2), prompt_files: Sequence[str] = (),
-                 lm: FrozenLM | None = None, test_limit: int | None = None, command: str | None = None) -> dict:
+def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2),
+                 prompt_files: Sequence[str] = (), lm: FrozenLM | None = None,
+                 test_limit: int | None = None, command: str | None = None) -> dict:
     """N prompts for one task (trained with `seeds`, or given as files), scored as single prompts
     and as a majority-vote ensemble in one forward pass per batch (the paper's Table 3)."""
     out = Path(out_dir)
@@ -192,32 +126,40 @@ def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = 
     steps = []
     for seed in seeds if not prompt_files else ():
         run = out / "runs" / f"{td.spec.name}-seed{seed}"
-        steps.append(train(td.config(base, seed=seed), run, lm=lm, spec=td.spec, progress=False)["steps"])
+        result = train(td.config(base, seed=seed), run, lm=lm, spec=td.spec, progress=False)
+        steps.append(result["steps"])
         names.append(str(run.relative_to(out)))
         prompts.append(prompt_lib.load_prompt(run / "prompt.safetensors"))
     if len(prompts) < 2:
         raise ValueError("an ensemble needs at least two prompts (seeds or prompt files)")
     encoded = encode_examples(lm, td.report, base.max_input_tokens)
-    res = ensemble_evaluate(lm, prompts, td.spec, td.report, encoded, batch_size=base.eval_batch_size)
+    res = ensemble_evaluate(lm, prompts, td.spec, td.report, encoded,
+                            batch_size=base.eval_batch_size)
     metric = td.spec.metric
-    rows = [[f"prompt {i}: {n}", m["score"]] for i, (n, m) in enumerate(zip(names, res["per_prompt"], strict=True))]
+    rows = [[f"prompt {i}: {n}", m["score"]]
+            for i, (n, m) in enumerate(zip(names, res["per_prompt"], strict=True))]
     rows += [["average of single prompts", res["average"]], ["best single prompt", res["best"]],
              [f"ensemble (majority vote of {len(prompts)})", res["ensemble"]["score"]]]
     notes = [f"task {td.spec.name}, model {lm.name}, {td.split} split, {len(td.report)} examples",
              f"ties: {res['ties']}, broken by {res['tie_break']}"]
     if steps:
         notes.append(f"{_budget(base)}; steps run: {steps}")
-    payload = {k: v for k, v in res.items() if k != "predictions"} | {"task": td.spec.name, "model": lm.name, "prompts": names,
-                                                                     "split": td.split, "n": len(td.report), "steps": steps}
-    write_results(out, "ensemble", f"Prompt ensemble: {td.spec.name}", ["prompt", metric], rows, payload, command, notes)
+    payload = {k: v for k, v in res.items() if k != "predictions"} | {
+        "task": td.spec.name, "model": lm.name, "prompts": names, "split": td.split,
+        "n": len(td.report), "steps": steps}
+    write_results(out, "ensemble", f"Prompt ensemble: {td.spec.name}", ["prompt", metric], rows,
+                  payload, command, notes)
     return payload
 
 
-def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequence | None = None, seeds: Sequence[int] = (0, 1, 2),
-                 lm: FrozenLM | None = None, test_limit: int | None = None, command: str | None = None) -> dict:
-    """Prompt length or initialization, over seeds: mean and standard deviation (the paper's Figure 3)."""
+def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequence | None = None,
+                 seeds: Sequence[int] = (0, 1, 2), lm: FrozenLM | None = None,
+                 test_limit: int | None = None, command: str | None = None) -> dict:
+    """Prompt length or initialization, over seeds, as mean and standard deviation (the paper's
+    Figure 3)."""
     if axis not in ABLATION_AXES:
-        raise ValueError(f"unknown ablation axis {axis!r}; choose one of {', '.join(ABLATION_AXES)}")
+        raise ValueError(
+            f"unknown ablation axis {axis!r}; choose one of {', '.join(ABLATION_AXES)}")
     values = list(values or ABLATION_AXES[axis])
     if not seeds:
         raise ValueError("an ablation needs at least one seed")
@@ -225,39 +167,48 @@ def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequ
     td = TaskData(base.task, base, out, test_limit)
     n_labels = len(td.spec.label_words)
     if axis == "length" and base.prompt.init == "class_label" and min(values) < n_labels:
-        raise ValueError(f"class_label init needs length >= {n_labels} labels, but the grid has {min(values)}; "
-                         "use --init sampled_vocab or random_uniform for the length ablation")
+        raise ValueError(f"class_label init needs length >= {n_labels} labels, but the grid has "
+                         f"{min(values)}; use --init sampled_vocab or random_uniform for the "
+                         "length ablation")
     if axis == "init":
         for v in values:
-            prompt_lib.PromptConfig(length=base.prompt.length, init=v)  # validates the names before any training
+            # Validates the names before any training.
+            prompt_lib.PromptConfig(length=base.prompt.length, init=v)
     lm = lm or load_frozen_lm(base.model, device=base.device, dtype=base.dtype)
     key = "length" if axis == "length" else "init"
     per_value, steps = {}, {}
     for v in values:
-        results = [_prompt_score(lm, variant(base, prompt={key: v}, seed=seed), td, out / "runs" / f"{axis}-{v}-seed{seed}")
+        results = [_prompt_score(lm, variant(base, prompt={key: v}, seed=seed), td,
+                                 out / "runs" / f"{axis}-{v}-seed{seed}")
                    for seed in seeds]
         per_value[str(v)] = [r["score"] for r in results]
         steps[str(v)] = [r["steps"] for r in results]
     rows, mean, spread = [], [], []
     for v in values:
-        m, s = _mean_spread(per_value[str(v)])
+        m, s = mean_spread(per_value[str(v)])
         mean.append(m)
         spread.append(s)
         rows.append([v, m, s, len(seeds), ", ".join(f"{x:.4f}" for x in per_value[str(v)])])
     fixed = f"init {base.prompt.init}" if axis == "length" else f"length {base.prompt.length}"
     title = f"Ablation of prompt {axis}: {td.spec.name}, {lm.name} ({fixed})"
-    _plot(out / f"ablation_{axis}.png", title, f"prompt {axis}", f"{td.spec.metric} ({td.split})",
-          {td.spec.name: (values, mean, spread)}, logx=axis == "length", categorical=axis == "init")
-    notes = [f"{td.split} split, {len(td.report)} examples; {len(seeds)} seeds {list(seeds)}; spread = sample standard deviation",
-             f"{_budget(base)}, lr {base.lr}, {base.optimizer}; steps run per value and seed: {steps}"]
-    payload = {"axis": axis, "task": td.spec.name, "model": lm.name, "fixed": fixed, "seeds": list(seeds), "scores": per_value,
-               "steps": steps, "split": td.split, "n": len(td.report)}
-    write_results(out, f"ablation_{axis}", title, [axis, "mean", "std", "seeds", "per seed"], rows, payload, command, notes)
+    plot(out / f"ablation_{axis}.png", title, f"prompt {axis}", f"{td.spec.metric} ({td.split})",
+         {td.spec.name: (values, mean, spread)}, logx=axis == "length",
+         categorical=axis == "init")
+    notes = [f"{td.split} split, {len(td.report)} examples; {len(seeds)} seeds {list(seeds)}; "
+             "spread = sample standard deviation",
+             f"{_budget(base)}, lr {base.lr}, {base.optimizer}; "
+             f"steps run per value and seed: {steps}"]
+    payload = {"axis": axis, "task": td.spec.name, "model": lm.name, "fixed": fixed,
+               "seeds": list(seeds), "scores": per_value, "steps": steps, "split": td.split,
+               "n": len(td.report)}
+    write_results(out, f"ablation_{axis}", title, [axis, "mean", "std", "seeds", "per seed"],
+                  rows, payload, command, notes)
     return payload
 
 
-def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], k_shot: int = 4, mt_overrides: dict | None = None,
-                  lm: FrozenLM | None = None, test_limit: int | None = None, command: str | None = None) -> dict:
+def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], k_shot: int = 4,
+                  mt_overrides: dict | None = None, lm: FrozenLM | None = None,
+                  test_limit: int | None = None, command: str | None = None) -> dict:
     """Per task: prompt tuning, model tuning, multi-task model tuning (one model, task-name prefix),
     prompt design (k-shot priming) and zero-shot, on one frozen model and the same data."""
     out = Path(out_dir)
@@ -269,42 +220,60 @@ def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], 
     data = {td.spec.name: td.data for td in tds}
     for td in tds:
         name = td.spec.name
-        results[name]["prompt tuning"] = _prompt_score(lm, base, td, out / "runs" / f"prompt-{name}") | {"params": prompt_params}
-        single = model_tune(model_tuning_config(base, [td.task], **mt_overrides), out / "runs" / f"model-{name}", lm=lm, data=data)
-        results[name]["model tuning"] = single["tasks"][name] | {"params": single["trainable_parameters"]}
+        prompt = _prompt_score(lm, base, td, out / "runs" / f"prompt-{name}")
+        results[name]["prompt tuning"] = prompt | {"params": prompt_params}
+        single = model_tune(model_tuning_config(base, [td.task], **mt_overrides),
+                            out / "runs" / f"model-{name}", lm=lm, data=data)
+        results[name]["model tuning"] = single["tasks"][name] | {
+            "params": single["trainable_parameters"]}
         for k in sorted({0, k_shot}):
             label = "zero-shot (template only)" if k == 0 else f"prompt design ({k}-shot priming)"
-            results[name][label] = prompt_design_evaluate(lm, td.spec, td.data, k, seed=base.seed, max_input_tokens=max(1024, base.max_input_tokens),
-                                                          batch_size=base.eval_batch_size) | {"params": 0}
+            design = prompt_design_evaluate(
+                lm, td.spec, td.data, k, seed=base.seed,
+                max_input_tokens=max(1024, base.max_input_tokens),
+                batch_size=base.eval_batch_size)
+            results[name][label] = design | {"params": 0}
     if len(tds) > 1:
-        multi = model_tune(model_tuning_config(base, [td.task for td in tds], **mt_overrides), out / "runs" / "model-multitask", lm=lm, data=data)
+        multi = model_tune(model_tuning_config(base, [td.task for td in tds], **mt_overrides),
+                           out / "runs" / "model-multitask", lm=lm, data=data)
         for td in tds:
-            results[td.spec.name]["multi-task model tuning"] = multi["tasks"][td.spec.name] | {"params": multi["trainable_parameters"]}
-    rows = [[task, method, m["score"], m["accuracy"], m["params"]] for task, methods in results.items() for method, m in methods.items()]
-    notes = [f"model {lm.name}; report split per task: " + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds),
+            results[td.spec.name]["multi-task model tuning"] = multi["tasks"][td.spec.name] | {
+                "params": multi["trainable_parameters"]}
+    rows = [[task, method, m["score"], m["accuracy"], m["params"]]
+            for task, methods in results.items() for method, m in methods.items()]
+    mt_config = model_tuning_config(base, ["x"], **mt_overrides)
+    notes = [f"model {lm.name}; report split per task: "
+             + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds),
              f"prompt tuning: P={base.prompt.length}, init {base.prompt.init}, {_budget(base)}",
-             f"model tuning: same budget, {model_tuning_config(base, ['x'], **mt_overrides).optimizer} "
-             f"lr {model_tuning_config(base, ['x'], **mt_overrides).lr}; all weights trained",
+             f"model tuning: same budget, {mt_config.optimizer} "
+             f"lr {mt_config.lr}; all weights trained",
              "score = the task's primary metric; params = trained parameters"]
     payload = {"model": lm.name, "results": results}
-    write_results(out, "baselines", "Prompt tuning against its baselines", ["task", "method", "score", "accuracy", "trained params"],
-                  rows, payload, command, notes)
+    write_results(out, "baselines", "Prompt tuning against its baselines",
+                  ["task", "method", "score", "accuracy", "trained params"], rows, payload,
+                  command, notes)
     return payload
 
 
-def run_domain_shift(base: TrainConfig, out_dir: str | Path, pairs: Sequence[tuple[str, str]] = (("qqp", "mrpc"), ("mrpc", "qqp")),
-                     methods: Sequence[str] = ("prompt_tuning", "model_tuning"), mt_overrides: dict | None = None,
-                     lm: FrozenLM | None = None, test_limit: int | None = None, command: str | None = None) -> dict:
-    """Zero-shot transfer: train on the source task, evaluate on the target (the paper's Table 2)."""
+def run_domain_shift(base: TrainConfig, out_dir: str | Path,
+                     pairs: Sequence[tuple[str, str]] = (("qqp", "mrpc"), ("mrpc", "qqp")),
+                     methods: Sequence[str] = ("prompt_tuning", "model_tuning"),
+                     mt_overrides: dict | None = None, lm: FrozenLM | None = None,
+                     test_limit: int | None = None, command: str | None = None) -> dict:
+    """Zero-shot transfer, trained on the source task and evaluated on the target (the paper's
+    Table 2)."""
     unknown = set(methods) - {"prompt_tuning", "model_tuning"}
     if unknown:
-        raise ValueError(f"unknown domain-shift methods {sorted(unknown)}; use prompt_tuning, model_tuning")
+        raise ValueError(
+            f"unknown domain-shift methods {sorted(unknown)}; use prompt_tuning, model_tuning")
     out = Path(out_dir)
     tds = {t: TaskData(t, base, out, test_limit) for pair in pairs for t in pair}
     for source, target in pairs:
         if tds[source].spec.label_words != tds[target].spec.label_words:
-            raise ValueError(f"{source} -> {target}: label words differ ({tds[source].spec.label_words} vs "
-                             f"{tds[target].spec.label_words}); zero-shot transfer needs the same labels")
+            raise ValueError(f"{source} -> {target}: label words differ "
+                             f"({tds[source].spec.label_words} vs "
+                             f"{tds[target].spec.label_words}); zero-shot transfer needs the "
+                             "same labels")
     lm = lm or load_frozen_lm(base.model, device=base.device, dtype=base.dtype)
     data = {td.spec.name: td.data for td in tds.values()}
     rows, records = [], []
@@ -317,22 +286,28 @@ def run_domain_shift(base: TrainConfig, out_dir: str | Path, pairs: Sequence[tup
                 best = prompt_lib.load_prompt(run / "prompt.safetensors").to(lm.device)
                 shifted = _evaluate_on(lm, best, base, tgt)
             else:
-                res = model_tune(model_tuning_config(base, [source], **(mt_overrides or {})), out / "runs" / f"model-{src.spec.name}",
-                                 lm=lm, transfer_tasks=(target,), data=data)
+                res = model_tune(model_tuning_config(base, [source], **(mt_overrides or {})),
+                                 out / "runs" / f"model-{src.spec.name}", lm=lm,
+                                 transfer_tasks=(target,), data=data)
                 own, shifted = res["tasks"][src.spec.name], res["transfer"][tgt.spec.name]
-            record = {"source": src.spec.name, "target": tgt.spec.name, "method": method, "in_domain": own, "target_metrics": shifted}
+            record = {"source": src.spec.name, "target": tgt.spec.name, "method": method,
+                      "in_domain": own, "target_metrics": shifted}
             records.append(record)
-            rows.append([f"{src.spec.name} -> {tgt.spec.name}", method.replace("_", " "), own["score"], shifted["accuracy"],
-                         shifted.get("f1", float("nan"))])
-    notes = [f"model {lm.name}; target report splits: " + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds.values()),
-             f"{_budget(base)} for both methods; prompt P={base.prompt.length}, init {base.prompt.init}"]
-    write_results(out, "domain_shift", "Zero-shot domain shift", ["train -> eval", "method", "in-domain score", "target accuracy", "target F1"],
+            rows.append([f"{src.spec.name} -> {tgt.spec.name}", method.replace("_", " "),
+                         own["score"], shifted["accuracy"], shifted.get("f1", float("nan"))])
+    notes = [f"model {lm.name}; target report splits: "
+             + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds.values()),
+             f"{_budget(base)} for both methods; prompt P={base.prompt.length}, "
+             f"init {base.prompt.init}"]
+    write_results(out, "domain_shift", "Zero-shot domain shift",
+                  ["train -> eval", "method", "in-domain score", "target accuracy", "target F1"],
                   rows, {"model": lm.name, "results": records}, command, notes)
     return {"model": lm.name, "results": records}
 
 
-def run_scale(base: TrainConfig, out_dir: str | Path, models: Sequence[str], mt_overrides: dict | None = None,
-              test_limit: int | None = None, command: str | None = None) -> dict:
+def run_scale(base: TrainConfig, out_dir: str | Path, models: Sequence[str],
+              mt_overrides: dict | None = None, test_limit: int | None = None,
+              command: str | None = None) -> dict:
     """Prompt tuning and model tuning on models of several sizes: how the gap moves with size."""
     if len(models) < 2:
         raise ValueError("a scale experiment needs at least two models")
@@ -344,20 +319,24 @@ def run_scale(base: TrainConfig, out_dir: str | Path, models: Sequence[str], mt_
         cfg = variant(base, model=model)
         tag = Path(model).name
         prompt = _prompt_score(lm, cfg, td, out / "runs" / f"prompt-{tag}")["score"]
-        mt = model_tune(model_tuning_config(cfg, [base.task], **(mt_overrides or {})), out / "runs" / f"model-{tag}", lm=lm,
-                        data={td.spec.name: td.data})
+        mt = model_tune(model_tuning_config(cfg, [base.task], **(mt_overrides or {})),
+                        out / "runs" / f"model-{tag}", lm=lm, data={td.spec.name: td.data})
         params = sum(p.numel() for p in lm.model.parameters())
-        records.append({"model": model, "parameters": params, "prompt_tuning": prompt, "model_tuning": mt["tasks"][td.spec.name]["score"]})
+        records.append({"model": model, "parameters": params, "prompt_tuning": prompt,
+                        "model_tuning": mt["tasks"][td.spec.name]["score"]})
         del lm
     records.sort(key=lambda r: r["parameters"])
-    rows = [[r["model"], r["parameters"], r["prompt_tuning"], r["model_tuning"], r["model_tuning"] - r["prompt_tuning"]] for r in records]
+    rows = [[r["model"], r["parameters"], r["prompt_tuning"], r["model_tuning"],
+             r["model_tuning"] - r["prompt_tuning"]] for r in records]
     x = [r["parameters"] for r in records]
-    _plot(out / "scale.png", f"Scale: {td.spec.name}", "model parameters", f"{td.spec.metric} ({td.split})",
-          {"prompt tuning": (x, [r["prompt_tuning"] for r in records], [0] * len(x)),
-           "model tuning": (x, [r["model_tuning"] for r in records], [0] * len(x))}, logx=True)
-    notes = [f"task {td.spec.name}, {td.split} split ({len(td.report)}); {_budget(base)} and method",
+    plot(out / "scale.png", f"Scale: {td.spec.name}", "model parameters",
+         f"{td.spec.metric} ({td.split})",
+         {"prompt tuning": (x, [r["prompt_tuning"] for r in records], [0] * len(x)),
+          "model tuning": (x, [r["model_tuning"] for r in records], [0] * len(x))}, logx=True)
+    notes = [f"task {td.spec.name}, {td.split} split ({len(td.report)}); {_budget(base)} and "
+             "method",
              "gap = model tuning - prompt tuning"]
     write_results(out, "scale", f"Prompt tuning vs model tuning across model sizes: {td.spec.name}",
-                  ["model", "parameters", "prompt tuning", "model tuning", "gap"], rows, {"task": td.spec.name, "results": records},
-                  command, notes)
+                  ["model", "parameters", "prompt tuning", "model tuning", "gap"], rows,
+                  {"task": td.spec.name, "results": records}, command, notes)
     return {"task": td.spec.name, "results": records}

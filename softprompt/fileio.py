@@ -19,7 +19,9 @@ def write_temp(path: Path, data: bytes) -> Path:
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Writes a file completely or not at all: a unique temp file in the same folder, then rename."""
+    """Writes a file completely or not at all.
+
+    The data goes to a unique temp file in the same folder, which is then renamed onto `path`."""
     tmp = write_temp(Path(path), data)
     try:
         os.replace(tmp, path)

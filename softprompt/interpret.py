@@ -31,7 +31,8 @@ def _neighbours(lm: FrozenLM, vectors: torch.Tensor, k: int) -> tuple[torch.Tens
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     ids, vocab = _vocabulary(lm)
-    cosine = torch.nn.functional.normalize(vectors.detach().float().cpu(), dim=1) @ vocab.T  # [P, V']
+    unit = torch.nn.functional.normalize(vectors.detach().float().cpu(), dim=1)  # [P, E]
+    cosine = unit @ vocab.T  # [P, V']
     sims, idx = cosine.topk(min(k, len(ids)), dim=1)
     return sims, ids[idx]
 
@@ -39,8 +40,13 @@ def _neighbours(lm: FrozenLM, vectors: torch.Tensor, k: int) -> tuple[torch.Tens
 def nearest_tokens(lm: FrozenLM, prompt: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
     """For each of the P prompt vectors, its k nearest tokens as (text, cosine), nearest first."""
     sims, ids = _neighbours(lm, prompt, k)
-    return [[(lm.decode([t]), round(float(s), 4)) for t, s in zip(row_ids.tolist(), row_sims, strict=True)]
-            for row_ids, row_sims in zip(ids, sims, strict=True)]
+    return [
+        [
+            (lm.decode([t]), round(float(s), 4))
+            for t, s in zip(row_ids.tolist(), row_sims, strict=True)
+        ]
+        for row_ids, row_sims in zip(ids, sims, strict=True)
+    ]
 
 
 def label_token_ids(lm: FrozenLM, label_words: Sequence[str]) -> dict[str, set[int]]:
@@ -67,7 +73,12 @@ def _stats(lm: FrozenLM, vectors: torch.Tensor, labels: dict[str, set[int]], k: 
 
 
 def interpret_report(
-    lm: FrozenLM, prompt: torch.Tensor, label_words: Sequence[str], k: int = 5, seed: int = 0, controls: int = 5
+    lm: FrozenLM,
+    prompt: torch.Tensor,
+    label_words: Sequence[str],
+    k: int = 5,
+    seed: int = 0,
+    controls: int = 5,
 ) -> dict:
     """Nearest tokens of every prompt vector, label persistence, and a random-vector control.
 
@@ -79,11 +90,24 @@ def interpret_report(
     labels = label_token_ids(lm, label_words)
     real = _stats(lm, prompt, labels, k)
     generator = torch.Generator().manual_seed(seed)
-    runs = [_stats(lm, torch.randn(prompt.shape, generator=generator), labels, k) for _ in range(controls)]
+    runs = [
+        _stats(lm, torch.randn(prompt.shape, generator=generator), labels, k)
+        for _ in range(controls)
+    ]
     positions = []
     for p in range(prompt.shape[0]):
-        neighbours = [[lm.decode([t]), round(float(s), 4)] for t, s in zip(real["ids"][p].tolist(), real["sims"][p], strict=True)]
-        positions.append({"index": p, "norm": round(float(prompt[p].float().norm()), 4), "neighbours": neighbours, "labels": real["hits"][p]})
+        neighbours = [
+            [lm.decode([t]), round(float(s), 4)]
+            for t, s in zip(real["ids"][p].tolist(), real["sims"][p], strict=True)
+        ]
+        positions.append(
+            {
+                "index": p,
+                "norm": round(float(prompt[p].float().norm()), 4),
+                "neighbours": neighbours,
+                "labels": real["hits"][p],
+            }
+        )
     return {
         "model": lm.name,
         "k": k,
@@ -103,7 +127,11 @@ def interpret_report(
 
 def render_text(report: dict) -> str:
     """A plain-text report: one line per prompt vector, then the label and control summary."""
-    lines = [f"Prompt of {report['prompt_length']} vectors on {report['model']}; {report['k']} nearest tokens by cosine", ""]
+    lines = [
+        f"Prompt of {report['prompt_length']} vectors on {report['model']}; "
+        f"{report['k']} nearest tokens by cosine",
+        "",
+    ]
     for pos in report["positions"]:
         tokens = ", ".join(f"{tok!r} {sim:.3f}" for tok, sim in pos["neighbours"])
         mark = f"  <- label {'/'.join(pos['labels'])}" if pos["labels"] else ""
@@ -112,9 +140,11 @@ def render_text(report: dict) -> str:
     lines += [
         "",
         f"label words: {', '.join(report['label_words'])}",
-        f"positions with a label among the neighbours: {report['positions_with_label']}/{report['prompt_length']}"
+        "positions with a label among the neighbours: "
+        f"{report['positions_with_label']}/{report['prompt_length']}"
         f" (rate {report['label_rate']:.3f}; random control {control['label_rate']:.3f})",
-        f"mean top-1 cosine: {report['mean_top1_cosine']:.3f} (random control {control['mean_top1_cosine']:.3f})",
+        f"mean top-1 cosine: {report['mean_top1_cosine']:.3f} "
+        f"(random control {control['mean_top1_cosine']:.3f})",
         f"control: {control['kind']}",
     ]
     return "\n".join(lines) + "\n"
@@ -125,18 +155,29 @@ def render_html(report: dict) -> str:
     esc = html.escape
     rows = []
     for pos in report["positions"]:
-        cells = "".join(f"<td><code>{esc(repr(tok))}</code> {sim:.3f}</td>" for tok, sim in pos["neighbours"])
+        cells = "".join(
+            f"<td><code>{esc(repr(tok))}</code> {sim:.3f}</td>" for tok, sim in pos["neighbours"]
+        )
         style = ' style="background:#ffe9a8"' if pos["labels"] else ""
-        rows.append(f"<tr{style}><td>{pos['index']}</td><td>{pos['norm']:.2f}</td>{cells}<td>{esc(', '.join(pos['labels']))}</td></tr>")
+        labels = esc(", ".join(pos["labels"]))
+        rows.append(
+            f"<tr{style}><td>{pos['index']}</td><td>{pos['norm']:.2f}</td>{cells}"
+            f"<td>{labels}</td></tr>"
+        )
     control = report["control"]
     head = "".join(f"<th>#{i + 1}</th>" for i in range(report["k"]))
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>prompt interpretation</title></head><body>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>prompt interpretation</title></head><body>"
         f"<h1>Prompt of {report['prompt_length']} vectors on {esc(report['model'])}</h1>"
-        f"<p>Label words: {esc(', '.join(report['label_words']))}. Positions with a label among the {report['k']} nearest tokens: "
-        f"{report['positions_with_label']}/{report['prompt_length']} (rate {report['label_rate']:.3f}; random control "
-        f"{control['label_rate']:.3f}). Mean top-1 cosine {report['mean_top1_cosine']:.3f} (random control "
+        f"<p>Label words: {esc(', '.join(report['label_words']))}. "
+        f"Positions with a label among the {report['k']} nearest tokens: "
+        f"{report['positions_with_label']}/{report['prompt_length']} "
+        f"(rate {report['label_rate']:.3f}; random control "
+        f"{control['label_rate']:.3f}). "
+        f"Mean top-1 cosine {report['mean_top1_cosine']:.3f} (random control "
         f"{control['mean_top1_cosine']:.3f}). Control: {esc(control['kind'])}.</p>"
-        f"<table border='1' cellpadding='3'><tr><th>position</th><th>norm</th>{head}<th>labels</th></tr>{''.join(rows)}</table>"
+        "<table border='1' cellpadding='3'><tr><th>position</th><th>norm</th>"
+        f"{head}<th>labels</th></tr>{''.join(rows)}</table>"
         "</body></html>\n"
     )

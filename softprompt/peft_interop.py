@@ -32,8 +32,9 @@ def check_layout(lm: FrozenLM) -> None:
     """Raises unless PEFT would place a prompt exactly where FrozenLM does."""
     if lm.lead_ids:
         raise InvalidArtifactError(
-            f"{lm.name}: its tokenizer adds BOS, so softprompt feeds [BOS; prompt; input] while PEFT prompt tuning feeds "
-            f"[prompt; BOS; input]; a prompt trained for one layout does not transfer to the other, so it is not converted"
+            f"{lm.name}: its tokenizer adds BOS, so softprompt feeds [BOS; prompt; input] while "
+            "PEFT prompt tuning feeds [prompt; BOS; input]; a prompt trained for one layout does "
+            "not transfer to the other, so it is not converted"
         )
 
 
@@ -41,72 +42,124 @@ def _task_type(lm: FrozenLM) -> str:
     return "SEQ_2_SEQ_LM" if lm.is_encoder_decoder else "CAUSAL_LM"
 
 
-def write_adapter(prompt: torch.Tensor, out_dir: str | Path, lm: FrozenLM, base_model_name_or_path: str | None = None,
-                  metadata: dict[str, str] | None = None) -> Path:
+def write_adapter(
+    prompt: torch.Tensor,
+    out_dir: str | Path,
+    lm: FrozenLM,
+    base_model_name_or_path: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Writes `prompt` [P, E] as a PEFT prompt-tuning adapter for `lm`; returns the folder."""
     from peft import PromptTuningConfig
 
     check_layout(lm)
     if prompt.dim() != 2 or prompt.shape[1] != lm.dim:
-        raise InvalidArtifactError(f"prompt of shape {list(prompt.shape)} does not fit {lm.name} (width {lm.dim})")
+        raise InvalidArtifactError(
+            f"prompt of shape {list(prompt.shape)} does not fit {lm.name} (width {lm.dim})"
+        )
     out = Path(out_dir)
     config = PromptTuningConfig(
-        task_type=_task_type(lm), num_virtual_tokens=int(prompt.shape[0]), token_dim=lm.dim,
-        num_transformer_submodules=1,  # prompt tuning reads only the first P rows, even for encoder-decoders
-        base_model_name_or_path=base_model_name_or_path or lm.name, inference_mode=True,
+        task_type=_task_type(lm),
+        num_virtual_tokens=int(prompt.shape[0]),
+        token_dim=lm.dim,
+        # Prompt tuning reads only the first P rows, even for encoder-decoders.
+        num_transformer_submodules=1,
+        base_model_name_or_path=base_model_name_or_path or lm.name,
+        inference_mode=True,
     )
     config.save_pretrained(str(out))
-    save_file({WEIGHTS_KEY: prompt.detach().cpu().contiguous()}, str(out / WEIGHTS_FILE), metadata={"format": "pt", **(metadata or {})})
+    save_file(
+        {WEIGHTS_KEY: prompt.detach().cpu().contiguous()},
+        str(out / WEIGHTS_FILE),
+        metadata={"format": "pt", **(metadata or {})},
+    )
     return out
 
 
-def read_adapter(adapter_dir: str | Path, lm: FrozenLM) -> tuple[torch.Tensor, dict, dict[str, str]]:
-    """Reads a PEFT prompt-tuning adapter for `lm`: (prompt [P, E], adapter config, safetensors metadata)."""
+def read_adapter(
+    adapter_dir: str | Path, lm: FrozenLM
+) -> tuple[torch.Tensor, dict, dict[str, str]]:
+    """Reads a PEFT prompt-tuning adapter for `lm`.
+
+    Returns (prompt [P, E], adapter config, safetensors metadata)."""
     from safetensors import safe_open
 
     root = Path(adapter_dir)
     config_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise InvalidArtifactError(f"{path}: not found; a PEFT adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise InvalidArtifactError(
+                f"{path}: not found; a PEFT adapter folder holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
-        raise InvalidArtifactError(f"{config_path}:{err.lineno}: malformed JSON ({err.msg})") from err
+        raise InvalidArtifactError(
+            f"{config_path}:{err.lineno}: malformed JSON ({err.msg})"
+        ) from err
     if not isinstance(config, dict) or config.get("peft_type") != "PROMPT_TUNING":
-        raise InvalidArtifactError(f"{config_path}: field 'peft_type' is {config.get('peft_type') if isinstance(config, dict) else None!r}, "
-                                   "only PROMPT_TUNING adapters can be imported")
+        peft_type = config.get("peft_type") if isinstance(config, dict) else None
+        raise InvalidArtifactError(
+            f"{config_path}: field 'peft_type' is {peft_type!r}, "
+            "only PROMPT_TUNING adapters can be imported"
+        )
     if config.get("task_type") != _task_type(lm):
-        raise InvalidArtifactError(f"{config_path}: field 'task_type' is {config.get('task_type')!r} but {lm.name} needs {_task_type(lm)!r}")
+        raise InvalidArtifactError(
+            f"{config_path}: field 'task_type' is {config.get('task_type')!r} "
+            f"but {lm.name} needs {_task_type(lm)!r}"
+        )
     check_layout(lm)
     n = config.get("num_virtual_tokens")
     subs = config.get("num_transformer_submodules") or 1
     if not isinstance(n, int) or n < 1:
-        raise InvalidArtifactError(f"{config_path}: field 'num_virtual_tokens' must be a positive integer, got {n!r}")
+        raise InvalidArtifactError(
+            f"{config_path}: field 'num_virtual_tokens' must be a positive integer, got {n!r}"
+        )
     if config.get("token_dim") not in (None, lm.dim):
-        raise InvalidArtifactError(f"{config_path}: field 'token_dim' is {config['token_dim']}, {lm.name} has width {lm.dim}")
+        raise InvalidArtifactError(
+            f"{config_path}: field 'token_dim' is {config['token_dim']}, "
+            f"{lm.name} has width {lm.dim}"
+        )
     tensors = load_file(str(weights_path))
     if WEIGHTS_KEY not in tensors:
-        raise InvalidArtifactError(f"{weights_path}: no tensor {WEIGHTS_KEY!r} (found {sorted(tensors)})")
+        raise InvalidArtifactError(
+            f"{weights_path}: no tensor {WEIGHTS_KEY!r} (found {sorted(tensors)})"
+        )
     weights = tensors[WEIGHTS_KEY]
     if list(weights.shape) != [n * subs, lm.dim]:
-        raise InvalidArtifactError(f"{weights_path}: {WEIGHTS_KEY} has shape {list(weights.shape)}, expected [{n * subs}, {lm.dim}]")
+        raise InvalidArtifactError(
+            f"{weights_path}: {WEIGHTS_KEY} has shape {list(weights.shape)}, "
+            f"expected [{n * subs}, {lm.dim}]"
+        )
     with safe_open(str(weights_path), "pt") as f:
         metadata = f.metadata() or {}
-    return weights[:n].contiguous(), config, metadata  # the first P rows: what PEFT prompt tuning prepends
+    # The first P rows are what PEFT prompt tuning prepends.
+    return weights[:n].contiguous(), config, metadata
 
 
-def export_peft(registry: Registry, task: str, ref: int | str, out_dir: str | Path, lm: FrozenLM) -> tuple[Path, Manifest]:
+def export_peft(
+    registry: Registry, task: str, ref: int | str, out_dir: str | Path, lm: FrozenLM
+) -> tuple[Path, Manifest]:
     """Pulls a registered prompt (verified against `lm`'s fingerprint) and writes it as a PEFT
     adapter that `PeftModel.from_pretrained(base_model, out_dir)` loads."""
     check_layout(lm)
     prompt, m = registry.pull(task, ref, expected_fingerprint=lm.fingerprint)
-    meta = {"softprompt.task": m.task, "softprompt.version": str(m.version), "softprompt.blob_sha256": m.blob_sha256,
-            "softprompt.base_model_fingerprint": m.base_model_fingerprint}
+    meta = {
+        "softprompt.task": m.task,
+        "softprompt.version": str(m.version),
+        "softprompt.blob_sha256": m.blob_sha256,
+        "softprompt.base_model_fingerprint": m.base_model_fingerprint,
+    }
     return write_adapter(prompt, out_dir, lm, m.base_model, meta), m
 
 
-def import_peft(registry: Registry, task: str, adapter_dir: str | Path, lm: FrozenLM, lineage: dict | None = None) -> Manifest:
+def import_peft(
+    registry: Registry,
+    task: str,
+    adapter_dir: str | Path,
+    lm: FrozenLM,
+    lineage: dict | None = None,
+) -> Manifest:
     """Publishes a PEFT prompt-tuning adapter trained on `lm` as the task's next version.
 
     PEFT adapters carry no model fingerprint, so the caller vouches that `lm` is the base model
@@ -116,14 +169,25 @@ def import_peft(registry: Registry, task: str, adapter_dir: str | Path, lm: Froz
     prompt, config, metadata = read_adapter(adapter_dir, lm)
     recorded = metadata.get("softprompt.base_model_fingerprint")
     if recorded and recorded != lm.fingerprint:
-        raise InvalidArtifactError(f"{adapter_dir}: adapter was exported for base model fingerprint {recorded}, not {lm.name}'s {lm.fingerprint}")
+        raise InvalidArtifactError(
+            f"{adapter_dir}: adapter was exported for base model fingerprint {recorded}, "
+            f"not {lm.name}'s {lm.fingerprint}"
+        )
     init = config.get("prompt_tuning_init")
     derived = {
         "base_model": lm.name,
         "base_model_fingerprint": lm.fingerprint,
         "init": f"peft:{str(init).lower()}" if init else None,
         "objective": "peft_prompt_tuning",
-        "hyperparameters": {k: config.get(k) for k in ("peft_version", "base_model_name_or_path", "num_virtual_tokens",
-                                                       "prompt_tuning_init_text") if config.get(k) is not None},
+        "hyperparameters": {
+            k: config.get(k)
+            for k in (
+                "peft_version",
+                "base_model_name_or_path",
+                "num_virtual_tokens",
+                "prompt_tuning_init_text",
+            )
+            if config.get(k) is not None
+        },
     }
     return registry.publish(task, prompt.float(), {**derived, **(lineage or {})})

@@ -28,12 +28,28 @@ Embed = Callable[[torch.Tensor], torch.Tensor]  # token ids [N] -> embeddings [N
 class PromptConfig:
     """How a soft prompt is shaped and initialized (Lester et al. 2021, section 3)."""
 
-    length: int = field(default=20, metadata={"help": "P, the number of prompt vectors (paper: 1, 5, 20, 100, 150)."})
-    init: str = field(default="class_label", metadata={"help": f"One of {INITS}."})
-    uniform_range: float = field(default=0.5, metadata={"help": "random_uniform draws from [-r, r] (paper: 0.5)."})
-    vocab_top_k: int = field(default=5000, metadata={"help": "sampled_vocab draws from the k most common tokens."})
-    init_text: str | None = field(default=None, metadata={"help": "Text whose token embeddings fill the prompt (init=text)."})
-    init_file: str | None = field(default=None, metadata={"help": "safetensors file holding a [P, E] prompt (init=file)."})
+    length: int = field(
+        default=20,
+        metadata={
+            "help": "P, the number of prompt vectors (paper: 1, 5, 20, 100, 150).",
+            "flag": "--prompt-length",
+        },
+    )
+    init: str = field(
+        default="class_label", metadata={"help": "Prompt initialization.", "choices": INITS}
+    )
+    uniform_range: float = field(
+        default=0.5, metadata={"help": "random_uniform draws from [-r, r] (paper: 0.5)."}
+    )
+    vocab_top_k: int = field(
+        default=5000, metadata={"help": "sampled_vocab draws from the k most common tokens."}
+    )
+    init_text: str | None = field(
+        default=None, metadata={"help": "Text whose token embeddings fill the prompt (init=text)."}
+    )
+    init_file: str | None = field(
+        default=None, metadata={"help": "safetensors file holding a [P, E] prompt (init=file)."}
+    )
 
     def __post_init__(self) -> None:
         if self.length < 1:
@@ -61,18 +77,25 @@ def prompt_config_from_item(item: dict, length: int) -> PromptConfig:
     "init_text"}; the seed is the run's, read by the caller). Unknown keys are refused."""
     unknown = sorted(set(item) - set(ITEM_KEYS))
     if unknown:
-        raise ValueError(f"prompt_configs item {item}: unknown keys {unknown}; "
-                         f"use {', '.join(ITEM_KEYS)}")
-    return PromptConfig(length=length, init=str(item.get("init", "class_label")),
-                        init_text=item.get("init_text"))
+        raise ValueError(
+            f"prompt_configs item {item}: unknown keys {unknown}; use {', '.join(ITEM_KEYS)}"
+        )
+    return PromptConfig(
+        length=length, init=str(item.get("init", "class_label")), init_text=item.get("init_text")
+    )
 
 
-def random_uniform(length: int, dim: int, generator: torch.Generator, half_range: float = 0.5) -> torch.Tensor:
-    """[P, E] drawn from U[-r, r]. (The official code's default draws from [0, r); the paper says [-r, r].)"""
+def random_uniform(
+    length: int, dim: int, generator: torch.Generator, half_range: float = 0.5
+) -> torch.Tensor:
+    """[P, E] drawn from U[-r, r]. (The official code's default draws from [0, r); the paper
+    says [-r, r].)"""
     return (torch.rand(length, dim, generator=generator) * 2 - 1) * half_range
 
 
-def sampled_vocab(length: int, common_ids: Sequence[int], embed: Embed, generator: torch.Generator) -> torch.Tensor:
+def sampled_vocab(
+    length: int, common_ids: Sequence[int], embed: Embed, generator: torch.Generator
+) -> torch.Tensor:
     """[P, E] embeddings of `length` tokens drawn without replacement from `common_ids`.
 
     With fewer common ids than positions, draws repeat (the pool is cycled in a fresh
@@ -95,14 +118,16 @@ def class_label(
     embed: Embed,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """[P, E]: position i < L holds label i's sub-token embeddings averaged; the rest are sampled vocab.
+    """[P, E]: position i < L holds label i's sub-token embeddings averaged; the rest are
+    sampled vocab.
 
     More labels than positions is an error: dropping labels silently would bias the prompt.
     """
     if len(label_token_ids) > length:
         raise ValueError(
-            f"class_label init needs at least one prompt position per label: {len(label_token_ids)} labels "
-            f"but prompt length {length}; use a longer prompt or init=sampled_vocab"
+            "class_label init needs at least one prompt position per label: "
+            f"{len(label_token_ids)} labels but prompt length {length}; use a longer prompt or "
+            "init=sampled_vocab"
         )
     rows = []
     for ids in label_token_ids:
@@ -137,11 +162,16 @@ def load_prompt(path: str | Path, expected_shape: tuple[int, int] | None = None)
     if prompt.dim() != 2:
         raise ValueError(f"{path}: prompt must be [P, E], got shape {list(prompt.shape)}")
     if expected_shape is not None and tuple(prompt.shape) != tuple(expected_shape):
-        raise ValueError(f"{path}: prompt shape {list(prompt.shape)} does not match expected {list(expected_shape)}")
+        raise ValueError(
+            f"{path}: prompt shape {list(prompt.shape)} does not match expected "
+            f"{list(expected_shape)}"
+        )
     return prompt.float()
 
 
-def save_prompt(prompt: torch.Tensor, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_prompt(
+    prompt: torch.Tensor, path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Writes a [P, E] prompt as safetensors, atomically (temp file then rename)."""
     tensors = {PROMPT_KEY: prompt.detach().float().contiguous().cpu()}
     atomic_write(path, save(tensors, metadata=metadata))
@@ -171,7 +201,9 @@ def initialize(
         if not label_words:
             raise ValueError("class_label init needs the task's label words")
         label_ids = [tokenize(word) for word in label_words]
-        return class_label(length, label_ids, list(common_ids)[: config.vocab_top_k], embed, generator)
+        return class_label(
+            length, label_ids, list(common_ids)[: config.vocab_top_k], embed, generator
+        )
     if config.init == "text":
         return from_text(length, tokenize(config.init_text or ""), embed)
     return load_prompt(config.init_file or "", expected_shape=(length, dim))

@@ -30,7 +30,7 @@ def read_metrics_log(path: str | Path) -> list[dict]:
 
     Raises FileNotFoundError for a missing file and ValueError naming the file and line for a
     line that is not a JSON object."""
-    from softprompt.tasks import read_jsonl
+    from softprompt.task_data import read_jsonl
 
     path = Path(path)
     if not path.is_file():

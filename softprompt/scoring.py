@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.model import Batch, FrozenLM
-from softprompt.tasks import Example, TaskSpec, compute_metrics
+from softprompt.task_metrics import compute_metrics
+from softprompt.tasks import Example, TaskSpec
 
 
 @dataclass
@@ -42,7 +43,11 @@ def _length_sorted_batches(inputs: Sequence[Sequence[int]], batch_size: int) -> 
 
 
 def label_scores(
-    lm: FrozenLM, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], label_words: Sequence[str], batch_size: int = 32
+    lm: FrozenLM,
+    prompts: torch.Tensor,
+    inputs: Sequence[Sequence[int]],
+    label_words: Sequence[str],
+    batch_size: int = 32,
 ) -> torch.Tensor:
     """[B, L] summed log-likelihood of each label word (with EOS) after each input.
 
@@ -54,23 +59,41 @@ def label_scores(
     prompts = lm.expand_prompts(prompts, len(inputs))
     for idx in _length_sorted_batches(inputs, batch_size):
         batch_prompts = prompts[idx] if per_example else prompts[0]
-        scores[idx] = lm.score_choices(batch_prompts, [inputs[i] for i in idx], choices).float().cpu()
+        scores[idx] = (
+            lm.score_choices(batch_prompts, [inputs[i] for i in idx], choices).float().cpu()
+        )
     return scores
 
 
-def rank_classify(lm: FrozenLM, prompt: torch.Tensor, encoded: Encoded, label_words: Sequence[str], batch_size: int = 32) -> list[str]:
+def rank_classify(
+    lm: FrozenLM,
+    prompt: torch.Tensor,
+    encoded: Encoded,
+    label_words: Sequence[str],
+    batch_size: int = 32,
+) -> list[str]:
     scores = label_scores(lm, prompt, encoded.inputs, label_words, batch_size)
     return [label_words[i] for i in scores.argmax(1).tolist()]
 
 
-def generate_labels(lm: FrozenLM, prompt: torch.Tensor, encoded: Encoded, batch_size: int = 32, max_new_tokens: int = 8) -> list[str]:
+def generate_labels(
+    lm: FrozenLM,
+    prompt: torch.Tensor,
+    encoded: Encoded,
+    batch_size: int = 32,
+    max_new_tokens: int = 8,
+) -> list[str]:
     """Greedy outputs as text (stripped); may be anything, not just a label."""
     out: list[str] = [""] * len(encoded.inputs)
     per_example = prompt.dim() == 3
     prompt = lm.expand_prompts(prompt, len(encoded.inputs))
     for idx in _length_sorted_batches(encoded.inputs, batch_size):
         batch_prompt = prompt[idx] if per_example else prompt[0]
-        for i, ids in zip(idx, lm.generate(batch_prompt, [encoded.inputs[i] for i in idx], max_new_tokens), strict=True):
+        for i, ids in zip(
+            idx,
+            lm.generate(batch_prompt, [encoded.inputs[i] for i in idx], max_new_tokens),
+            strict=True,
+        ):
             out[i] = lm.decode(ids).strip()
     return out
 
@@ -99,7 +122,9 @@ def evaluate(
     return metrics
 
 
-def lm_loss(lm: FrozenLM, prompts: torch.Tensor, batch: Batch, normalizer: int | None = None) -> torch.Tensor:
+def lm_loss(
+    lm: FrozenLM, prompts: torch.Tensor, batch: Batch, normalizer: int | None = None
+) -> torch.Tensor:
     """Negative log-likelihood of the target tokens, summed and divided by `normalizer` (default:
     this batch's target-token count, i.e. the mean): the prompt-tuning objective."""
     logprobs, _ = lm.target_logprobs(prompts, batch)
@@ -107,7 +132,10 @@ def lm_loss(lm: FrozenLM, prompts: torch.Tensor, batch: Batch, normalizer: int |
 
 
 def mixed_label_scores(
-    lm: FrozenLM, prompts: Sequence[torch.Tensor], inputs: Sequence[Sequence[int]], label_words: Sequence[Sequence[str]],
+    lm: FrozenLM,
+    prompts: Sequence[torch.Tensor],
+    inputs: Sequence[Sequence[int]],
+    label_words: Sequence[Sequence[str]],
     by_prompt: bool | None = None,
 ) -> list[torch.Tensor]:
     """Scores rows of any tasks together: row i is input i after its own prompt i [P_i, E],
@@ -129,8 +157,12 @@ def mixed_label_scores(
     for idx in groups.values():
         union = list(dict.fromkeys(w for i in idx for w in label_words[i]))
         column = {w: j for j, w in enumerate(union)}
-        group_prompts = prompts[idx[0]] if by_prompt else torch.stack([prompts[i] for i in idx])  # [P, E] or [B, P, E]
-        scores = label_scores(lm, group_prompts, [inputs[i] for i in idx], union, batch_size=len(idx))  # [B, U]
+        group_prompts = (
+            prompts[idx[0]] if by_prompt else torch.stack([prompts[i] for i in idx])
+        )  # [P, E] or [B, P, E]
+        scores = label_scores(
+            lm, group_prompts, [inputs[i] for i in idx], union, batch_size=len(idx)
+        )  # [B, U]
         for row, i in enumerate(idx):
             out[i] = scores[row, [column[w] for w in label_words[i]]]
     return out  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 - `tiny_causal_dir`: a 2-layer Llama with a byte-level BPE tokenizer trained here.
 - `tiny_t5_dir`: a 2-layer T5 with a sentencepiece model trained here (no T5 tokenizer exists
   offline).
+- `lm`: both tiny models in turn; `reviews(lm)`: three short inputs encoded for `lm`.
 - `toy_task`: a sentiment task whose label is decided by one word, in a data folder and a tasks
   folder of its own, so prompt tuning can visibly learn it in a few steps.
 """
@@ -21,7 +22,20 @@ pytest_plugins = ["s3server", "kfp_api_server"]
 
 POSITIVE = ["great", "wonderful", "superb", "lovely", "brilliant"]
 NEGATIVE = ["awful", "terrible", "dreadful", "boring", "horrible"]
-FILLER = ["the", "movie", "was", "plot", "acting", "really", "quite", "and", "a", "story", "film", "cast"]
+FILLER = [
+    "the",
+    "movie",
+    "was",
+    "plot",
+    "acting",
+    "really",
+    "quite",
+    "and",
+    "a",
+    "story",
+    "film",
+    "cast",
+]
 
 
 def _toy_rows(n: int, seed: int) -> list[dict]:
@@ -38,8 +52,12 @@ def _toy_rows(n: int, seed: int) -> list[dict]:
 
 def corpus() -> list[str]:
     lines = [r["sentence"] for r in _toy_rows(400, 99)]
-    lines += ["Review: positive negative Sentiment: yes no entailment contradiction neutral first second"] * 20
-    lines += ["The quick brown fox jumps over the lazy dog. Premise Hypothesis Question Answer Passage"] * 20
+    lines += [
+        "Review: positive negative Sentiment: yes no entailment contradiction neutral first second"
+    ] * 20
+    lines += [
+        "The quick brown fox jumps over the lazy dog. Premise Hypothesis Question Answer Passage"
+    ] * 20
     return lines
 
 
@@ -53,16 +71,29 @@ def tiny_causal_dir(tmp_path_factory) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(out)
     return out
@@ -77,8 +108,16 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
     text = out / "corpus.txt"
     text.write_text("\n".join(corpus()))
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(out / "spiece"), vocab_size=150, model_type="unigram", hard_vocab_limit=False,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        input=str(text),
+        model_prefix=str(out / "spiece"),
+        vocab_size=150,
+        model_type="unigram",
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
     )
     # T5Tokenizer.from_pretrained(folder) would parse spiece.model with protobuf >= 7, which kfp's
     # pin (< 7) rules out; the trained model's pieces and scores build the same tokenizer.
@@ -90,9 +129,19 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, feed_forward_proj="gated-gelu", tie_word_embeddings=False, initializer_factor=3.0,
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        initializer_factor=3.0,
     )
     T5ForConditionalGeneration(config).save_pretrained(out)
     return out
@@ -110,6 +159,24 @@ def tiny_t5(tiny_t5_dir):
     from softprompt.model import load_frozen_lm
 
     return load_frozen_lm(str(tiny_t5_dir))
+
+
+REVIEWS = [
+    "Review: the movie was great\nSentiment:",
+    "Review: awful\nSentiment:",
+    "Review: a story and a plot and the cast was really quite boring\nSentiment:",
+]
+
+
+@pytest.fixture(params=["tiny_causal", "tiny_t5"])
+def lm(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture()
+def reviews():
+    """reviews(lm) -> the three REVIEWS encoded as inputs of `lm` (up to 64 tokens each)."""
+    return lambda lm: [lm.encode_input(text, 64)[0] for text in REVIEWS]
 
 
 TOY_SPEC = {

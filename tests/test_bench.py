@@ -33,7 +33,9 @@ def test_summary_and_ratio():
 
 def test_interleaved_rotates_order():
     calls = []
-    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2, warmup=1)
+    times = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2, warmup=1
+    )
     assert calls == ["a", "b", "a", "b", "b", "a"]
     assert [len(v) for v in times.values()] == [2, 2]
 
@@ -53,25 +55,34 @@ def test_flop_counts(tiny_causal):
     cfg = tiny_causal.model.config
     # q, o: E x E; k, v: E x kv_dim; gate, up, down: E x I, per layer.
     kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
-    per_layer = 2 * cfg.hidden_size**2 + 2 * cfg.hidden_size * kv + 3 * cfg.hidden_size * cfg.intermediate_size
+    per_layer = (
+        2 * cfg.hidden_size**2
+        + 2 * cfg.hidden_size * kv
+        + 3 * cfg.hidden_size * cfg.intermediate_size
+    )
     assert shape.body_params == cfg.num_hidden_layers * per_layer
     last_mlp = 3 * cfg.hidden_size * cfg.intermediate_size
     assert shape.last_mlp_params == last_mlp
     f = shape.forward(batch=2, width=10, head_rows=3)  # the last MLP runs on the 3 head rows only
     assert f["linear"] == 2 * (shape.body_params - last_mlp) * 20 + 2 * last_mlp * 3
-    assert shape.forward(batch=2, width=10, head_rows=20)["linear"] == 2 * shape.body_params * 20  # a plain forward
+    assert (
+        shape.forward(batch=2, width=10, head_rows=20)["linear"] == 2 * shape.body_params * 20
+    )  # a plain forward
     step = shape.prompt_step(batch=2, width=10, head_rows=3)
     assert step["linear"] == 2 * f["linear"] and step["attention"] == 3 * f["attention"]
-    # A shared prefix of 4 positions runs once: 2 rows x 6 own positions + 4, the rows attending to all 10 keys.
+    # A shared prefix of 4 positions runs once. That is 2 rows x 6 own positions + 4, the rows
+    # attending to all 10 keys.
     shared = shape.run(batch=2, width=10, head_rows=3, shared_prefix=4)
     assert shared["linear"] == 2 * (shape.body_params - last_mlp) * (2 * 6 + 4) + 2 * last_mlp * 3
     assert shared["attention"] == 4 * shape.attn_dim * shape.layers * (2 * 6 * 10 + 4 * 4)
     assert shape.first_qkv_params == cfg.hidden_size**2 + 2 * cfg.hidden_size * kv
-    # Behind the shared prefix the rows' first-layer q/k/v projections (12 row positions) have no backward.
+    # Behind the shared prefix the rows' first-layer q/k/v projections (12 row positions) have no
+    # backward.
     shared_step = shape.prompt_step(batch=2, width=10, head_rows=3, shared_prefix=4)
     assert shared_step["linear"] == 2 * shared["linear"] - 2 * shape.first_qkv_params * 12
     assert shared_step["total"] < step["total"]
-    # Rows of 3 and 6 own positions packed end to end: 9 positions attending to 4 + 9 keys, no padding.
+    # Rows of 3 and 6 own positions packed end to end make 9 positions attending to 4 + 9 keys,
+    # with no padding.
     packed = shape.run(batch=2, width=10, head_rows=3, shared_prefix=4, packed=[3, 6])
     assert packed["linear"] == 2 * (shape.body_params - last_mlp) * (9 + 4) + 2 * last_mlp * 3
     assert packed["attention"] == 4 * shape.attn_dim * shape.layers * (9 * 13 + 4 * 4)
@@ -88,7 +99,9 @@ def test_rows_first_layer_projections_have_no_backward(tiny_causal):
         lambda module, args, out: needs_grad.append(out.requires_grad))
     prompt = torch.nn.Parameter(torch.randn(4, tiny_causal.dim))
     try:
-        logprobs, _ = tiny_causal.target_logprobs(prompt, Batch([[5, 6, 7], [8, 9, 10]], [[11, 2], [12, 2]]))
+        logprobs, _ = tiny_causal.target_logprobs(
+            prompt, Batch([[5, 6, 7], [8, 9, 10]], [[11, 2], [12, 2]])
+        )
     finally:
         handle.remove()
     assert needs_grad == [True, False]  # the prefix pass, then the rows' pass
@@ -105,14 +118,26 @@ def test_train_vs_peft(quick_args, toy_task, tmp_path):
     pytest.importorskip("peft")
     from bench import train_vs_peft
 
-    train_vs_peft.main(quick_args + ["--task", str(toy_task["spec_path"]), "--data-dir", str(toy_task["data_dir"]), "--input-tokens", "16"])
+    train_vs_peft.main(
+        quick_args
+        + [
+            "--task",
+            str(toy_task["spec_path"]),
+            "--data-dir",
+            str(toy_task["data_dir"]),
+            "--input-tokens",
+            "16",
+        ]
+    )
     rec = _record(tmp_path, "train_vs_peft")
     for shape in ("fixed", "task"):
         r = rec["results"]["shapes"][shape]
         # Same prompt, same batch, same objective: the two first losses agree.
         assert r["first_loss"]["ours"] == pytest.approx(r["first_loss"]["peft"], rel=1e-4)
         assert r["speedup"]["median"] > 0 and r["examples_per_s"]["ours"]["median"] > 0
-        assert r["flops"]["peft"]["median"] > r["flops"]["ours"]["median"]  # PEFT's head runs everywhere
+        assert (
+            r["flops"]["peft"]["median"] > r["flops"]["ours"]["median"]
+        )  # PEFT's head runs everywhere
     assert len(rec["targets"]) == 2
 
 
@@ -128,15 +153,23 @@ def test_utilization(quick_args, tmp_path):
     # own positions plus the [lead; P] prefix once (shared on CPU), less the rows' first-layer
     # q/k/v backward.
     step = r["train_step"]
-    assert step["width"] > 20 + 16 and step["shared_prefix"] >= 20  # prompt + input + target positions
+    assert (
+        step["width"] > 20 + 16 and step["shared_prefix"] >= 20
+    )  # prompt + input + target positions
     kinds = step["time_by_kernel"]  # the profiled step's time, split by kernel
-    assert sum(k["share"] for k in kinds.values()) == pytest.approx(1) and kinds["matmul (linear layers, LM head)"]["seconds"] > 0
+    assert (
+        sum(k["share"] for k in kinds.values()) == pytest.approx(1)
+        and kinds["matmul (linear layers, LM head)"]["seconds"] > 0
+    )
     rows = 8 * (step["width"] - step["shared_prefix"])
     positions = rows + step["shared_prefix"]
     shape = r["model_shape"]
     targets = step["flops"]["head"] // (4 * shape["vocab"] * shape["hidden"])  # head rows
-    assert step["flops"]["linear"] == (4 * (shape["body_params"] - shape["last_mlp_params"]) * positions
-                                       + 4 * shape["last_mlp_params"] * targets - 2 * shape["first_qkv_params"] * rows)
+    assert step["flops"]["linear"] == (
+        4 * (shape["body_params"] - shape["last_mlp_params"]) * positions
+        + 4 * shape["last_mlp_params"] * targets
+        - 2 * shape["first_qkv_params"] * rows
+    )
 
 
 def test_rank_labels(quick_args, tmp_path):
@@ -160,7 +193,19 @@ def test_rank_labels_rejects_too_many_labels(quick_args):
 def test_run_all_passes_options_and_writes_summary(tiny_causal_dir, tmp_path):
     from bench.__main__ import main
 
-    main(["--only", "rank_labels", "--reps", "1", "--quick", "--model", str(tiny_causal_dir), "--out", str(tmp_path)])
+    main(
+        [
+            "--only",
+            "rank_labels",
+            "--reps",
+            "1",
+            "--quick",
+            "--model",
+            str(tiny_causal_dir),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rec = _record(tmp_path, "rank_labels")
     assert rec["config"]["reps"] == 1  # without --reps, --quick would run 2
     assert rec["results"]["cases"]["forward"]["seconds"]["n"] == 1
@@ -182,10 +227,16 @@ def test_mixed_tasks(quick_args, toy_task, tmp_path):
     from bench import mixed_tasks
 
     spec = str(toy_task["spec_path"])
-    mixed_tasks.main(quick_args + ["--tasks", f"{spec},{spec}", "--data-dir", str(toy_task["data_dir"]), "--per-task", "3"])
+    mixed_tasks.main(
+        quick_args
+        + ["--tasks", f"{spec},{spec}", "--data-dir", str(toy_task["data_dir"]), "--per-task", "3"]
+    )
     r = _record(tmp_path, "mixed_tasks")["results"]
     assert r["rows"] == 6 and r["max_abs_score_difference"] < 1e-3
-    assert r["service"]["speedup_vs_per_task"]["median"] > 0 and r["one_batch"]["speedup_vs_per_task"]["median"] > 0
+    assert (
+        r["service"]["speedup_vs_per_task"]["median"] > 0
+        and r["one_batch"]["speedup_vs_per_task"]["median"] > 0
+    )
     assert r["service_groups_by_prompt"]  # CPU: the service batches each prompt's rows together
 
 
@@ -193,7 +244,19 @@ def test_memory(quick_args, tmp_path):
     pytest.importorskip("peft")
     from bench import memory
 
-    memory.main(quick_args + ["--tasks-resident", "1,100", "--requests", "4", "--serve-input-tokens", "8", "--input-tokens", "16"])
+    memory.main(
+        quick_args
+        + [
+            "--tasks-resident",
+            "1,100",
+            "--requests",
+            "4",
+            "--serve-input-tokens",
+            "8",
+            "--input-tokens",
+            "16",
+        ]
+    )
     rec = _record(tmp_path, "memory")
     r = rec["results"]
     for pattern in ("one_task", "spread"):

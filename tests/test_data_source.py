@@ -19,7 +19,8 @@ from softprompt.data_source import (
     read_spec_text,
 )
 from softprompt.data_version import dataset_version
-from softprompt.tasks import TaskDataError, load_prepared, parse_spec
+from softprompt.prepared import load_prepared
+from softprompt.tasks import TaskDataError, parse_spec
 
 
 @pytest.fixture(scope="module")

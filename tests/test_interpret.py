@@ -32,9 +32,16 @@ def test_label_persistence_against_the_random_control(tiny_causal):
     labels = ["negative", "positive"]
     label_ids = label_token_ids(tiny_causal, labels)
     first = [sorted(label_ids[w])[0] for w in labels]
-    prompt = torch.cat([_token_prompt(tiny_causal, first), torch.randn(3, tiny_causal.dim, generator=torch.Generator().manual_seed(1))])
+    prompt = torch.cat(
+        [
+            _token_prompt(tiny_causal, first),
+            torch.randn(3, tiny_causal.dim, generator=torch.Generator().manual_seed(1)),
+        ]
+    )
     report = interpret_report(tiny_causal, prompt, labels, k=3, seed=0)
-    assert report["positions"][0]["labels"] == ["negative"] and report["positions"][1]["labels"] == ["positive"]
+    assert report["positions"][0]["labels"] == ["negative"] and report["positions"][1][
+        "labels"
+    ] == ["positive"]
     assert report["positions_with_label"] >= 2 and report["label_rate"] >= 0.4
     assert report["mean_top1_cosine"] > report["control"]["mean_top1_cosine"]
     assert report["label_rate"] > report["control"]["label_rate"]
@@ -50,12 +57,30 @@ def test_bad_prompt_shape_is_refused(tiny_causal):
         nearest_tokens(tiny_causal, torch.zeros(3, tiny_causal.dim), k=0)
 
 
-def test_interpret_command_writes_text_html_and_json(tiny_causal_dir, tiny_causal, tmp_path, capsys):
+def test_interpret_command_writes_text_html_and_json(
+    tiny_causal_dir, tiny_causal, tmp_path, capsys
+):
     path = tmp_path / "p.safetensors"
     save_prompt(torch.randn(4, tiny_causal.dim), path)
     html_out, json_out = tmp_path / "r" / "report.html", tmp_path / "report.json"
-    rc = main(["interpret", "--prompt", str(path), "--labels", "negative", "positive", "--model", str(tiny_causal_dir),
-               "--k", "2", "--out", str(html_out), "--json", str(json_out)])
+    rc = main(
+        [
+            "interpret",
+            "--prompt",
+            str(path),
+            "--labels",
+            "negative",
+            "positive",
+            "--model",
+            str(tiny_causal_dir),
+            "--k",
+            "2",
+            "--out",
+            str(html_out),
+            "--json",
+            str(json_out),
+        ]
+    )
     assert rc == 0
     assert "Prompt of 4 vectors" in capsys.readouterr().out
     assert "<table" in html_out.read_text()

@@ -1,5 +1,6 @@
 """PEFT interop: a registered prompt exported as a PEFT prompt-tuning adapter predicts what our own
-loader predicts; PEFT adapters import; layouts PEFT would change and foreign base models are refused."""
+loader predicts, PEFT adapters import, and layouts PEFT would change and foreign base models are
+refused."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from softprompt.cli import main
 from softprompt.peft_interop import export_peft, import_peft
 from softprompt.registry import FingerprintMismatchError, InvalidArtifactError, open_registry
 from softprompt.scoring import label_scores
-from softprompt.tasks import load_spec, load_task
+from softprompt.task_data import load_task
+from softprompt.tasks import load_spec
 
 
 def _examples(toy_task, lm, n=16):
@@ -26,8 +28,13 @@ def _published(lm, tmp_path, seed=0):
     # Prompt rows on the scale of real embeddings: random directions, embedding-sized norms.
     g = torch.Generator().manual_seed(seed)
     rows = lm.embedding.weight[torch.randint(lm.vocab_size, (5,), generator=g)].detach()
-    prompt = rows + 0.5 * rows.norm(dim=1, keepdim=True) * torch.randn(5, lm.dim, generator=g) / lm.dim**0.5
-    m = reg.publish("toy", prompt, {"base_model": lm.name, "base_model_fingerprint": lm.fingerprint})
+    prompt = (
+        rows
+        + 0.5 * rows.norm(dim=1, keepdim=True) * torch.randn(5, lm.dim, generator=g) / lm.dim**0.5
+    )
+    m = reg.publish(
+        "toy", prompt, {"base_model": lm.name, "base_model_fingerprint": lm.fingerprint}
+    )
     return reg, prompt, m
 
 
@@ -39,19 +46,26 @@ def _peft_scores(peft_model, lm, inputs, label_words) -> torch.Tensor:
         target = lm.encode_target(word)
         for i, x in enumerate(inputs):
             if lm.is_encoder_decoder:
-                out = peft_model(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long),
-                                 labels=torch.tensor([target]))
+                out = peft_model(
+                    input_ids=torch.tensor([x]),
+                    attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                    labels=torch.tensor([target]),
+                )
                 logprobs = torch.log_softmax(out.logits[0].float(), -1)  # [T_y, V]
                 scores[i, j] = logprobs.gather(1, torch.tensor(target)[:, None]).sum()
             else:
                 ids = torch.tensor([x + target])
-                logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]  # [P + T, V]
+                logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[
+                    0
+                ]  # [P + T, V]
                 logprobs = torch.log_softmax(logits[-len(target) - 1 : -1].float(), -1)
                 scores[i, j] = logprobs.gather(1, torch.tensor(target)[:, None]).sum()
     return scores
 
 
-@pytest.mark.parametrize(("arch", "model_dir"), [("tiny_causal", "tiny_causal_dir"), ("tiny_t5", "tiny_t5_dir")])
+@pytest.mark.parametrize(
+    ("arch", "model_dir"), [("tiny_causal", "tiny_causal_dir"), ("tiny_t5", "tiny_t5_dir")]
+)
 def test_exported_adapter_predicts_our_labels(arch, model_dir, toy_task, tmp_path, request):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -61,10 +75,16 @@ def test_exported_adapter_predicts_our_labels(arch, model_dir, toy_task, tmp_pat
     out, exported = export_peft(reg, "toy", 1, tmp_path / "adapter", lm)
     assert exported == m
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 5 and config["token_dim"] == lm.dim
+    assert (
+        config["peft_type"] == "PROMPT_TUNING"
+        and config["num_virtual_tokens"] == 5
+        and config["token_dim"] == lm.dim
+    )
 
     cls = AutoModelForSeq2SeqLM if lm.is_encoder_decoder else AutoModelForCausalLM
-    peft_model = PeftModel.from_pretrained(cls.from_pretrained(str(path), dtype=torch.float32), str(out)).eval()
+    peft_model = PeftModel.from_pretrained(
+        cls.from_pretrained(str(path), dtype=torch.float32), str(out)
+    ).eval()
     assert torch.equal(peft_model.get_prompt_embedding_to_save("default"), prompt)
 
     spec, inputs = _examples(toy_task, lm)
@@ -73,7 +93,9 @@ def test_exported_adapter_predicts_our_labels(arch, model_dir, toy_task, tmp_pat
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
     assert theirs.argmax(1).tolist() == ours.argmax(1).tolist()
     # The prompt matters (so agreement is not an accident of both ignoring it).
-    assert not torch.allclose(ours, label_scores(lm, torch.zeros(0, lm.dim), inputs, spec.label_words), atol=1e-3)
+    assert not torch.allclose(
+        ours, label_scores(lm, torch.zeros(0, lm.dim), inputs, spec.label_words), atol=1e-3
+    )
 
 
 def test_peft_trained_adapter_imports(tiny_causal, tiny_causal_dir, tmp_path):
@@ -81,19 +103,45 @@ def test_peft_trained_adapter_imports(tiny_causal, tiny_causal_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_causal_dir), dtype=torch.float32)
-    peft_model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6, prompt_tuning_init="SAMPLE_VOCAB"))
+    peft_model = get_peft_model(
+        base,
+        PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6, prompt_tuning_init="SAMPLE_VOCAB"
+        ),
+    )
     peft_model.save_pretrained(str(tmp_path / "adapter"))
     reg = open_registry(tmp_path / "reg")
     m = import_peft(reg, "toy", tmp_path / "adapter", tiny_causal, {"dataset_version": "abc.dir"})
     got, _ = reg.pull("toy", m.version, expected_fingerprint=tiny_causal.fingerprint)
     assert torch.equal(got, peft_model.get_prompt_embedding_to_save("default"))
-    assert (m.prompt_length, m.init, m.objective, m.dataset_version) == (6, "peft:sample_vocab", "peft_prompt_tuning", "abc.dir")
+    assert (m.prompt_length, m.init, m.objective, m.dataset_version) == (
+        6,
+        "peft:sample_vocab",
+        "peft_prompt_tuning",
+        "abc.dir",
+    )
 
     # Round trip through the CLI: export-peft, then import-peft of that export.
     assert main(["export-peft", "--registry", str(tmp_path / "reg"), "--task", "toy", "--ref", "1",
                  "--out", str(tmp_path / "exported"), "--model", str(tiny_causal_dir)]) == 0
-    assert main(["import-peft", "--registry", str(tmp_path / "reg"), "--task", "toy", "--adapter", str(tmp_path / "exported"),
-                 "--model", str(tiny_causal_dir), "--alias", "staging"]) == 0
+    assert (
+        main(
+            [
+                "import-peft",
+                "--registry",
+                str(tmp_path / "reg"),
+                "--task",
+                "toy",
+                "--adapter",
+                str(tmp_path / "exported"),
+                "--model",
+                str(tiny_causal_dir),
+                "--alias",
+                "staging",
+            ]
+        )
+        == 0
+    )
     again, m2 = reg.pull("toy", "staging")
     assert m2.version == 2 and torch.equal(again, got)
 
@@ -101,20 +149,28 @@ def test_peft_trained_adapter_imports(tiny_causal, tiny_causal_dir, tmp_path):
 def test_refusals(tiny_causal, tiny_t5, tmp_path, monkeypatch):
     reg, _, _ = _published(tiny_causal, tmp_path)
     # The prompt was trained on tiny_causal: neither export nor pull put it on another model.
-    with pytest.raises(FingerprintMismatchError, match=f"trained on base model '{tiny_causal.name}'"):
+    with pytest.raises(
+        FingerprintMismatchError, match=f"trained on base model '{tiny_causal.name}'"
+    ):
         export_peft(reg, "toy", 1, tmp_path / "a", tiny_t5)
-    with pytest.raises(FingerprintMismatchError, match="refusing to load it onto a model with fingerprint"):
+    with pytest.raises(
+        FingerprintMismatchError, match="refusing to load it onto a model with fingerprint"
+    ):
         reg.pull("toy", 1, expected_fingerprint=tiny_t5.fingerprint)
     out, _ = export_peft(reg, "toy", 1, tmp_path / "ok", tiny_causal)
     with pytest.raises(InvalidArtifactError, match="task_type' is 'CAUSAL_LM'"):
         import_peft(reg, "t5", out, tiny_t5)
     # A tokenizer that adds BOS: softprompt feeds [BOS; P; X], PEFT [P; BOS; X].
     monkeypatch.setattr(tiny_causal, "lead_ids", [tiny_causal.tokenizer.bos_token_id])
-    with pytest.raises(InvalidArtifactError, match=r"adds BOS.*\[BOS; prompt; input\].*\[prompt; BOS; input\]"):
+    with pytest.raises(
+        InvalidArtifactError, match=r"adds BOS.*\[BOS; prompt; input\].*\[prompt; BOS; input\]"
+    ):
         export_peft(reg, "toy", 1, tmp_path / "b", tiny_causal)
     with pytest.raises(InvalidArtifactError, match="adds BOS"):
         import_peft(reg, "toy", out, tiny_causal)
     monkeypatch.undo()
     (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
-    with pytest.raises(InvalidArtifactError, match="adapter_config.json: field 'peft_type' is 'LORA'"):
+    with pytest.raises(
+        InvalidArtifactError, match="adapter_config.json: field 'peft_type' is 'LORA'"
+    ):
         import_peft(reg, "toy", out, tiny_causal)

@@ -50,12 +50,15 @@ def test_prompt_tuning_spec_requests_gpus_on_the_gpu_pool(compiled):
     for step in MODEL_STEPS:
         container = executors[f"exec-{step}"]["container"]
         accelerator = container["resources"]["accelerator"]
-        assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+        assert accelerator["resourceType"] == "nvidia.com/gpu"
+        assert accelerator["resourceCount"] == "1"
         platform = k8s[f"exec-{step}"]
         assert platform["nodeSelector"]["labels"] == {"softprompt.io/pool": "gpu"}
-        assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+        assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal",
+                                            "value": "present", "effect": "NoSchedule"}]
         assert platform["pvcMount"][0]["mountPath"] == CHECKPOINT_MOUNT
-        assert platform["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == cluster.checkpoint_pvc
+        pvc = platform["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"]
+        assert pvc == cluster.checkpoint_pvc
     for step in ("prepare-data", "register-prompt"):
         assert "accelerator" not in executors[f"exec-{step}"]["container"].get("resources", {})
         assert f"exec-{step}" not in k8s  # CPU steps are not pinned to the GPU pool
@@ -71,9 +74,11 @@ def test_prompt_tuning_spec_retries_caching_and_loop(compiled):
     tasks = _tasks(spec)
     train = tasks["train-prompt"]
     assert train["retryPolicy"]["maxRetryCount"] == 3
-    assert train["retryPolicy"]["backoffDuration"] == "60s" and train["retryPolicy"]["backoffFactor"] == 2.0
+    assert train["retryPolicy"]["backoffDuration"] == "60s"
+    assert train["retryPolicy"]["backoffFactor"] == 2.0
     assert train["cachingOptions"]["enableCache"] is True
-    assert tasks["register-prompt"]["cachingOptions"] == {}  # caching off: the gate must see the live alias
+    # Caching off: the gate must see the live alias.
+    assert tasks["register-prompt"]["cachingOptions"] == {}
     assert "retryPolicy" not in tasks["register-prompt"]
     # A data error (missing revision or object, hash mismatch) fails at once: no retries.
     assert "retryPolicy" not in tasks["prepare-data"]
@@ -81,9 +86,11 @@ def test_prompt_tuning_spec_retries_caching_and_loop(compiled):
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--prompt_configs"
     # The ensemble collects every iteration's run (dsl.Collected).
     runs = tasks["ensemble-prompts"]["inputs"]["artifacts"]["runs"]["taskOutputArtifact"]
-    assert runs == {"producerTask": "for-loop-1", "outputArtifactKey": "pipelinechannel--train-prompt-run"}
+    assert runs == {"producerTask": "for-loop-1",
+                    "outputArtifactKey": "pipelinechannel--train-prompt-run"}
     # The run key is the pipeline run's id, the same across a step's retries.
-    assert tasks["train-prompt"]["inputs"]["parameters"]["run_key"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    run_key = tasks["train-prompt"]["inputs"]["parameters"]["run_key"]
+    assert run_key["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 def test_prompt_tuning_parameter_defaults(compiled):
@@ -91,12 +98,15 @@ def test_prompt_tuning_parameter_defaults(compiled):
     params = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {name: p.get("defaultValue") for name, p in params.items()}
     assert defaults["task"] == "sst2" and defaults["base_model"] == "smollm2-135m"
-    assert defaults["lr"] == 0.3 and defaults["optimizer"] == "adafactor" and defaults["prompt_length"] == 20
+    assert defaults["lr"] == 0.3 and defaults["optimizer"] == "adafactor"
+    assert defaults["prompt_length"] == 20
     assert defaults["max_steps"] == 1000 and defaults["batch_size"] == 32
+    assert defaults["eval_every"] == 50 and defaults["patience"] == 0  # 0: no early stopping
     assert defaults["registry_uri"].startswith("s3://") and defaults["alias"] == "production"
     assert defaults["checkpoint_root"].startswith(CHECKPOINT_MOUNT)
     assert [c["seed"] for c in defaults["prompt_configs"]] == [0, 1, 2]
-    assert params["prompt_configs"]["parameterType"] == "LIST" and params["lr"]["parameterType"] == "NUMBER_DOUBLE"
+    assert params["prompt_configs"]["parameterType"] == "LIST"
+    assert params["lr"]["parameterType"] == "NUMBER_DOUBLE"
     # Every parameter has a default: a run can be launched from the UI as is.
     assert all("defaultValue" in p or p.get("isOptional") for p in params.values())
     assert set(defaults) == set(pipeline_parameters(prompt_tuning_pipeline))
@@ -108,7 +118,8 @@ def test_lm_adaptation_spec(compiled):
     assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert k8s["exec-lm-adapt-model"]["nodeSelector"]["labels"] == {"softprompt.io/pool": "gpu"}
     task = spec["root"]["dag"]["tasks"]["lm-adapt-model"]
-    assert task["retryPolicy"]["maxRetryCount"] == 2 and task["cachingOptions"]["enableCache"] is True
+    assert task["retryPolicy"]["maxRetryCount"] == 2
+    assert task["cachingOptions"]["enableCache"] is True
     params = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {n: p.get("defaultValue") for n, p in params.items()}
     assert defaults["steps"] == 1000 and defaults["export_dir"] == CHECKPOINT_MOUNT + "/base-models"
@@ -120,11 +131,14 @@ def test_lm_adaptation_spec(compiled):
 
 
 def test_compile_command_overrides_cluster_settings(tmp_path, capsys):
-    compile_main(["--out", str(tmp_path), "--accelerator-type", "nvidia.com/mig-1g.10gb", "--accelerator-limit", "2",
-                  "--node-selector", "pool", "a100", "--train-retries", "5"])
-    assert {Path(p).name for p in capsys.readouterr().out.split()} == {"prompt_tuning.yaml", "lm_adaptation.yaml"}
+    compile_main(["--out", str(tmp_path), "--accelerator-type", "nvidia.com/mig-1g.10gb",
+                  "--accelerator-limit", "2", "--node-selector", "pool", "a100",
+                  "--train-retries", "5"])
+    written = {Path(p).name for p in capsys.readouterr().out.split()}
+    assert written == {"prompt_tuning.yaml", "lm_adaptation.yaml"}
     spec, k8s = _load(tmp_path / "prompt_tuning.yaml")
-    accel = spec["deploymentSpec"]["executors"]["exec-train-prompt"]["container"]["resources"]["accelerator"]
+    container = spec["deploymentSpec"]["executors"]["exec-train-prompt"]["container"]
+    accel = container["resources"]["accelerator"]
     assert accel["resourceType"] == "nvidia.com/mig-1g.10gb" and accel["resourceCount"] == "2"
     assert k8s["exec-train-prompt"]["nodeSelector"]["labels"] == {"pool": "a100"}
     assert _tasks(spec)["train-prompt"]["retryPolicy"]["maxRetryCount"] == 5
@@ -152,7 +166,8 @@ def test_kfp_mode_submits_to_the_api_with_token_and_namespace(kfp_api, tmp_path,
     endpoint = KfpEndpoint(kfp_api.url, token_path=str(token_file), namespace="team")
     out = run_prompt_tuning("sst2", {"max_steps": 50}, mode="kfp", kfp_host=endpoint,
                             experiment="nightly", run_name="nightly-sst2")
-    assert out == {"mode": "kfp", "host": kfp_api.url, "run_id": out["run_id"], "status": "SUBMITTED"}
+    assert out == {"mode": "kfp", "host": kfp_api.url, "run_id": out["run_id"],
+                   "status": "SUBMITTED"}
     run = kfp_api.runs[out["run_id"]]
     assert run["service_account"] == "softprompt-pipeline" and run["display_name"] == "nightly-sst2"
     assert run["runtime_config"]["parameters"] == {"max_steps": 50, "task": "sst2"}
@@ -162,10 +177,12 @@ def test_kfp_mode_submits_to_the_api_with_token_and_namespace(kfp_api, tmp_path,
     token_file.write_text("rotated")  # a new token is read for the next call, and refused here
     with pytest.raises(Exception, match="401"):
         run_status(endpoint, out["run_id"])
-    assert "rotated" not in repr(endpoint) and "test-token" not in repr(KfpEndpoint("h", "test-token"))
+    assert "rotated" not in repr(endpoint)
+    assert "test-token" not in repr(KfpEndpoint("h", "test-token"))
 
 
-def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task, tmp_path, monkeypatch):
+def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task, tmp_path,
+                                                      monkeypatch):
     """What a retry sees: the same output path, holding the killed attempt's checkpoint.pt."""
     from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
@@ -173,14 +190,16 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
     from components.steps import prepare_data, train_prompt
     from softprompt.data_version import dataset_version
 
-    train_dev, test_set = Dataset(uri=str(tmp_path / "train_dev")), Dataset(uri=str(tmp_path / "test"))
+    train_dev = Dataset(uri=str(tmp_path / "train_dev"))
+    test_set = Dataset(uri=str(tmp_path / "test"))
     spec = Artifact(uri=str(tmp_path / "spec"))
     prepared = prepare_data.python_func(
         task="toy", task_spec=toy_task["spec_path"].read_text(), data_dir=str(toy_task["data_dir"]),
         data_repo="", data_rev="", data_remote="", data_path="", data_version="",
         max_train_examples=0, max_dev_examples=16, max_test_examples=0, seed=0,
         spec=spec, train_dev=train_dev, test_set=test_set)
-    assert not (tmp_path / "train_dev" / "test.jsonl").exists() and (tmp_path / "test" / "test.jsonl").exists()
+    assert not (tmp_path / "train_dev" / "test.jsonl").exists()
+    assert (tmp_path / "test" / "test.jsonl").exists()
     assert train_dev.metadata["dev_examples"] == 16
     assert prepared.dataset_version == dataset_version(toy_task["data_dir"] / "toy")
     assert prepared.data_source["kind"] == "local"
@@ -190,10 +209,11 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
         run, metrics = Model(uri=str(tmp_path / "run")), Metrics(uri=str(tmp_path / "metrics"))
         train_prompt.python_func(
             task="toy", spec=spec, train_dev=train_dev, base_model=str(tiny_causal_dir),
-            prompt_config={"seed": 1.0, "init": "class_label"}, prompt_length=4, optimizer="adafactor", lr=0.3,
-            batch_size=8, micro_batch_size=4, max_steps=6, max_minutes=0.0, eval_every=2, patience=0,
-            eval_max_examples=0, eval_batch_size=16, max_input_tokens=64, checkpoint_root="", run_key="job", run=run,
-            metrics=metrics, curve=HTML(uri=str(tmp_path / "curve")))
+            prompt_config={"seed": 1.0, "init": "class_label"}, prompt_length=4,
+            optimizer="adafactor", lr=0.3, batch_size=8, micro_batch_size=4, max_steps=6,
+            max_minutes=0.0, eval_every=2, patience=0, eval_max_examples=0, eval_batch_size=16,
+            max_input_tokens=64, checkpoint_root="", run_key="job", run=run, metrics=metrics,
+            curve=HTML(uri=str(tmp_path / "curve")))
         return run
 
     real = train_mod.lm_loss
@@ -210,7 +230,8 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
         attempt()
     monkeypatch.setattr(train_mod, "lm_loss", real)
     run = attempt()
-    assert run.metadata["resumed"] is True and run.metadata["steps"] == 6 and run.metadata["seed"] == 1
+    assert run.metadata["resumed"] is True
+    assert run.metadata["steps"] == 6 and run.metadata["seed"] == 1
     log = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"event": "resume", "step": 2' in log
     assert json.loads((tmp_path / "metrics").read_text())["best_step"] == run.metadata["best_step"]
@@ -226,7 +247,8 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
 
     params = {
         "base_model": str(tiny_causal_dir), "data_dir": str(toy_task["data_dir"]),
-        "prompt_configs": [{"seed": 0, "init": "class_label"}, {"seed": 1, "init": "sampled_vocab"}],
+        "prompt_configs": [{"seed": 0, "init": "class_label"},
+                           {"seed": 1, "init": "sampled_vocab"}],
         "prompt_length": 4, "batch_size": 8, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2,
         "max_input_tokens": 64, "eval_batch_size": 16, "nearest_k": 3,
     }
@@ -243,13 +265,17 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
     assert tuple(prompt.shape) == (4, 32)
     report = Path(first["report"]).read_text()
     assert "nearest tokens" in report and "ensemble (majority vote)" in report
-    assert set(first["metrics"]) >= {"test_ensemble", "test_prompt_0", "test_prompt_1", "dev_selected"}
-    trains = sorted(Path(first["run_dir"]).glob("for-loop-1-iteration-*/train-prompt/run/prompt.safetensors"))
+    assert set(first["metrics"]) >= {"test_ensemble", "test_prompt_0", "test_prompt_1",
+                                     "dev_selected"}
+    pattern = "for-loop-1-iteration-*/train-prompt/run/prompt.safetensors"
+    trains = sorted(Path(first["run_dir"]).glob(pattern))
     assert len(trains) == 2
 
     # The second run goes through the command line (what scripts/demo.sh calls).
     sets = [arg for key, value in params.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    assert runner_main(["prompt-tuning", "--task", task, "--root", str(tmp_path), "--output", str(tmp_path / "out.json"), *sets]) == 0
+    argv = ["prompt-tuning", "--task", task, "--root", str(tmp_path),
+            "--output", str(tmp_path / "out.json"), *sets]
+    assert runner_main(argv) == 0
     second = json.loads((tmp_path / "out.json").read_text())
     printed = describe(second)
     assert f"manifest:  {tmp_path / 'registry'}/prompts/toy/2/manifest.json" in printed
@@ -259,12 +285,14 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
     assert not list(Path(second["run_dir"]).glob("for-loop-1-iteration-*"))
     assert not (Path(second["run_dir"]) / "train-prompt").exists()
     assert second["metrics"] == first["metrics"]
-    # Registered again (always), but the gate keeps production: the same dev score is no improvement.
+    # Registered again (always), but the gate keeps production: the same dev score is no
+    # improvement.
     assert second["version"] == 2 and second["promoted"] is False
     assert reg.manifest("toy", "production").version == 1
     assert second["decision"].startswith("kept production at v1: new v2 dev")
 
-    # The gate, both ways: a better dev score moves production, a gain within min_improvement does not.
+    # The gate, both ways: a better dev score moves production, a gain within min_improvement
+    # does not.
     from kfp.dsl import Artifact, Model
 
     from components.steps import register_prompt
@@ -277,7 +305,8 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
         path.write_text(json.dumps(scores))
         out = register_prompt.python_func(
             task="toy", spec=Artifact(uri=task), ensemble=ensemble, summary=Artifact(uri=str(path)),
-            registry_uri=str(tmp_path / "registry"), alias="production", min_improvement=min_improvement,
+            registry_uri=str(tmp_path / "registry"), alias="production",
+            min_improvement=min_improvement,
             dataset_version="", data_source={}, code_version="test",
             registration=Artifact(uri=str(tmp_path / f"registration-{version}")))
         assert (out.version, out.promoted) == (version, promoted)
@@ -289,11 +318,13 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
 def test_local_lm_adaptation_pipeline(tiny_t5_dir, toy_task, tmp_path):
     from softprompt.model import load_frozen_lm
 
-    out = run_lm_adaptation({"base_model": str(tiny_t5_dir), "corpus": str(toy_task["spec_path"]),
-                             "data_dir": str(toy_task["data_dir"]), "steps": 2, "batch_size": 4, "max_tokens": 32}, root=tmp_path)
+    params = {"base_model": str(tiny_t5_dir), "corpus": str(toy_task["spec_path"]),
+              "data_dir": str(toy_task["data_dir"]), "steps": 2, "batch_size": 4, "max_tokens": 32}
+    out = run_lm_adaptation(params, root=tmp_path)
     assert out["status"] == "SUCCEEDED" and out["model_path"] == out["checkpoint"]
     assert out["metadata"]["objective"] == "prefix_lm" and out["metadata"]["steps"] == 2
-    adapted, base = load_frozen_lm(out["model_path"]).model.state_dict(), load_frozen_lm(str(tiny_t5_dir)).model.state_dict()
+    adapted = load_frozen_lm(out["model_path"]).model.state_dict()
+    base = load_frozen_lm(str(tiny_t5_dir)).model.state_dict()
     assert adapted.keys() == base.keys() and any(not (adapted[k] == base[k]).all() for k in base)
     assert (Path(out["model_path"]) / "lm_adapt.json").is_file()
 

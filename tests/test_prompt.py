@@ -27,7 +27,9 @@ def test_sampled_vocab_draws_from_common_ids_without_replacement():
 
 def test_class_label_averages_subtokens_and_fills_rest():
     table, embed = _embed_table()
-    x = P.class_label(4, [[3], [5, 7]], list(range(20, 30)), embed, torch.Generator().manual_seed(0))
+    x = P.class_label(
+        4, [[3], [5, 7]], list(range(20, 30)), embed, torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(x[0], table[3])
     assert torch.allclose(x[1], (table[5] + table[7]) / 2)
     assert x.shape == (4, 8)
@@ -72,6 +74,8 @@ def test_init_uses_embedding_module_output(tiny_causal):
     lm = tiny_causal
     scale = 7.0
     cfg = P.PromptConfig(length=2, init="text", init_text="great")
-    x = P.initialize(cfg, lm.dim, lambda ids: lm.embed(ids) * scale, lm.common_token_ids(), lm.tokenize)
+    x = P.initialize(
+        cfg, lm.dim, lambda ids: lm.embed(ids) * scale, lm.common_token_ids(), lm.tokenize
+    )
     ids = torch.tensor(lm.tokenize("great") * 2)[:2]
     assert torch.allclose(x, lm.embedding.weight[ids] * scale)

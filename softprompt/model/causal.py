@@ -10,14 +10,13 @@ own pass. bench/ measures each.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from softprompt.model.masks import packed_choices_mask, pad_rows, padding_mask
+from softprompt.model.masks import Rows, packed_choices_mask, pad_rows, padding_mask
 from softprompt.model.packing import run_packed_rows
-from softprompt.model.placement import expand_prompts, prefix_prompt_after_bos
+from softprompt.model.placement import TextLayout, expand_prompts, prefix_prompt_after_bos
 from softprompt.model.prefix_cache import distinct_prompts, prefix_cache
 
 if TYPE_CHECKING:
@@ -45,11 +44,9 @@ class PackedChoices(NamedTuple):
 class CausalLM:
     """Target log-probs, label scores and greedy generation for a decoder-only FrozenLM."""
 
-    # Targets follow the input after a space; the input needs no EOS; the BOS token stays first
-    # where the tokenizer adds one.
-    target_separator = " "
-    input_ends_with_eos = False
-    keeps_bos = True
+    # Targets follow the input after a space, the input needs no EOS, and the BOS token stays
+    # first where the tokenizer adds one.
+    layout = TextLayout(target_separator=" ", input_ends_with_eos=False, keeps_bos=True)
 
     def __init__(self, lm: FrozenLM) -> None:
         self.lm = lm
@@ -63,7 +60,7 @@ class CausalLM:
     def run(
         self,
         prompts: torch.Tensor,
-        rows: Sequence[Sequence[int]],
+        rows: Rows,
         use_cache: bool = False,
         packed: PackedChoices | None = None,
         read: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -164,12 +161,7 @@ class CausalLM:
         return window is None or width <= window
 
     @torch.no_grad()
-    def score_choices(
-        self,
-        prompts: torch.Tensor,
-        inputs: Sequence[Sequence[int]],
-        choices: Sequence[Sequence[int]],
-    ) -> torch.Tensor:
+    def score_choices(self, prompts: torch.Tensor, inputs: Rows, choices: Rows) -> torch.Tensor:
         """Summed log-likelihood of each choice given each input [B, L].
 
         All choices' later tokens are packed after each input in the input's own pass, each
@@ -210,17 +202,13 @@ class CausalLM:
         later = torch.zeros(B, L, device=dev).index_add_(1, owner, tok_lp)
         return self.first_token_scores(out.last, choices) + later
 
-    def first_token_scores(
-        self, last: torch.Tensor, choices: Sequence[Sequence[int]]
-    ) -> torch.Tensor:
+    def first_token_scores(self, last: torch.Tensor, choices: Rows) -> torch.Tensor:
         """Log-probability of each choice's first token from each input's last hidden state.
 
         `last` [B, H] -> [B, L]."""
         return self.stack.head(last)[:, [ids[0] for ids in choices]]
 
-    def repeated_choice_scores(
-        self, prefix: DecoderPass, choices: Sequence[Sequence[int]]
-    ) -> torch.Tensor:
+    def repeated_choice_scores(self, prefix: DecoderPass, choices: Rows) -> torch.Tensor:
         """Every choice's tokens after its first, one short pass per choice [B, L].
 
         It serves models whose sliding-window attention a custom 4-D mask would bypass. The pass
@@ -247,9 +235,7 @@ class CausalLM:
         return torch.zeros(B * L, device=dev).index_add_(0, rows, tok_lp).view(B, L)
 
     @torch.no_grad()
-    def generate(
-        self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], max_new_tokens: int
-    ) -> list[list[int]]:
+    def generate(self, prompts: torch.Tensor, inputs: Rows, max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding after `[lead; P; X]` from the kept cache; the new ids per example
         (EOS included where it came)."""
         lm = self.lm

@@ -18,6 +18,7 @@ from torch import nn
 
 from softprompt.model import packing
 from softprompt.model.causal import CausalLM
+from softprompt.model.masks import Rows
 from softprompt.model.placement import expand_prompts
 from softprompt.model.seq2seq import Seq2SeqLM
 from softprompt.model.stack import DecoderStack
@@ -27,8 +28,9 @@ from softprompt.model.stack import DecoderStack
 class ModelOptions:
     """How a FrozenLM runs; fixed per wrapper (`FrozenLM.with_options` makes a new one)."""
 
-    # Text put before every target: "<extra_id_0> " gives the paper's "span corruption +
-    # sentinel" setting for T5 checkpoints that were not LM-adapted (see softprompt.training.lm_adaptation).
+    # Text put before every target. "<extra_id_0> " gives the paper's "span corruption +
+    # sentinel" setting for T5 checkpoints that were not LM-adapted (see
+    # softprompt.training.lm_adaptation).
     target_prefix: str = ""
     # One prompt for the whole batch: run [lead; P] once and share its KV cache (saves P
     # positions per row). It pays where FLOPs bound the step (CPU). On an H200 the step is
@@ -73,7 +75,7 @@ class FrozenLM(nn.Module):
         # Decoder-only: keep BOS first when the tokenizer normally adds it (Gemma degrades without).
         probe = tokenizer("a").input_ids
         bos = tokenizer.bos_token_id
-        keeps = self.architecture_type.keeps_bos and bos is not None and probe[:1] == [bos]
+        keeps = self.architecture_type.layout.keeps_bos and bos is not None and probe[:1] == [bos]
         self.lead_ids = [bos] if keeps else []
         self.decoder_stack = DecoderStack(model)
         self.options = options or ModelOptions()
@@ -129,7 +131,7 @@ class FrozenLM(nn.Module):
         Over-long inputs keep their last `max_tokens` tokens (templates end with the question
         and the answer cue, which must survive)."""
         ids = self.tokenize(text)
-        if self.architecture_type.input_ends_with_eos:
+        if self.architecture_type.layout.input_ends_with_eos:
             ids = ids + [self.eos_id]
         if len(ids) > max_tokens:
             return ids[-max_tokens:], True
@@ -138,7 +140,7 @@ class FrozenLM(nn.Module):
     def encode_target(self, text: str) -> list[int]:
         """Target text -> ids ending in EOS, after `target_prefix`. Decoder-only targets follow
         the input after a space."""
-        separator = self.architecture_type.target_separator
+        separator = self.architecture_type.layout.target_separator
         return self.tokenize(separator + self.target_prefix + text) + [self.eos_id]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -205,12 +207,7 @@ class FrozenLM(nn.Module):
         return self.architecture.target_logprobs(prompts, batch)
 
     @torch.no_grad()
-    def score_choices(
-        self,
-        prompts: torch.Tensor,
-        inputs: Sequence[Sequence[int]],
-        choices: Sequence[Sequence[int]],
-    ) -> torch.Tensor:
+    def score_choices(self, prompts: torch.Tensor, inputs: Rows, choices: Rows) -> torch.Tensor:
         """Rank classification, the summed log-likelihood of each choice (label) given each input.
 
         The input is encoded once for all choices. Decoder-only models pack all choices' later
@@ -223,7 +220,7 @@ class FrozenLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], max_new_tokens: int = 8
+        self, prompts: torch.Tensor, inputs: Rows, max_new_tokens: int = 8
     ) -> list[list[int]]:
         """Greedy decoding after `[P; X]`; returns the new ids per example, up to (not including)
         EOS."""

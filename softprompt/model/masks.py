@@ -13,6 +13,9 @@ from typing import NamedTuple
 
 import torch
 
+# Rows of token ids, unpadded (one sequence of ids per row; padding happens per pass).
+Rows = Sequence[Sequence[int]]
+
 
 class Padded(NamedTuple):
     """Rows of token ids right-padded to one width."""
@@ -21,9 +24,7 @@ class Padded(NamedTuple):
     lengths: torch.Tensor  # [B] each row's own length
 
 
-def pad_rows(
-    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-) -> Padded:
+def pad_rows(rows: Rows, pad_id: int, device: torch.device | str = "cpu") -> Padded:
     """Right-pads rows of ids to [B, T] (T the longest row); returns them with their [B] lengths."""
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     width = int(lengths.max()) if len(rows) else 0

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from softprompt.model.masks import packed_rows_mask
+from softprompt.model.masks import Rows, packed_rows_mask
 from softprompt.model.prefix_cache import prefix_cache
 from softprompt.model.stack import DecoderStack
 
@@ -65,7 +65,7 @@ def run_packed_rows(
     embed: Callable[[torch.Tensor], torch.Tensor],
     lead: torch.Tensor,
     prompt: torch.Tensor,
-    rows: Sequence[Sequence[int]],
+    rows: Rows,
     read: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """The rows `[lead; P; row]` with one shared prompt, packed behind the prefix's cache.

@@ -8,7 +8,17 @@ a batch can mix tasks, or replicate an example across the N prompts of an ensemb
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+
+class TextLayout(NamedTuple):
+    """How an architecture lays out input and target text around the prompt."""
+
+    target_separator: str  # text between input and target (" " where targets follow the input)
+    input_ends_with_eos: bool  # the input's ids end with EOS
+    keeps_bos: bool  # the BOS token stays first where the tokenizer adds one
 
 
 def expand_prompts(prompts: torch.Tensor, batch: int) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from softprompt.model.masks import pad_rows, padding_mask
-from softprompt.model.placement import expand_prompts, prefix_prompt
+from softprompt.model.masks import Rows, pad_rows, padding_mask
+from softprompt.model.placement import TextLayout, expand_prompts, prefix_prompt
 
 if TYPE_CHECKING:
     from softprompt.model.frozen import Batch, FrozenLM
@@ -24,15 +23,13 @@ class Encoded(NamedTuple):
 class Seq2SeqLM:
     """Target log-probs, label scores and greedy generation for an encoder-decoder FrozenLM."""
 
-    # Targets start the decoder's own sequence; the input ends with EOS; no BOS is placed.
-    target_separator = ""
-    input_ends_with_eos = True
-    keeps_bos = False
+    # Targets start the decoder's own sequence, the input ends with EOS, and no BOS is placed.
+    layout = TextLayout(target_separator="", input_ends_with_eos=True, keeps_bos=False)
 
     def __init__(self, lm: FrozenLM) -> None:
         self.lm = lm
 
-    def encode(self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]]) -> Encoded:
+    def encode(self, prompts: torch.Tensor, inputs: Rows) -> Encoded:
         """The encoder over `[P; X]` for each input (right-padded)."""
         lm = self.lm
         ids, lengths = pad_rows(inputs, lm.pad_id, lm.device)
@@ -44,7 +41,7 @@ class Seq2SeqLM:
         return Encoded(hidden.last_hidden_state, mask)
 
     def _decode(
-        self, hidden: torch.Tensor, mask: torch.Tensor, targets: Sequence[Sequence[int]]
+        self, hidden: torch.Tensor, mask: torch.Tensor, targets: Rows
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced decoder over right-padded `targets` [N, Ty] after the encoder output
         `hidden` [N, S, H] with its `mask` [N, S]. Returns (token log-probs [N, Ty], the [N, Ty]
@@ -72,12 +69,7 @@ class Seq2SeqLM:
         return token_lp[keep], row.expand_as(token_lp)[keep]
 
     @torch.no_grad()
-    def score_choices(
-        self,
-        prompts: torch.Tensor,
-        inputs: Sequence[Sequence[int]],
-        choices: Sequence[Sequence[int]],
-    ) -> torch.Tensor:
+    def score_choices(self, prompts: torch.Tensor, inputs: Rows, choices: Rows) -> torch.Tensor:
         """Summed log-likelihood of each choice given each input [B, L].
 
         The encoder runs once and the decoder reads its output per choice."""
@@ -88,9 +80,7 @@ class Seq2SeqLM:
         return (token_lp * dec_mask).sum(1).view(B, L)
 
     @torch.no_grad()
-    def generate(
-        self, prompts: torch.Tensor, inputs: Sequence[Sequence[int]], max_new_tokens: int
-    ) -> list[list[int]]:
+    def generate(self, prompts: torch.Tensor, inputs: Rows, max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding from the encoder's output; the new ids per example (EOS included
         where it came)."""
         from transformers.modeling_outputs import BaseModelOutput

@@ -37,22 +37,24 @@ FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 # ---------------------------------------------------------------------------- names and keys
-def check_task(name: object) -> str:
-    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+def _check_name(name: object, kind: str, pattern: re.Pattern, first: str) -> str:
+    """`name` itself where it fully matches `pattern`, else InvalidNameError.
+
+    The error says what a `kind` name may hold and that it starts with `first`."""
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         raise InvalidNameError(
-            f"invalid task name {name!r}: use 1-64 characters from a-z, 0-9, '_' and '-', "
-            "starting with a letter or digit"
+            f"invalid {kind} name {name!r}: use 1-64 characters from a-z, 0-9, '_' and '-', "
+            f"starting with {first}"
         )
     return name
+
+
+def check_task(name: object) -> str:
+    return _check_name(name, "task", TASK_NAME, "a letter or digit")
 
 
 def check_alias(name: object) -> str:
-    if not isinstance(name, str) or not ALIAS_NAME.fullmatch(name):
-        raise InvalidNameError(
-            f"invalid alias name {name!r}: use 1-64 characters from a-z, 0-9, '_' and '-', "
-            "starting with a letter"
-        )
-    return name
+    return _check_name(name, "alias", ALIAS_NAME, "a letter")
 
 
 def parse_ref(ref: int | str) -> int | str:

@@ -6,6 +6,23 @@ import argparse
 import os
 from typing import NamedTuple
 
+from softprompt import settings
+from softprompt.serve.config import ServeConfig, TaskServing
+
+# ServeConfig's settings that are flags as they are; the others are built from several flags.
+SERVE_KEYS = (
+    "registry",
+    "model",
+    "max_batch_size",
+    "max_wait_ms",
+    "max_body_bytes",
+    "max_input_chars",
+    "max_input_tokens",
+    "poll_seconds",
+    "metrics_port",
+)
+SERVE_SETTINGS = settings.pick(ServeConfig, SERVE_KEYS)
+
 
 class EnsembleArg(NamedTuple):
     """One `--ensemble` value: the N newest versions of a task, or pinned versions."""
@@ -43,8 +60,6 @@ def _token(args: argparse.Namespace) -> str | None:
 def config_from_args(args: argparse.Namespace):
     """The parsed command line -> ServeConfig; the token comes from the named environment
     variable."""
-    from softprompt.serve.config import ServeConfig, TaskServing
-
     token = _token(args)
     if args.metrics_port and args.metrics_port == args.port:
         raise ValueError(f"--metrics-port {args.metrics_port} is also --port: "
@@ -61,11 +76,11 @@ def config_from_args(args: argparse.Namespace):
                          versions=ensembles.get(name, off).pinned)
              for name in names]
     return ServeConfig(
-        registry=args.registry, tasks=tasks, model=args.model, token=token,
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-        mixed_batches=not args.per_task_batches, max_body_bytes=args.max_body_bytes,
-        max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens,
-        poll_seconds=args.poll_seconds, metrics_port=args.metrics_port, metrics_host=args.host,
+        tasks=tasks,
+        token=token,
+        mixed_batches=not args.per_task_batches,
+        metrics_host=args.host,
+        **settings.values(args, SERVE_SETTINGS),
     )
 
 
@@ -88,12 +103,9 @@ def add_commands(sub) -> None:
                     "directory's permissions: give the service a read-only identity, e.g. "
                     "AWS_PROFILE=<reader>.",
     )
-    s.add_argument("--registry", required=True,
-                   help="registry URI: a directory, file:// or s3://bucket/prefix")
-    s.add_argument("--model", default="smollm2-135m",
-                   help="frozen base model; prompts must carry its fingerprint")
+    settings.add_flags(s, SERVE_SETTINGS)
     s.add_argument("--tasks", required=True, help="comma-separated task names to serve")
-    s.add_argument("--alias", default="production",
+    s.add_argument("--alias", default=settings.defaults(TaskServing)["ref"],
                    help="alias (or version) each single-prompt task is served from")
     s.add_argument("--ensemble", action="append", default=[], type=_ensemble_arg,
                    metavar="TASK=N|TASK=V1+V2",
@@ -103,20 +115,6 @@ def add_commands(sub) -> None:
                    help="environment variable holding the bearer token (unset: no auth)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--metrics-port", type=int, default=0,
-                   help="also serve GET /metrics without the token on this port, on --host, for a "
-                        "scraper that holds no token (0: off; /metrics on --port always needs it)")
-    s.add_argument("--max-batch-size", type=int, default=32,
-                   help="rows per forward (an ensemble request is N rows)")
-    s.add_argument("--max-wait-ms", type=float, default=10.0,
-                   help="how long a batch waits for more requests")
     s.add_argument("--per-task-batches", action="store_true",
                    help="one forward per task instead of mixed batches (baseline)")
-    s.add_argument("--max-body-bytes", type=int, default=64 * 1024,
-                   help="larger request bodies get 413")
-    s.add_argument("--max-input-chars", type=int, default=8000, help="longer inputs get 422")
-    s.add_argument("--max-input-tokens", type=int, default=256,
-                   help="longer inputs keep their last tokens")
-    s.add_argument("--poll-seconds", type=float, default=30.0,
-                   help="registry poll period for moved aliases (0: off)")
     s.set_defaults(func=_cmd_serve)

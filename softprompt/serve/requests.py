@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from softprompt.serve.state import TaskState
-from softprompt.tasks import TaskDataError, render_input
+from softprompt.task_data import render_input
+from softprompt.tasks import TaskDataError
 
 
 class InputError(ValueError):

@@ -12,6 +12,7 @@ from softprompt import prompt as prompt_lib
 from softprompt.model import DEFAULT_MODEL
 
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -24,17 +25,24 @@ class TrainConfig:
     )
     model: str = field(
         default=DEFAULT_MODEL,
-        metadata={"help": "Offline short name, local dir, GGUF path or hub name."},
+        metadata={
+            "help": "Offline short name (smollm2-135m, gemma3-270m), local dir, GGUF path or "
+            "hub name.",
+            "param": "base_model",
+        },
     )
     prompt: prompt_lib.PromptConfig = field(default_factory=prompt_lib.PromptConfig)
-    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    optimizer: str = field(
+        default="adafactor", metadata={"help": "The optimizer.", "choices": OPTIMIZERS}
+    )
     lr: float = field(default=0.3, metadata={"help": "Learning rate (paper: 0.3, constant)."})
     weight_decay: float = field(default=1e-5, metadata={"help": "Weight decay (paper: 1e-5)."})
     beta2_decay: float = field(
         default=0.8, metadata={"help": "Adafactor second-moment decay exponent (paper: 0.8)."}
     )
     batch_size: int = field(
-        default=32, metadata={"help": "Examples per optimizer step (paper: 32)."}
+        default=32,
+        metadata={"help": "Examples per optimizer step (paper: 32).", "flag": "--train-batch-size"},
     )
     micro_batch_size: int = field(
         default=8,
@@ -54,7 +62,9 @@ class TrainConfig:
         default=1000,
         metadata={"help": "Dev examples used for early stopping (a fixed seeded subset)."},
     )
-    eval_batch_size: int = field(default=32, metadata={"help": "Examples per scoring forward."})
+    eval_batch_size: int = field(
+        default=32, metadata={"help": "Examples per scoring forward.", "flag": "--batch-size"}
+    )
     max_input_tokens: int = field(
         default=256,
         metadata={"help": "Longer inputs keep their last tokens (counted in the log)."},
@@ -68,7 +78,8 @@ class TrainConfig:
         default=None, metadata={"help": "cuda or cpu (default: cuda when available)."}
     )
     dtype: str = field(
-        default="float32", metadata={"help": "Frozen weights' dtype: float32 or bfloat16 (GPU)."}
+        default="float32",
+        metadata={"help": "Frozen weights' dtype (bfloat16 on GPU).", "choices": DTYPES},
     )
     prepared_dir: str | None = field(
         default=None,
@@ -110,7 +121,9 @@ class ModelTuningConfig:
         metadata={"help": "Task names or spec paths; more than one: multi-task."},
     )
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to copy and tune."})
-    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    optimizer: str = field(
+        default="adafactor", metadata={"help": "The optimizer.", "choices": OPTIMIZERS}
+    )
     lr: float = field(
         default=1e-3,
         metadata={"help": "Learning rate (T5's model tuning: Adafactor, constant 1e-3)."},
@@ -158,7 +171,12 @@ class ModelTuningConfig:
 class LMAdaptConfig:
     """Continued pre-training of an encoder-decoder checkpoint with the prefix-LM objective."""
 
-    model: str = field(metadata={"help": "Encoder-decoder checkpoint (local dir or hub name)."})
+    model: str = field(
+        metadata={
+            "help": "Encoder-decoder checkpoint (local dir or hub name).",
+            "param": "base_model",
+        }
+    )
     corpus: str = field(
         metadata={
             "help": "Unlabeled text: a .txt file (one document per line) or a task name whose "
@@ -172,7 +190,9 @@ class LMAdaptConfig:
         default=1e-3,
         metadata={"help": "Learning rate (T5 pre-training: Adafactor 1e-3 constant here)."},
     )
-    optimizer: str = field(default="adafactor", metadata={"help": f"One of {OPTIMIZERS}."})
+    optimizer: str = field(
+        default="adafactor", metadata={"help": "The optimizer.", "choices": OPTIMIZERS}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
     beta2_decay: float = field(
         default=0.8, metadata={"help": "Adafactor second-moment decay exponent."}

@@ -31,9 +31,10 @@ import torch
 from softprompt.model import OFFLINE_MODELS, Batch, load_frozen_lm
 from softprompt.prompt_design import empty_prompt
 from softprompt.scoring import lm_loss
-from softprompt.tasks import load_spec, load_task
+from softprompt.task_data import load_task
+from softprompt.tasks import load_spec
+from softprompt.training import loop
 from softprompt.training.config import LMAdaptConfig
-from softprompt.training.loop import Schedule, StepBatches, Trainable, train_loop
 from softprompt.training.model_tuning import trainable_copy  # one way to unfreeze a model
 from softprompt.training.optim import make_optimizer
 from softprompt.training.progress import MetricsLog
@@ -125,7 +126,7 @@ def lm_adapt(config: LMAdaptConfig, out_dir: str | Path) -> dict:
     params = [p for p in lm.model.parameters() if p.requires_grad]
     none = empty_prompt(lm)
 
-    def step_batches(step: int) -> StepBatches:
+    def step_batches(step: int) -> loop.StepBatches:
         """A fresh draw of documents, windows and split points, as one micro-batch. The draws
         follow one seeded stream, in step order."""
         pairs = [
@@ -133,17 +134,17 @@ def lm_adapt(config: LMAdaptConfig, out_dir: str | Path) -> dict:
             for _ in range(config.batch_size)
         ]
         batch = Batch([x for x, _ in pairs], [y for _, y in pairs])
-        return StepBatches([batch], sum(len(y) for _, y in pairs))
+        return loop.StepBatches([batch], sum(len(y) for _, y in pairs))
 
-    trainable = Trainable(
+    trainable = loop.Trainable(
         params=params,
         optimizer=make_optimizer(config, params),
         batches=step_batches,
         loss=lambda batch, tokens: lm_loss(lm, none, batch, normalizer=tokens),
     )
     started = time.monotonic()
-    outcome = train_loop(
-        trainable, Schedule(max_steps=config.steps, log_every=config.log_every), metrics
+    outcome = loop.train_loop(
+        trainable, loop.Schedule(max_steps=config.steps, log_every=config.log_every), metrics
     )
     lm.model.save_pretrained(str(out))
     lm.tokenizer.save_pretrained(str(out))

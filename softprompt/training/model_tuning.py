@@ -25,17 +25,10 @@ from softprompt import distributed
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prompt_design import empty_prompt, eval_split
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
-from softprompt.tasks import Example, TaskSpec, load_spec, load_task, seeded_subset
+from softprompt.task_data import load_task, seeded_subset
+from softprompt.tasks import Example, TaskSpec, load_spec
+from softprompt.training import loop
 from softprompt.training.config import ModelTuningConfig, check_world_split
-from softprompt.training.loop import (
-    LoopResult,
-    Schedule,
-    StepBatches,
-    Trainable,
-    batch_indices,
-    encoded_step,
-    train_loop,
-)
 from softprompt.training.optim import make_optimizer
 from softprompt.training.progress import MetricsLog, ProgressOptions
 
@@ -108,7 +101,7 @@ def model_tune(
     def keep_best(step: int) -> None:
         best["weights"] = {k: v.detach().clone() for k, v in tuned.model.state_dict().items()}
 
-    trainable = Trainable(
+    trainable = loop.Trainable(
         params=params,
         # Duck-typed: the config has optimizer, lr, weight_decay, beta2_decay.
         optimizer=make_optimizer(config, params),
@@ -117,12 +110,12 @@ def model_tune(
         evaluate=partial(_dev_scores, config, tuned, tasks.specs, dev, dev_enc),
         keep_best=keep_best,
     )
-    schedule = Schedule(
+    schedule = loop.Schedule(
         max_steps=config.max_steps, eval_every=config.eval_every, max_minutes=config.max_minutes
     )
     metric = tasks.specs[0].metric if len(tasks.specs) == 1 else "mean score"
     started = time.monotonic()
-    outcome = train_loop(trainable, schedule, metrics, progress=ProgressOptions(metric=metric))
+    outcome = loop.train_loop(trainable, schedule, metrics, progress=ProgressOptions(metric=metric))
     tuned.model.load_state_dict(best["weights"])
     result = _result(config, lm, tuned, tasks, outcome, time.monotonic() - started)
     if writer:
@@ -182,10 +175,10 @@ def _dev_scores(
 
 def _step_batches(
     encoded: Encoded, config: ModelTuningConfig, world: distributed.World, step: int
-) -> StepBatches:
+) -> loop.StepBatches:
     """Step `step`'s examples (seeded order), this process's share in micro-batches."""
-    indices = batch_indices(len(encoded.inputs), config.batch_size, step, config.seed)
-    return encoded_step(encoded, indices, config.micro_batch_size, world)
+    indices = loop.batch_indices(len(encoded.inputs), config.batch_size, step, config.seed)
+    return loop.encoded_step(encoded, indices, config.micro_batch_size, world)
 
 
 def _result(
@@ -193,7 +186,7 @@ def _result(
     lm: FrozenLM,
     tuned: FrozenLM,
     tasks: TaskData,
-    outcome: LoopResult,
+    outcome: loop.LoopResult,
     seconds: float,
 ) -> dict:
     """The run's best mean dev score and, with the best weights, every task's metrics on its

@@ -27,18 +27,12 @@ import torch
 from softprompt import distributed
 from softprompt import prompt as prompt_lib
 from softprompt.model import FrozenLM, load_frozen_lm
+from softprompt.prepared import load_prepared
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
-from softprompt.tasks import Example, TaskSpec, load_prepared, load_spec, load_task, seeded_subset
+from softprompt.task_data import load_task, seeded_subset
+from softprompt.tasks import Example, TaskSpec, load_spec
+from softprompt.training import loop
 from softprompt.training.config import TrainConfig, check_world_split
-from softprompt.training.loop import (
-    LoopResult,
-    Schedule,
-    StepBatches,
-    Trainable,
-    batch_indices,
-    encoded_step,
-    train_loop,
-)
 from softprompt.training.optim import make_optimizer
 from softprompt.training.progress import MetricsLog, ProgressOptions
 
@@ -89,7 +83,7 @@ def train(
         "skipped_rows": len(stats.get("skipped_rows", [])),
         "seed": config.seed,
     }
-    trainable = Trainable(
+    trainable = loop.Trainable(
         params=[prompt],
         optimizer=make_optimizer(config, [prompt]),
         batches=partial(_step_batches, train_enc, config, world),
@@ -102,7 +96,7 @@ def train(
         load_state=partial(_restore_prompt, prompt),
         on_start=partial(_log_start, metrics, start, stats.get("skipped_rows", [])),
     )
-    schedule = Schedule(
+    schedule = loop.Schedule(
         max_steps=config.max_steps,
         eval_every=config.eval_every,
         max_minutes=config.max_minutes,
@@ -112,7 +106,7 @@ def train(
     shown = ProgressOptions(
         bar=progress, desc=f"train {spec.name}", metric=spec.metric, final_note=note
     )
-    outcome = train_loop(trainable, schedule, metrics, run_dir / CHECKPOINT, shown)
+    outcome = loop.train_loop(trainable, schedule, metrics, run_dir / CHECKPOINT, shown)
     distributed.barrier()  # the writer's prompt file is complete before anyone reads it
     result = _result(config, lm, spec, data, outcome, len(dev_examples), run_dir)
     if writer:
@@ -155,11 +149,11 @@ def _initial_prompt(config: TrainConfig, lm: FrozenLM, spec: TaskSpec) -> torch.
 
 def _step_batches(
     encoded: Encoded, config: TrainConfig, world: distributed.World, step: int
-) -> StepBatches:
+) -> loop.StepBatches:
     """Step `step`'s examples (a pure function of seed and step, so a resumed run sees the same
     batches), this process's share of them in micro-batches of similar lengths."""
-    indices = batch_indices(len(encoded.inputs), config.batch_size, step, config.seed)
-    return encoded_step(encoded, indices, config.micro_batch_size, world, by_length=True)
+    indices = loop.batch_indices(len(encoded.inputs), config.batch_size, step, config.seed)
+    return loop.encoded_step(encoded, indices, config.micro_batch_size, world, by_length=True)
 
 
 def _log_start(metrics: MetricsLog, start: dict, skipped_rows: list[str]) -> None:
@@ -184,7 +178,7 @@ def _result(
     lm: FrozenLM,
     spec: TaskSpec,
     data: dict[str, list[Example]],
-    outcome: LoopResult,
+    outcome: loop.LoopResult,
     dev_n: int,
     run_dir: Path,
 ) -> dict:

@@ -1,26 +1,11 @@
-"""Fixtures shared by the model tests: both tiny architectures behind one `lm` fixture, a few
-review inputs, and the offline SmolLM2-135M for the tests marked real_model."""
+"""Fixtures shared by the model tests: the offline SmolLM2-135M for the tests marked real_model.
+
+Both tiny architectures behind one `lm` fixture and a few review inputs are in tests/conftest.py,
+as the scoring tests use them too."""
 
 from __future__ import annotations
 
 import pytest
-
-REVIEWS = [
-    "Review: the movie was great\nSentiment:",
-    "Review: awful\nSentiment:",
-    "Review: a story and a plot and the cast was really quite boring\nSentiment:",
-]
-
-
-@pytest.fixture(params=["tiny_causal", "tiny_t5"])
-def lm(request):
-    return request.getfixturevalue(request.param)
-
-
-@pytest.fixture()
-def reviews():
-    """reviews(lm) -> the three REVIEWS encoded as inputs of `lm` (up to 64 tokens each)."""
-    return lambda lm: [lm.encode_input(text, 64)[0] for text in REVIEWS]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import torch
 from softprompt.model import Batch
 from softprompt.model.prefix_cache import distinct_prompts
 from softprompt.scoring import encode_examples, label_scores
-from softprompt.tasks import load_spec, load_task
+from softprompt.task_data import load_task
+from softprompt.tasks import load_spec
 
 WORDS = ["positive", "negative", "neutral contradiction"]
 

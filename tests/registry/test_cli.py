@@ -84,7 +84,9 @@ def test_cli_round_trip_local(run_dir, tiny_causal, tmp_path, monkeypatch, capsy
 
 @pytest.mark.s3
 def test_cli_s3_registry_from_environment(run_dir, s3_env, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SOFTPROMPT_REGISTRY", f"s3://{s3_env.create_bucket()}/{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv(
+        "SOFTPROMPT_REGISTRY", f"s3://{s3_env.create_bucket()}/{uuid.uuid4().hex[:8]}"
+    )
     monkeypatch.setenv("SOFTPROMPT_REGISTRY_CACHE", str(tmp_path / "cache"))
     code, out, _ = cli(capsys, "push", "--run-dir", run_dir, "--task", "toy-s3")
     assert code == 0 and out["manifest"]["version"] == 1

@@ -6,35 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-import torch
-from served_tasks import INPUTS, TASKS, check_answer, metric_samples, random_prompt
-
-from softprompt.scoring import label_scores, mixed_label_scores
-
-
-@pytest.mark.parametrize("by_prompt", [True, False])
-def test_mixed_label_scores_equal_single_task_scores(tiny_causal, by_prompt):
-    """Rows of three tasks (two prompt lengths, three label sets, prompts used by one or two rows)
-    scored together, in one batch per prompt or per prompt length, give each task's own
-    label_scores."""
-    lm, rows = tiny_causal, []
-    # Shared tensors, as the service's.
-    prompts = {(task, seed): random_prompt(lm, task, seed) for task in INPUTS for seed in (0, 1)}
-    for task, examples in INPUTS.items():
-        for k, fields in enumerate(examples):
-            ids = lm.encode_input(TASKS[task][0].format(**fields), 256)[0]
-            rows.append((task, prompts[task, k % 2], ids))
-    mixed = mixed_label_scores(
-        lm,
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [TASKS[r[0]][1] for r in rows],
-        by_prompt=by_prompt,
-    )
-    for (task, prompt, ids), got in zip(rows, mixed, strict=True):
-        assert got.shape == (len(TASKS[task][1]),)
-        assert torch.allclose(got, label_scores(lm, prompt, [ids], TASKS[task][1])[0], atol=1e-4)
+from served_tasks import INPUTS, check_answer, metric_samples
 
 
 def test_mixed_task_batch_answers_like_the_library(server, tiny_causal, registry):

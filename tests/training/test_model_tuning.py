@@ -5,7 +5,8 @@ import json
 
 import yaml
 
-from softprompt.tasks import Example, load_spec, load_task, seeded_subset
+from softprompt.task_data import load_task, seeded_subset
+from softprompt.tasks import Example, load_spec
 from softprompt.training.config import ModelTuningConfig
 from softprompt.training.model_tuning import model_tune, prefix_task, trainable_copy
 
@@ -59,3 +60,19 @@ def test_each_task_scores_its_own_seeded_dev_subset(tiny_causal, toy_task, tmp_p
     best = max(evals, key=lambda r: r["score"])
     assert result["best_step"] == best["step"] and result["dev_score"] == best["score"]
     assert result["method"] == "multi_task_model_tuning" and records[-1]["event"] == "done"
+
+
+def test_model_tuning_trains_a_copy_and_leaves_the_frozen_model(tiny_causal, toy_task, tmp_path):
+    before = {k: v.clone() for k, v in tiny_causal.model.state_dict().items()}
+    config = ModelTuningConfig(
+        tasks=[str(toy_task["spec_path"])], data_dir=str(toy_task["data_dir"]), batch_size=8,
+        micro_batch_size=4, max_steps=4, eval_every=2, optimizer="adamw", lr=1e-2,
+    )
+    result = model_tune(config, tmp_path / "mt", lm=tiny_causal)
+    assert result["trainable_parameters"] == sum(p.numel() for p in tiny_causal.model.parameters())
+    for k, v in tiny_causal.model.state_dict().items():
+        assert v.equal(before[k]), f"model tuning changed the frozen model's {k}"
+    assert all(not p.requires_grad for p in tiny_causal.model.parameters())
+    log = (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()
+    losses = [r["loss"] for r in map(json.loads, log) if r["event"] == "step"]
+    assert len(losses) == 4 and result["tasks"]["toy"]["split"] == "test"

@@ -1,0 +1,214 @@
+"""A task's data as examples: raw rows read per format, rendered through the spec's template.
+
+Loading turns raw rows into `Example(input, target)` pairs and fails early, naming the file, line
+and field, on anything malformed. The readers know three formats (jsonl, tsv, multirc); the spec
+(softprompt.tasks) says which one a task uses and how its rows become inputs and label words.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import string
+from collections.abc import Iterator
+from pathlib import Path
+
+from softprompt.tasks import Example, TaskDataError, TaskSpec, default_data_dir, label_key
+
+
+# ------------------------------------------------------------------ readers: file -> (line, row)
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; errors name the file and line."""
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskDataError(
+                    f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})"
+                ) from err
+            if not isinstance(row, dict):
+                raise TaskDataError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                )
+            yield lineno, row
+
+
+def _read_tsv(path: Path, spec: TaskSpec, skipped: list[str]) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        columns = spec.tsv_columns
+        for lineno, fields in enumerate(reader, 1):
+            if lineno == 1 and spec.tsv_header:
+                columns = columns or [c.strip() for c in fields]
+                continue
+            if not fields or fields == [""]:
+                continue
+            if len(fields) != len(columns):
+                message = (
+                    f"{path}:{lineno}: expected {len(columns)} tab-separated fields {columns}, got "
+                    f"{len(fields)}"
+                )
+                if spec.skip_malformed_rows:
+                    skipped.append(message)
+                    continue
+                raise TaskDataError(message)
+            yield lineno, dict(zip(columns, fields, strict=True))
+
+
+def _read_multirc(path: Path) -> Iterator[tuple[int, dict]]:
+    """One row per answer option: passage, question, answer, label, and the question as group."""
+    for lineno, row in read_jsonl(path):
+        try:
+            passage = row["passage"]["text"]
+            for q_index, question in enumerate(row["passage"]["questions"]):
+                for answer in question["answers"]:
+                    option = {
+                        "passage": passage,
+                        "question": question["question"],
+                        "answer": answer["text"],
+                        "label": answer.get("label"),
+                        "group": f"{row.get('idx', lineno)}-{question.get('idx', q_index)}",
+                    }
+                    yield lineno, option
+        except (KeyError, TypeError) as err:
+            raise TaskDataError(f"{path}:{lineno}: MultiRC row lacks field {err}") from err
+
+
+def _lookup(row: dict, dotted: str, where: str):
+    """A field by dotted path into nested rows ({target.span1_text})."""
+    value = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise TaskDataError(f"{where}: missing field {dotted!r}")
+        value = value[part]
+    return value
+
+
+def _render(template: str, row: dict, where: str) -> str:
+    out = []
+    for literal, field_name, fmt, conv in string.Formatter().parse(template):
+        out.append(literal)
+        if field_name:
+            value = _lookup(row, field_name, where)
+            out.append(format(str(value) if conv is None else repr(value), fmt or ""))
+    return "".join(out).strip()
+
+
+def render_input(spec: TaskSpec, line: str, where: str) -> str:
+    """One inference input, a JSON object of template fields or plain text.
+
+    Plain text serves templates with a single field."""
+    stripped = line.strip()
+    if stripped.startswith("{"):
+        try:
+            row = json.loads(stripped)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(f"{where}: malformed JSON: {err.msg} (column {err.colno})") from err
+        return _render(spec.template, row, where)
+    names = list(dict.fromkeys(spec.fields()))
+    if len(names) != 1:
+        raise TaskDataError(f"{where}: task {spec.name} needs a JSON object with fields {names}")
+    return _render(spec.template, {names[0]: stripped}, where)
+
+
+def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list[Example]:
+    """Reads one data file into examples; every error names the file, line and field."""
+    if not path.is_file():
+        raise TaskDataError(f"task {spec.name}: data file not found: {path}")
+    skipped: list[str] = []
+    if spec.format == "jsonl":
+        rows = read_jsonl(path)
+    elif spec.format == "tsv":
+        rows = _read_tsv(path, spec, skipped)
+    else:
+        rows = _read_multirc(path)
+    examples = []
+    for lineno, row in rows:
+        where = f"{path}:{lineno}"
+        raw_label = label_key(_lookup(row, spec.label_field, where))
+        if raw_label not in spec.labels:
+            raise TaskDataError(
+                f"{where}: field {spec.label_field!r} has unknown label {raw_label!r}; "
+                f"legal labels: {', '.join(spec.labels)}"
+            )
+        text = _render(spec.template, row, where)
+        if not text:
+            raise TaskDataError(f"{where}: the template renders an empty input")
+        examples.append(Example(text, spec.labels[raw_label], row.get("group"), where))
+    if stats is not None:
+        stats.setdefault("skipped_rows", []).extend(skipped)
+    return examples
+
+
+# ------------------------------------------------------------------ splits
+def seeded_subset(items: list, cap: int | None, seed: int) -> list:
+    """`cap` items drawn with `seed`, in their original order.
+
+    All of them are kept when cap is 0/None or at least their number."""
+    if not cap or len(items) <= cap:
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), cap))]
+
+
+def _carve(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Reproducible split by a seeded shuffle of indices.
+
+    MultiRC keeps a question's options together."""
+    keys = list(dict.fromkeys(e.group or e.source for e in examples))
+    random.Random(seed).shuffle(keys)
+    dev_keys = set(keys[: max(1, round(len(keys) * fraction))])
+    train = [e for e in examples if (e.group or e.source) not in dev_keys]
+    dev = [e for e in examples if (e.group or e.source) in dev_keys]
+    return train, dev
+
+
+def load_task(
+    spec: TaskSpec, data_dir: str | Path | None = None, stats: dict | None = None
+) -> dict[str, list[Example]]:
+    """All splits of a task from the local mirror. Missing files and empty splits are errors."""
+    root = Path(data_dir) if data_dir else default_data_dir()
+    data: dict[str, list[Example]] = {}
+    for split, rel in spec.splits.items():
+        data[split] = read_examples(spec, root / rel, stats)
+    if spec.carve_dev:
+        source = spec.carve_dev.get("from", "train")
+        if source not in data:
+            raise TaskDataError(
+                f"{spec.spec_file}: carve_dev.from names split {source!r}, which has no file"
+            )
+        seed = int(spec.carve_dev.get("seed", 0))
+        data[source], data["dev"] = _carve(data[source], spec.carve_dev["fraction"], seed)
+    for split, examples in data.items():
+        if not examples:
+            raise TaskDataError(
+                f"task {spec.name}: split {split!r} is empty ({spec.splits.get(split, 'carved')})"
+            )
+    return data
+
+
+def load_task_from_hub(spec: TaskSpec) -> dict[str, list[Example]]:
+    """The same task read from the Hugging Face hub with `datasets` (needs internet)."""
+    if not spec.hub:
+        raise TaskDataError(f"{spec.spec_file}: no 'hub' source configured")
+    from datasets import load_dataset
+
+    data = {}
+    for split, hub_split in spec.hub.get("splits", {}).items():
+        rows = load_dataset(spec.hub["path"], spec.hub.get("name"), split=hub_split)
+        data[split] = []
+        for i, row in enumerate(rows):
+            where = f"{spec.hub['path']}/{spec.hub.get('name')}[{hub_split}]:{i}"
+            raw_label = label_key(_lookup(row, spec.label_field, where))
+            if raw_label not in spec.labels:
+                raise TaskDataError(
+                    f"{where}: unknown label {raw_label!r}; legal labels: {', '.join(spec.labels)}"
+                )
+            text = _render(spec.template, row, where)
+            data[split].append(Example(text, spec.labels[raw_label], None, where))
+    return data

@@ -1,0 +1,230 @@
+"""The `softprompt` command line: train's flags and --config file, the model flags evaluate and
+predict share, and lm-adapt's flags, all generated from the config dataclasses."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from softprompt import settings
+from softprompt.cli import build_parser, main, train_config
+from softprompt.experiments_cli import LM_ADAPT_SETTINGS
+from softprompt.model import DEFAULT_MODEL
+from softprompt.prompt import PromptConfig
+from softprompt.training.config import LMAdaptConfig, TrainConfig
+
+# Every flag `softprompt train` had before it was generated, with a value and the field it sets.
+TRAIN_FLAGS = {
+    "--task": ("t.yaml", "task"),
+    "--model": ("m", "model"),
+    "--data-dir": ("d", "data_dir"),
+    "--max-input-tokens": ("64", "max_input_tokens"),
+    "--batch-size": ("4", "eval_batch_size"),
+    "--prompt-length": ("5", "prompt.length"),
+    "--init": ("text", "prompt.init"),
+    "--uniform-range": ("0.2", "prompt.uniform_range"),
+    "--vocab-top-k": ("10", "prompt.vocab_top_k"),
+    "--init-text": ("hello", "prompt.init_text"),
+    "--init-file": ("p.safetensors", "prompt.init_file"),
+    "--optimizer": ("adamw", "optimizer"),
+    "--lr": ("0.1", "lr"),
+    "--weight-decay": ("0.01", "weight_decay"),
+    "--beta2-decay": ("0.7", "beta2_decay"),
+    "--train-batch-size": ("16", "batch_size"),
+    "--micro-batch-size": ("8", "micro_batch_size"),
+    "--max-steps": ("5", "max_steps"),
+    "--max-minutes": ("1.5", "max_minutes"),
+    "--eval-every": ("5", "eval_every"),
+    "--patience": ("2", "patience"),
+    "--eval-max-examples": ("10", "eval_max_examples"),
+    "--seed": ("1", "seed"),
+    "--target-prefix": ("<extra_id_0> ", "target_prefix"),
+    "--prepared-dir": ("p", "prepared_dir"),
+    "--device": ("cpu", "device"),
+    "--dtype": ("bfloat16", "dtype"),
+}
+
+
+def _parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_train_keeps_every_flag_and_its_field():
+    argv = [arg for flag, (value, _) in TRAIN_FLAGS.items() for arg in (flag, value)]
+    config = settings.flatten(train_config(_parse("train", "--run-dir", "r", *argv)))
+    for flag, (value, key) in TRAIN_FLAGS.items():
+        assert str(config[key]) == value, flag
+    # ... and one flag for every field: nothing of TrainConfig is out of reach.
+    assert {key for _, key in TRAIN_FLAGS.values()} == set(config)
+
+
+def test_train_without_flags_is_the_dataclass_default():
+    assert train_config(_parse("train", "--task", "toy", "--run-dir", "r")) == TrainConfig(
+        task="toy"
+    )
+
+
+def _write(tmp_path, name, raw) -> str:
+    path = tmp_path / name
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_train_config_file_then_typed_flags(tmp_path):
+    path = _write(
+        tmp_path,
+        "run.yaml",
+        {
+            "task": "toy",
+            "lr": 0.1,
+            "max_steps": 7,
+            "prompt": {"length": 4, "init": "sampled_vocab"},
+        },
+    )
+    args = _parse(
+        "train", "--config", path, "--run-dir", "r", "--max-steps", "3", "--init", "random_uniform"
+    )
+    config = train_config(args)
+    assert (config.task, config.lr, config.max_steps) == ("toy", 0.1, 3)
+    assert config.prompt == PromptConfig(length=4, init="random_uniform")
+    # A flag typed with its default value still overrides the file.
+    args = _parse("train", "--config", path, "--run-dir", "r", "--lr", "0.3")
+    assert train_config(args).lr == 0.3
+    # One section of a larger file: params.yaml:train, as the DVC stage reads it.
+    params = _write(
+        tmp_path, "params.yaml", {"matrix": {"lengths": [2]}, "train": {"max_steps": 9}}
+    )
+    config = train_config(
+        _parse("train", "--config", f"{params}:train", "--task", "toy", "--run-dir", "r")
+    )
+    assert config.max_steps == 9 and config.task == "toy"
+
+
+@pytest.mark.parametrize(
+    "text, flags, message",
+    [
+        (
+            "task: toy\nmax_stepz: 3\n",
+            [],
+            r"run\.yaml:2: unknown TrainConfig field 'max_stepz'; did you mean 'max_steps'\?",
+        ),
+        ("task: toy\nlr: fast\n", [], r"run\.yaml:2: lr must be float, got 'fast' \(str\)"),
+        ("lr: 0.1\n", [], "train needs a task: --task, or `task:` in the --config file"),
+        ("task: toy\n", ["--prompt-length", "0"], "run.yaml: prompt length must be >= 1, got 0"),
+    ],
+)
+def test_train_config_mistakes_are_named(tmp_path, capsys, text, flags, message):
+    path = _write(tmp_path, "run.yaml", text)
+    assert main(["train", "--config", path, "--run-dir", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_with_a_config_file_writes_the_effective_config(
+    tiny_causal_dir, toy_task, tmp_path, capsys
+):
+    path = _write(
+        tmp_path,
+        "run.yaml",
+        {
+            "task": str(toy_task["spec_path"]),
+            "data_dir": str(toy_task["data_dir"]),
+            "model": str(tiny_causal_dir),
+            "prompt": {"length": 4},
+            "batch_size": 8,
+            "micro_batch_size": 8,
+            "max_steps": 4,
+            "eval_every": 2,
+            "eval_max_examples": 16,
+        },
+    )
+    run_dir = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                path,
+                "--run-dir",
+                str(run_dir),
+                "--max-steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    written = json.loads((run_dir / "config.json").read_text())
+    assert written["max_steps"] == 2 and written["prompt"]["length"] == 4
+    assert written["batch_size"] == 8 and written["eval_every"] == 2
+    assert TrainConfig.from_dict(written) == train_config(
+        _parse("train", "--config", path, "--run-dir", "r", "--max-steps", "2")
+    )
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_share_the_model_flags(command):
+    args = _parse(command, "--task", "toy")
+    assert (args.model, args.data_dir, args.max_input_tokens, args.batch_size) == (
+        DEFAULT_MODEL,
+        None,
+        256,
+        32,
+    )
+    args = _parse(
+        command,
+        "--task",
+        "toy",
+        "--model",
+        "m",
+        "--max-input-tokens",
+        "64",
+        "--batch-size",
+        "4",
+        "--data-dir",
+        "d",
+    )
+    assert (args.model, args.data_dir, args.max_input_tokens, args.batch_size) == ("m", "d", 64, 4)
+
+
+def test_lm_adapt_flags_build_its_config():
+    args = _parse(
+        "lm-adapt",
+        "--model",
+        "t5",
+        "--corpus",
+        "c.txt",
+        "--out",
+        "o",
+        "--steps",
+        "3",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "2",
+        "--max-tokens",
+        "32",
+        "--seed",
+        "1",
+        "--optimizer",
+        "adamw",
+        "--data-dir",
+        "d",
+    )
+    config = settings.load_config(LMAdaptConfig, None, settings.values(args, LM_ADAPT_SETTINGS))
+    assert config == LMAdaptConfig(
+        model="t5",
+        corpus="c.txt",
+        steps=3,
+        lr=0.01,
+        batch_size=2,
+        max_tokens=32,
+        seed=1,
+        optimizer="adamw",
+        data_dir="d",
+    )
+    with pytest.raises(SystemExit):
+        _parse("lm-adapt", "--corpus", "c.txt", "--out", "o")  # --model is required

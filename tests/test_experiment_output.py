@@ -1,0 +1,31 @@
+"""What an experiment writes: the markdown table with its notes and command, the same numbers as
+JSON, and a plot file."""
+
+import json
+
+import pytest
+
+from softprompt.experiment_output import mean_spread, plot, write_results
+
+
+def test_results_are_written_as_a_table_and_as_json(tmp_path):
+    path = write_results(tmp_path / "out", "ablation", "Ablation", ["length", "score"],
+                         [[1, 0.5], [5, 0.75]], {"task": "toy"}, "softprompt ablate", ["a note"])
+    assert path == tmp_path / "out" / "ablation.md"
+    text = path.read_text()
+    assert text.startswith("# Ablation\n") and "```\nsoftprompt ablate\n```" in text
+    assert "- a note\n" in text and "| 1 | 0.5000 |" in text and "| 5 | 0.7500 |" in text
+    payload = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert payload == {"task": "toy", "command": "softprompt ablate",
+                       "table": {"header": ["length", "score"], "rows": [[1, 0.5], [5, 0.75]]}}
+
+
+def test_plot_writes_a_png(tmp_path):
+    plot(tmp_path / "p.png", "t", "x", "y", {"a": ([1, 10], [0.5, 0.7], [0.1, 0.0]),
+                                             "b": ([1, 10], [0.4, 0.6], [0.0, 0.0])}, logx=True)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_spread_is_the_sample_deviation():
+    assert mean_spread([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
+    assert mean_spread([4.0]) == (4.0, 0.0)
