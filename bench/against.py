@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, markdown_table
+from softprompt.tasks import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,10 @@ def git(*args: str, cwd: Path = ROOT) -> str:
 
 def run_benchmark(tree: Path, name: str, out: Path, extra: Sequence[str]) -> dict[str, float]:
     """Runs `python -m bench.<name>` with `tree` first on the path; returns {target: measured}."""
-    env = os.environ | {"PYTHONPATH": str(tree)}
+    # Both trees read the data this checkout finds: the default location is beside the checkout,
+    # and the other tree lives in a temporary folder.
+    data = str(default_data_dir())
+    env = os.environ | {"PYTHONPATH": str(tree), "SOFTPROMPT_DATA_DIR": data}
     command = [sys.executable, "-m", f"bench.{name}", "--out", str(out), *extra]
     subprocess.run(command, cwd=tree, env=env, check=True)
     record = json.loads((out / f"{name}.json").read_text())
