@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, markdown_table
+from bench.common import RESULTS_DIR, environment, markdown_table
 from softprompt.tasks import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,8 @@ def compare(args: argparse.Namespace) -> dict:
         "command": "python -m bench.against " + " ".join(sys.argv[1:]),
         "base": base_commit,
         "head": head_commit + (" (uncommitted changes)" if dirty else ""),
+        "environment": environment("cpu"),
+        "load_avg_1m": os.getloadavg()[0],
         "rounds": args.rounds,
         "tolerance": args.tolerance,
         "samples": samples,
@@ -122,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.time()
     record = compare(args)
     record["wall_seconds"] = round(time.time() - started, 1)
+    env = record["environment"]
     rows = [
         [
             t["name"],
@@ -140,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         table,
         "",
         f"- base {record['base']}, checkout {record['head']}",
+        f"- machine: {env['cpu']}, {env['cpu_count']} cores; torch {env['torch']}; "
+        f"1-minute load average at the start {record['load_avg_1m']:.2f}",
         f"- command: `{record['command']}` ({record['rounds']} rounds, alternating), "
         f"{record['wall_seconds']} s",
         "",
