@@ -85,7 +85,7 @@ def compare(args: argparse.Namespace) -> dict:
         "base": base_commit,
         "head": head_commit + (" (uncommitted changes)" if dirty else ""),
         "environment": environment("cpu"),
-        "load_avg_1m": os.getloadavg()[0],
+        "load_avg_1m": os.getloadavg()[0],  # at the end: the last runs' own load included
         "rounds": args.rounds,
         "tolerance": args.tolerance,
         "samples": samples,
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "",
         f"- base {record['base']}, checkout {record['head']}",
         f"- machine: {env['cpu']}, {env['cpu_count']} cores; torch {env['torch']}; "
-        f"1-minute load average at the start {record['load_avg_1m']:.2f}",
+        f"1-minute load average at the end {record['load_avg_1m']:.2f}",
         f"- command: `{record['command']}` ({record['rounds']} rounds, alternating), "
         f"{record['wall_seconds']} s",
         "",
