@@ -93,14 +93,8 @@ class ModelShape:
             "total": linear + attention + head,
         }
 
-    def run(
-        self,
-        batch: int,
-        width: int,
-        head_rows: int,
-        shared_prefix: int = 0,
-        packed: Sequence[int] | None = None,
-    ) -> dict:
+    def run(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0,
+            packed: Sequence[int] | None = None) -> dict:
         """A forward over `batch` rows of `width` positions, of which the first `shared_prefix` run
         once for the whole batch (their keys are read by every row). `packed` (the rows' own
         lengths): the rows instead run end to end as one sequence after the shared prefix, with
@@ -115,14 +109,8 @@ class ModelShape:
         out["total"] = sum(out.values())
         return out
 
-    def prompt_step(
-        self,
-        batch: int,
-        width: int,
-        head_rows: int,
-        shared_prefix: int = 0,
-        packed: Sequence[int] | None = None,
-    ) -> dict:
+    def prompt_step(self, batch: int, width: int, head_rows: int, shared_prefix: int = 0,
+            packed: Sequence[int] | None = None) -> dict:
         """A prompt-tuning training step: forward plus backward to the inputs only (frozen weights).
         Behind a shared prefix the rows' first-layer q/k/v projections have no backward (their
         input, the token embeddings, carries no gradient)."""

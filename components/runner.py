@@ -166,15 +166,9 @@ def run_prompt_tuning(
     params["task"] = task
     if mode == "kfp":
         _check_params(prompt_tuning_pipeline, params)
-        return _run_kfp(
-            prompt_tuning_pipeline,
-            params,
-            _endpoint(kfp_host),
-            run_name,
-            experiment,
-            wait,
-            timeout_s,
-        )
+        endpoint = _endpoint(kfp_host)
+        return _run_kfp(prompt_tuning_pipeline, params, endpoint, run_name, experiment, wait,
+                        timeout_s)
     if mode != "local":
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     root = Path(root)
@@ -238,15 +232,9 @@ def run_lm_adaptation(
         )
     if mode == "kfp":
         _check_params(lm_adaptation_pipeline, params)
-        return _run_kfp(
-            lm_adaptation_pipeline,
-            params,
-            _endpoint(kfp_host),
-            run_name,
-            experiment,
-            wait,
-            timeout_s,
-        )
+        endpoint = _endpoint(kfp_host)
+        return _run_kfp(lm_adaptation_pipeline, params, endpoint, run_name, experiment, wait,
+                        timeout_s)
     if mode != "local":
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     started = time.monotonic()
