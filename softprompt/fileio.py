@@ -11,10 +11,14 @@ def write_temp(path: Path, data: bytes) -> Path:
     """Writes `data` durably to a unique temp file beside `path` (for a rename or link onto it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a failed or interrupted write leaves no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 

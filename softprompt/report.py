@@ -13,9 +13,12 @@ records missing a finite step, loss or score are left out of the pictures.
 from __future__ import annotations
 
 import html
+import logging
 import math
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+log = logging.getLogger(__name__)
 
 # SVG geometry in pixels: two panels stacked, sharing the step axis.
 WIDTH = 640
@@ -29,13 +32,25 @@ def read_metrics_log(path: str | Path) -> list[dict]:
     """The records of a run's metrics.jsonl, in file order (blank lines skipped).
 
     Raises FileNotFoundError for a missing file and ValueError naming the file and line for a
-    line that is not a JSON object."""
+    line that is not a JSON object. The exception is a last line with no newline that does not
+    parse. A run killed while writing it leaves such a line, so it is skipped with a warning."""
     from softprompt.task_data import read_jsonl
+    from softprompt.tasks import TaskDataError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log")
-    return [record for _, record in read_jsonl(path)]
+    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    complete = sum(1 for line in lines[:-1] if line.strip())  # lines that ended with a newline
+    records = []
+    try:
+        for _, record in read_jsonl(path):
+            records.append(record)
+    except TaskDataError:
+        if not lines[-1].strip() or len(records) != complete:
+            raise
+        log.warning("%s:%d: skipped a half-written last line", path, len(lines))
+    return records
 
 
 def _finite(value) -> bool:

@@ -228,3 +228,24 @@ def test_lm_adapt_flags_build_its_config():
     )
     with pytest.raises(SystemExit):
         _parse("lm-adapt", "--corpus", "c.txt", "--out", "o")  # --model is required
+
+
+def test_a_diverged_training_run_exits_with_an_error(tiny_causal_dir, toy_task, tmp_path, capsys):
+    """The command line reports divergence as an error (exit 2), not as a finished run."""
+    config = {
+        "task": str(toy_task["spec_path"]),
+        "data_dir": str(toy_task["data_dir"]),
+        "model": str(tiny_causal_dir),
+        "prompt": {"length": 4},
+        "batch_size": 8,
+        "micro_batch_size": 8,
+        "max_steps": 4,
+        "eval_every": 1,
+        "optimizer": "sgd",
+        "lr": 1e30,
+    }
+    path = _write(tmp_path, "run.yaml", config)
+    argv = ["train", "--config", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    assert "training diverged at step" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "result.json").exists()

@@ -116,3 +116,22 @@ def test_read_metrics_log_names_file_and_line_of_bad_json(tmp_path):
     path.write_text('{"event": "start"}\n[1, 2]\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: expected a JSON object"):
         read_metrics_log(path)
+
+
+def test_a_half_written_last_line_is_skipped_with_a_warning(tmp_path, caplog):
+    """A run killed while appending leaves a last line without its newline: it is skipped with
+    a warning, and the training curves can still be written. A broken line that was finished
+    (newline written) still fails, naming the file and line."""
+    from softprompt.data_version import write_curves
+
+    path = tmp_path / "metrics.jsonl"
+    complete = "".join(json.dumps(r) + "\n" for r in _records()[:2])
+    path.write_text(complete + '{"event": "step", "step": 2, "lo')
+    with caplog.at_level("WARNING", logger="softprompt.report"):
+        records = read_metrics_log(path)
+    assert [r["event"] for r in records] == ["start", "step"]
+    assert "metrics.jsonl:3: skipped a half-written last line" in caplog.text
+    assert write_curves(tmp_path, tmp_path / "curves") == {"loss": 1, "dev": 0}
+    path.write_text('{"event": "start"}\n{"event": "st\n{"event": "step", "step": 2, "lo')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: malformed JSON"):
+        read_metrics_log(path)

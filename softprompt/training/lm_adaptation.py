@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from softprompt.fileio import atomic_write
 from softprompt.model import OFFLINE_MODELS, Batch, load_frozen_lm
 from softprompt.prompt_design import empty_prompt
 from softprompt.scoring import lm_loss
@@ -178,5 +179,5 @@ def _summary(
         "train_seconds": round(seconds, 1),
         "out_dir": str(out),
     }
-    (out / "lm_adapt.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "lm_adapt.json", json.dumps(summary, indent=2).encode())
     return summary

@@ -14,6 +14,8 @@ and the state to checkpoint; a `Schedule` says how long to train and how often t
   atomically; a later call with the same checkpoint path resumes from it. Data order must be a
   pure function of the step, so a resumed run sees exactly the batches the killed one would have.
 - metrics.jsonl gets "resume", "step" and "eval" records; progress lines go to progress.py.
+- A non-finite loss or parameter ends the run with TrainingDiverged (and a "diverged" record)
+  before anything is evaluated, kept as best or checkpointed.
 - Under torchrun the gradients are summed over processes, rank 0's clock decides the time budget
   and rank 0 alone writes the checkpoint.
 """
@@ -46,6 +48,11 @@ from softprompt.training.progress import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ValueError):
+    """The loss or a trained parameter stopped being finite: the run failed and must not look
+    done. Usually the learning rate is too high for the model."""
 
 
 class StepBatches(NamedTuple):
@@ -247,6 +254,7 @@ class _Loop:
             if stop_reason is not None:
                 return stop_reason
             loss = self._step()
+            self._check_finite(loss)
             state["step"] += 1
             state["elapsed"] = time.monotonic() - self.started
             self.losses.append(loss)
@@ -274,6 +282,21 @@ class _Loop:
             total = distributed.sum_across_processes(trainable.params, total)
         trainable.optimizer.step()
         return total
+
+    def _check_finite(self, loss: float) -> None:
+        """Raises TrainingDiverged when the step's loss or a parameter it updated is not finite.
+        A NaN prompt can still score a finite accuracy, so without this it could become "best"."""
+        finite = math.isfinite(loss)
+        finite = finite and all(bool(torch.isfinite(p).all()) for p in self.trainable.params)
+        if finite:
+            return
+        step = self.state["step"] + 1
+        self.metrics.write(event="diverged", step=step, loss=loss if math.isfinite(loss) else None)
+        what = f"loss {loss}" if not math.isfinite(loss) else "non-finite parameters"
+        raise TrainingDiverged(
+            f"training diverged at step {step} ({what}); nothing from this step on was kept. "
+            "Lower the learning rate (--lr) and train again in a new run directory"
+        )
 
     def _log_step(self) -> None:
         step, every = self.state["step"], self.schedule.log_every

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from softprompt import distributed
+from softprompt.fileio import atomic_write
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prompt_design import empty_prompt, eval_split
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
@@ -80,7 +81,7 @@ def model_tune(
     check_world_split(config.batch_size, config.micro_batch_size, world.size)
     writer = world.rank == 0
     if writer:
-        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        atomic_write(run_dir / "config.json", json.dumps(asdict(config), indent=2).encode())
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=writer)
     train_examples = [e for s in tasks.specs for e in _inputs(config, s, tasks.data, "train")]
     # Each task's fixed seeded subset, so every evaluation scores the same dev examples.
@@ -119,7 +120,7 @@ def model_tune(
     tuned.model.load_state_dict(best["weights"])
     result = _result(config, lm, tuned, tasks, outcome, time.monotonic() - started)
     if writer:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+        atomic_write(run_dir / "result.json", json.dumps(result, indent=2).encode())
     metrics.write(
         event="done",
         steps=outcome.steps,

@@ -26,6 +26,7 @@ import torch
 
 from softprompt import distributed
 from softprompt import prompt as prompt_lib
+from softprompt.fileio import atomic_write
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prepared import load_prepared
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
@@ -110,7 +111,7 @@ def train(
     distributed.barrier()  # the writer's prompt file is complete before anyone reads it
     result = _result(config, lm, spec, data, outcome, len(dev_examples), run_dir)
     if writer:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+        atomic_write(run_dir / "result.json", json.dumps(result, indent=2).encode())
     done = {k: v for k, v in result.items() if k in ("best_step", "steps", "stop_reason")}
     metrics.write(event="done", **done)
     return result
@@ -134,8 +135,8 @@ def _record_config(config: TrainConfig, run_dir: Path, writer: bool) -> None:
     if config_path.exists() and json.loads(config_path.read_text()) != config.to_dict():
         raise ValueError(f"{run_dir} holds a run with a different config; use a new run directory")
     distributed.barrier()  # all have read config.json before the writer rewrites it
-    if writer:
-        config_path.write_text(json.dumps(config.to_dict(), indent=2))
+    if writer:  # atomically: a kill while it is rewritten on resume must leave it readable
+        atomic_write(config_path, json.dumps(config.to_dict(), indent=2).encode())
 
 
 def _initial_prompt(config: TrainConfig, lm: FrozenLM, spec: TaskSpec) -> torch.Tensor:

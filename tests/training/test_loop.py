@@ -8,7 +8,14 @@ import re
 import pytest
 import torch
 
-from softprompt.training.loop import Schedule, StepBatches, Trainable, batch_indices, train_loop
+from softprompt.training.loop import (
+    Schedule,
+    StepBatches,
+    Trainable,
+    TrainingDiverged,
+    batch_indices,
+    train_loop,
+)
 from softprompt.training.progress import MetricsLog
 
 N, BATCH = 32, 8
@@ -145,3 +152,31 @@ def test_a_run_without_evaluation_logs_mean_losses(tmp_path, caplog):
     assert not (tmp_path / "c.pt").exists()  # checkpoints follow evaluations
     (line,) = [r.getMessage() for r in caplog.records]
     assert re.fullmatch(r"training stopped at step 7/7 \(max_steps\); elapsed \d+s", line)
+
+
+@pytest.mark.parametrize("poison", ["loss", "parameter"])
+def test_a_diverged_run_fails_and_keeps_nothing_from_then_on(tmp_path, poison):
+    """A NaN loss (or a NaN weight after a finite loss) at step 3 stops the run with
+    TrainingDiverged naming the step; the last checkpoint and best state are from step 2."""
+    toy = Toy()
+    real_loss, real_step = toy.loss, toy.optimizer.step
+
+    def loss(rows, normalizer):
+        value = real_loss(rows, normalizer)
+        return value * float("nan") if poison == "loss" and toy.calls > 2 else value
+
+    def step(*args, **kwargs):
+        real_step(*args, **kwargs)
+        if poison == "parameter" and toy.calls > 2:
+            with torch.no_grad():
+                toy.w[0] = float("nan")
+
+    toy.loss, toy.optimizer.step = loss, step
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        train_loop(toy.trainable(), Schedule(max_steps=6, eval_every=2),
+                   MetricsLog(tmp_path / "m.jsonl"), tmp_path / "c.pt")
+    assert toy.best_steps == [2]
+    assert torch.load(tmp_path / "c.pt")["state"]["step"] == 2
+    assert torch.isfinite(torch.load(tmp_path / "c.pt")["w"]).all()
+    assert [r["step"] for r in _records(tmp_path / "m.jsonl", "diverged")] == [3]
+    assert not _records(tmp_path / "m.jsonl", "eval")[-1]["step"] > 2

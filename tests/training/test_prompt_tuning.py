@@ -257,3 +257,40 @@ def test_cli_train_logs_progress_without_verbose(
         root.setLevel(saved[1])
     assert len(_eval_lines(caplog)) == 1 and _eval_lines(caplog)[0].startswith("step 2/2 | ")
     assert json.loads(capsys.readouterr().out)["steps"] == 2
+
+
+def test_a_diverged_run_fails_without_a_result(tiny_causal, toy_task, tmp_path):
+    """A learning rate far too high makes the loss non-finite: the run stops with
+    TrainingDiverged and writes no result.json; any best prompt on disk is finite."""
+    from softprompt.training.loop import TrainingDiverged
+
+    config = _config(toy_task, optimizer="sgd", lr=1e30, max_steps=6, eval_every=1)
+    with pytest.raises(TrainingDiverged, match="diverged at step"):
+        train(config, tmp_path / "run", lm=tiny_causal, progress=False)
+    assert not (tmp_path / "run" / "result.json").exists()
+    best = tmp_path / "run" / "prompt.safetensors"
+    assert not best.exists() or torch.isfinite(load_prompt(best)).all()
+
+
+def test_a_kill_while_config_json_is_rewritten_leaves_a_resumable_run(
+    tiny_causal, toy_task, tmp_path, monkeypatch
+):
+    """On resume config.json is written again; a kill in the middle of that write (here: while
+    the new bytes are flushed) leaves the complete old file, and the run still resumes."""
+    import softprompt.fileio
+
+    config = _config(toy_task, max_steps=4, eval_every=2)
+    run_dir = tmp_path / "run"
+    train(config, run_dir, lm=tiny_causal, progress=False)
+    before = (run_dir / "config.json").read_text()
+
+    def killed(fd):
+        raise KeyboardInterrupt("killed while writing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(softprompt.fileio.os, "fsync", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, run_dir, lm=tiny_causal, progress=False)
+    assert (run_dir / "config.json").read_text() == before
+    assert not list(run_dir.glob(".*.tmp"))
+    assert train(config, run_dir, lm=tiny_causal, progress=False)["steps"] == 4
