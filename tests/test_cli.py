@@ -122,24 +122,24 @@ def test_train_config_mistakes_are_named(tmp_path, capsys, text, flags, message)
     assert not (tmp_path / "run").exists()
 
 
+def _toy_run(toy_task, model_dir, **changes) -> dict:
+    """A small TrainConfig mapping on the toy task and the tiny model, as a config file holds."""
+    return {
+        "task": str(toy_task["spec_path"]),
+        "data_dir": str(toy_task["data_dir"]),
+        "model": str(model_dir),
+        "prompt": {"length": 4},
+        "batch_size": 8,
+        "micro_batch_size": 8,
+        "max_steps": 4,
+    } | changes
+
+
 def test_train_with_a_config_file_writes_the_effective_config(
     tiny_causal_dir, toy_task, tmp_path, capsys
 ):
-    path = _write(
-        tmp_path,
-        "run.yaml",
-        {
-            "task": str(toy_task["spec_path"]),
-            "data_dir": str(toy_task["data_dir"]),
-            "model": str(tiny_causal_dir),
-            "prompt": {"length": 4},
-            "batch_size": 8,
-            "micro_batch_size": 8,
-            "max_steps": 4,
-            "eval_every": 2,
-            "eval_max_examples": 16,
-        },
-    )
+    config = _toy_run(toy_task, tiny_causal_dir, eval_every=2, eval_max_examples=16)
+    path = _write(tmp_path, "run.yaml", config)
     run_dir = tmp_path / "run"
     assert (
         main(
@@ -232,18 +232,7 @@ def test_lm_adapt_flags_build_its_config():
 
 def test_a_diverged_training_run_exits_with_an_error(tiny_causal_dir, toy_task, tmp_path, capsys):
     """The command line reports divergence as an error (exit 2), not as a finished run."""
-    config = {
-        "task": str(toy_task["spec_path"]),
-        "data_dir": str(toy_task["data_dir"]),
-        "model": str(tiny_causal_dir),
-        "prompt": {"length": 4},
-        "batch_size": 8,
-        "micro_batch_size": 8,
-        "max_steps": 4,
-        "eval_every": 1,
-        "optimizer": "sgd",
-        "lr": 1e30,
-    }
+    config = _toy_run(toy_task, tiny_causal_dir, eval_every=1, optimizer="sgd", lr=1e30)
     path = _write(tmp_path, "run.yaml", config)
     argv = ["train", "--config", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]
     assert main(argv) == 2
