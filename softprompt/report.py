@@ -40,13 +40,14 @@ def read_metrics_log(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log")
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
-    complete = sum(1 for line in lines[:-1] if line.strip())  # lines that ended with a newline
     records = []
     try:
         for _, record in read_jsonl(path):
             records.append(record)
     except TaskDataError:
+        # Only a bad line at the end, with no newline after it, was still being written.
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
+        complete = sum(1 for line in lines[:-1] if line.strip())
         if not lines[-1].strip() or len(records) != complete:
             raise
         log.warning("%s:%d: skipped a half-written last line", path, len(lines))

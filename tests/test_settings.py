@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from settings_drift import drift, parser_defaults, pipeline_field_defaults
 
 from softprompt import settings
 from softprompt.model import DEFAULT_MODEL
@@ -48,16 +49,16 @@ def surfaces(tmp_path_factory) -> dict[str, tuple[type, dict]]:
     parser = build_parser()
     commands = _subparsers(parser)
     found = {
-        "softprompt train": (TrainConfig, settings.parser_defaults(commands["train"], TrainConfig)),
+        "softprompt train": (TrainConfig, parser_defaults(commands["train"], TrainConfig)),
         "softprompt lm-adapt": (
             LMAdaptConfig,
-            settings.parser_defaults(commands["lm-adapt"], LMAdaptConfig),
+            parser_defaults(commands["lm-adapt"], LMAdaptConfig),
         ),
     }
     for command in ("evaluate", "predict"):
         found[f"softprompt {command}"] = (
             TrainConfig,
-            settings.parser_defaults(commands[command], TrainConfig),
+            parser_defaults(commands[command], TrainConfig),
         )
     # What a command builds when no setting is typed (train's typed flags override --config;
     # the experiments' flags are "not given" unless typed).
@@ -77,16 +78,16 @@ def surfaces(tmp_path_factory) -> dict[str, tuple[type, dict]]:
         )
         found[f"softprompt {command}"] = (
             TrainConfig,
-            settings.parser_defaults(commands[command], TrainConfig),
+            parser_defaults(commands[command], TrainConfig),
         )
     found["softprompt serve"] = (
         ServeConfig,
-        settings.parser_defaults(commands["serve"], ServeConfig),
+        parser_defaults(commands["serve"], ServeConfig),
     )
     compiled = {p.stem: p for p in compile_pipelines(tmp_path_factory.mktemp("compiled"))}
     for name, cls in (("prompt_tuning", TrainConfig), ("lm_adaptation", LMAdaptConfig)):
         params = _compiled_defaults(compiled[name])
-        found[f"{name} pipeline"] = (cls, settings.pipeline_field_defaults(cls, params))
+        found[f"{name} pipeline"] = (cls, pipeline_field_defaults(cls, params))
     return found
 
 
@@ -94,7 +95,7 @@ def _drift(surfaces) -> list[str]:
     return [
         line
         for name, (cls, values) in surfaces.items()
-        for line in settings.drift(cls, values, name)
+        for line in drift(cls, values, name)
     ]
 
 
@@ -141,7 +142,7 @@ def test_a_drifted_default_is_reported(surfaces, surface):
     cls, values = surfaces[surface]
     key = sorted(k for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool))[0]
     drifted = dict(values) | {key: values[key] + 1}
-    assert settings.drift(cls, drifted, surface) == [
+    assert drift(cls, drifted, surface) == [
         f"{surface}: {key} defaults to {values[key] + 1!r}, but {cls.__name__}.{key} to "
         f"{values[key]!r}"
     ]

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -122,15 +122,19 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 def encoded_step(
     encoded: Encoded,
-    indices: Sequence[int],
+    batch_size: int,
     micro_batch_size: int,
-    world: distributed.World = distributed.SINGLE_PROCESS,
+    seed: int,
+    world: distributed.World,
+    step: int,
     by_length: bool = False,
 ) -> StepBatches:
-    """This process's micro-batches of the step made of `indices` (all processes' examples).
+    """This process's micro-batches of optimizer step `step` over `encoded`.
 
-    Each process takes every world-th example; `by_length` groups similar lengths into the same
-    micro-batch (less padding)."""
+    The step's examples are a pure function of seed and step (`batch_indices`), so a resumed run
+    sees the same batches. Each process takes every world-th example; `by_length` groups similar
+    lengths into the same micro-batch (less padding)."""
+    indices = batch_indices(len(encoded.inputs), batch_size, step, seed)
     tokens = sum(len(encoded.targets[i]) for i in indices)
     mine = list(indices[world.rank :: world.size])
     if by_length:

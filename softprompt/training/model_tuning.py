@@ -106,7 +106,10 @@ def model_tune(
         params=params,
         # Duck-typed: the config has optimizer, lr, weight_decay, beta2_decay.
         optimizer=make_optimizer(config, params),
-        batches=partial(_step_batches, train_enc, config, world),
+        batches=partial(
+            loop.encoded_step, train_enc, config.batch_size, config.micro_batch_size, config.seed,
+            world
+        ),
         loss=lambda batch, tokens: lm_loss(tuned, none, batch, normalizer=tokens),
         evaluate=partial(_dev_scores, config, tuned, tasks.specs, dev, dev_enc),
         keep_best=keep_best,
@@ -172,14 +175,6 @@ def _dev_scores(
         for s in specs
     }
     return {"score": sum(per_task.values()) / len(per_task), "per_task": per_task}
-
-
-def _step_batches(
-    encoded: Encoded, config: ModelTuningConfig, world: distributed.World, step: int
-) -> loop.StepBatches:
-    """Step `step`'s examples (seeded order), this process's share in micro-batches."""
-    indices = loop.batch_indices(len(encoded.inputs), config.batch_size, step, config.seed)
-    return loop.encoded_step(encoded, indices, config.micro_batch_size, world)
 
 
 def _result(

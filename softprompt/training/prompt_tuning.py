@@ -29,7 +29,7 @@ from softprompt import prompt as prompt_lib
 from softprompt.fileio import atomic_write
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prepared import load_prepared
-from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
+from softprompt.scoring import encode_examples, evaluate, lm_loss
 from softprompt.task_data import load_task, seeded_subset
 from softprompt.tasks import Example, TaskSpec, load_spec
 from softprompt.training import loop
@@ -87,7 +87,10 @@ def train(
     trainable = loop.Trainable(
         params=[prompt],
         optimizer=make_optimizer(config, [prompt]),
-        batches=partial(_step_batches, train_enc, config, world),
+        batches=partial(
+            loop.encoded_step, train_enc, config.batch_size, config.micro_batch_size, config.seed,
+            world, by_length=True
+        ),
         loss=lambda batch, tokens: lm_loss(lm, prompt, batch, normalizer=tokens),
         evaluate=lambda: evaluate(
             lm, prompt.detach(), spec, dev_examples, dev_enc, batch_size=config.eval_batch_size
@@ -146,15 +149,6 @@ def _initial_prompt(config: TrainConfig, lm: FrozenLM, spec: TaskSpec) -> torch.
         config.prompt, lm.dim, lm.embed, common, lm.tokenize, spec.label_words, seed=config.seed
     )
     return prompt.float().to(lm.device)
-
-
-def _step_batches(
-    encoded: Encoded, config: TrainConfig, world: distributed.World, step: int
-) -> loop.StepBatches:
-    """Step `step`'s examples (a pure function of seed and step, so a resumed run sees the same
-    batches), this process's share of them in micro-batches of similar lengths."""
-    indices = loop.batch_indices(len(encoded.inputs), config.batch_size, step, config.seed)
-    return loop.encoded_step(encoded, indices, config.micro_batch_size, world, by_length=True)
 
 
 def _log_start(metrics: MetricsLog, start: dict, skipped_rows: list[str]) -> None:
