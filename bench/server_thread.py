@@ -9,18 +9,27 @@ import time
 
 class ServerThread:
     """Runs the app under uvicorn in a background thread on an already-bound socket (port 0 picks
-    a free one): for tests and benchmarks. Use as a context manager; `url` is the base URL."""
+    a free one): for tests and benchmarks. Use as a context manager; `url` is the base URL.
+
+    The server gets the connection limits of the app's ServeConfig the way `softprompt serve`
+    sets them (softprompt.serve.protocol.uvicorn_options)."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
+
+        from softprompt.serve.protocol import uvicorn_options
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        options = uvicorn_options(app.state.service.config)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="on", **options)
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def __enter__(self) -> ServerThread:
         self.thread.start()

@@ -9,6 +9,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
+# The browser tests drive Debian's Chromium through its chromedriver (no download at run time).
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+  pkgs="chromium chromium-driver"
+  apt-get install -y -q --no-install-recommends $pkgs >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $pkgs >/dev/null; } \
+    || echo "warning: could not install $pkgs; the browser tests will fail" >&2
+fi
 stamp=.venv/.softprompt-setup
 want=$(cat pyproject.toml requirements-lock.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

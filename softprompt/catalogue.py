@@ -41,7 +41,7 @@ from softprompt.data_source import (
     recorded_hash,
 )
 from softprompt.registry import Manifest, Registry
-from softprompt.tasks import TaskDataError, TaskSpec, default_data_dir
+from softprompt.tasks import TaskDataError, TaskSpec, decode_utf8, default_data_dir, read_spec_file
 
 
 class CatalogueError(ValueError):
@@ -125,9 +125,15 @@ def read_catalogue(tasks_dir: str | Path, only: Iterable[str] | None = None,
     if not root.is_dir():
         raise CatalogueError(f"task catalogue {root}: not a directory")
     data_root = str(data_dir or default_data_dir())
-    entries = [_entry(path.stem, str(path), path.read_text(encoding="utf-8"),
-                      DataRef(task=path.stem, data_dir=data_root))
-               for path in sorted(root.glob("*.yaml"))]
+    entries = []
+    for path in sorted(root.glob("*.yaml")):
+        data = DataRef(task=path.stem, data_dir=data_root)
+        try:
+            text = read_spec_file(path)
+        except TaskDataError as err:  # one unreadable spec is that entry's error, not the lot's
+            entries.append(CatalogueEntry(path.stem, str(path), error=f"invalid task spec: {err}"))
+            continue
+        entries.append(_entry(path.stem, str(path), text, data))
     return _select(entries, only, str(root))
 
 
@@ -157,7 +163,12 @@ def read_catalogue_at(repo: str, rev: str = "", only: Iterable[str] | None = Non
             entries.append(CatalogueEntry(name, where, error=f"data: {err}"))
             continue
         ref = DataRef(task=name, version=version, remote=remote, rev=sha, path=data_path)
-        entries.append(_entry(name, where, fs.read_text(path, encoding="utf-8"), ref))
+        try:
+            text = decode_utf8(fs.read_bytes(path), where)
+        except TaskDataError as err:
+            entries.append(CatalogueEntry(name, where, error=f"invalid task spec: {err}"))
+            continue
+        entries.append(_entry(name, where, text, ref))
     return _select(entries, only, at), sha
 
 

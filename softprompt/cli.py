@@ -201,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (TaskDataError, ValueError, FileNotFoundError) as err:
+    except (TaskDataError, ValueError, OSError) as err:
+        # Bad input (a spec, a data file, a flag, a path) ends in one line, not a traceback.
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        # Readers report deep nesting as TaskDataError; this is the last guard for any other.
+        print("error: input nested too deeply to read (RecursionError)", file=sys.stderr)
         return 2
 
 

@@ -28,7 +28,16 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from softprompt.data_version import dataset_version
-from softprompt.tasks import TaskDataError, TaskSpec, default_data_dir, parse_spec, spec_path
+from softprompt.tasks import (
+    TaskDataError,
+    TaskSpec,
+    decode_utf8,
+    default_data_dir,
+    parse_spec,
+    read_spec_file,
+    spec_path,
+    spec_yaml,
+)
 
 DVC_DIR_HASH = re.compile(r"[0-9a-f]{32}\.dir")
 DEFAULT_REV = "HEAD"
@@ -117,16 +126,12 @@ def read_spec_text(task: str, source: str = "",
     if source:
         return _read_uri(source, task), source
     path = spec_path(task, tasks_dir)
-    return path.read_text(encoding="utf-8"), str(path)
+    return read_spec_file(path), str(path)
 
 
 def parse_spec_text(task: str, text: str, where: str) -> TaskSpec:
     """A validated spec from YAML text; it must be the spec of `task`."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise TaskDataError(f"{where}: invalid YAML: {err}") from err
-    spec = parse_spec(raw, where)
+    spec = parse_spec(spec_yaml(text, where), where)
     if spec.name != task:
         raise TaskDataError(f"{where}: field 'name' is {spec.name!r}, but the task is {task!r}")
     return spec
@@ -141,10 +146,11 @@ def _read_uri(uri: str, task: str) -> str:
     import fsspec
 
     try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as f:
-            return f.read()
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
     except (OSError, ValueError, ImportError) as err:
         raise TaskDataError(f"task {task}: cannot read the task spec at {uri}: {err}") from err
+    return decode_utf8(data, uri)
 
 
 # ---------------------------------------------------------------------------- DVC records

@@ -52,17 +52,21 @@ def load_prepared(prepared_dir: str | Path) -> dict[str, list[Example]]:
     data = {}
     for split in SPLITS:
         path = root / f"{split}.jsonl"
-        if not path.is_file():
+        if not path.exists():
             continue
-        data[split] = []
-        for lineno, row in read_jsonl(path):
-            try:
-                example = Example(
-                    row["input"], row["target"], row.get("group"), row.get("source", "")
-                )
-            except KeyError as err:
-                raise TaskDataError(f"{path}:{lineno}: missing field {err}") from err
-            data[split].append(example)
+        data[split] = [_example(row, f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
         if not data[split]:
             raise TaskDataError(f"{path}: split {split!r} is empty")
     return data
+
+
+def _example(row: dict, where: str) -> Example:
+    """One line of a prepared split; input and target are text, group and source text too."""
+    for key in ("input", "target"):
+        if key not in row:
+            raise TaskDataError(f"{where}: missing field {key!r}")
+    for key, optional in (("input", False), ("target", False), ("group", True), ("source", True)):
+        value = row.get(key)
+        if not isinstance(value, str) and not (optional and value is None):
+            raise TaskDataError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
+    return Example(row["input"], row["target"], row.get("group"), row.get("source") or "")

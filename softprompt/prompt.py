@@ -9,9 +9,11 @@ callable that maps token ids [N] to embeddings [N, E].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save
@@ -148,6 +150,33 @@ def from_text(length: int, text_ids: Sequence[int], embed: Embed) -> torch.Tenso
     reps = -(-length // len(text_ids))
     ids = torch.as_tensor(list(text_ids) * reps, dtype=torch.long)[:length]
     return embed(ids).detach().float()
+
+
+# A prompt whose largest row is this many times the vocabulary's largest row has exploded. With
+# Adafactor's relative step and no parameter scaling, each step moves an entry by about lr, so
+# even 30,000 steps at lr 0.3 stay about two orders of magnitude below this; a diverging optimizer
+# (AdamW at lr 1e6 reaches entries of 8e6) lands far above it.
+EXPLODED_NORM_RATIO = 1000.0
+
+
+class PromptNorm(NamedTuple):
+    """How large a prompt's rows are next to the embedded vocabulary's."""
+
+    max_row_norm: float  # the prompt's largest row norm
+    vocab_max_row_norm: float  # the vocabulary's largest (FrozenLM.vocab_max_norm)
+    ratio: float
+    exploded: bool  # ratio above EXPLODED_NORM_RATIO, or not finite
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self._asdict().items()}
+
+
+def prompt_norm(prompt: torch.Tensor, vocab_max_norm: float) -> PromptNorm:
+    """The prompt [P, E]'s largest row norm, compared with the vocabulary's."""
+    largest = float(prompt.detach().float().norm(dim=1).max())
+    ratio = largest / vocab_max_norm if vocab_max_norm > 0 else math.inf
+    exploded = not math.isfinite(ratio) or ratio > EXPLODED_NORM_RATIO
+    return PromptNorm(largest, vocab_max_norm, ratio, exploded)
 
 
 def load_prompt(path: str | Path, expected_shape: tuple[int, int] | None = None) -> torch.Tensor:

@@ -7,56 +7,113 @@ and field, on anything malformed. The readers know three formats (jsonl, tsv, mu
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import random
 import string
 from collections.abc import Iterator
 from pathlib import Path
 
-from softprompt.tasks import Example, TaskDataError, TaskSpec, default_data_dir, label_key
+from softprompt.tasks import (
+    Example,
+    TaskDataError,
+    TaskSpec,
+    clip,
+    decode_utf8,
+    default_data_dir,
+    label_key,
+)
+from softprompt.verbalizer import VerbalizerError, template_fields
+
+# A line of a data file, in characters. Inputs are cut to a few hundred tokens, so longer lines
+# are mistakes, and reading stops there instead of holding a runaway line in memory.
+MAX_LINE_CHARS = 1_000_000
 
 
 # ------------------------------------------------------------------ readers: file -> (line, row)
+def _lines(path: Path, newline: str | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 file, a leading BOM dropped.
+
+    Invalid UTF-8, a line over MAX_LINE_CHARS and an unreadable file (a folder, no permission)
+    are TaskDataErrors naming the file and line."""
+    lineno = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline=newline) as f:
+            while line := f.readline(MAX_LINE_CHARS + 1):
+                lineno += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise _too_long(path, lineno)
+                yield lineno, line
+    except UnicodeDecodeError as err:
+        # Text is decoded in blocks ahead of the lines handed out: find the bad line itself.
+        raise _utf8_error(path) from err
+    except OSError as err:
+        raise TaskDataError(f"{path}: cannot read: {err.strerror or err}") from err
+
+
+def _too_long(path: Path, lineno: int) -> TaskDataError:
+    return TaskDataError(f"{path}:{lineno}: line longer than {MAX_LINE_CHARS:,} characters")
+
+
+def _utf8_error(path: Path) -> TaskDataError:
+    """The error for the first line of `path` that is not valid UTF-8, with its line number."""
+    limit = 4 * MAX_LINE_CHARS + 4  # bytes that hold more than MAX_LINE_CHARS characters
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(limit), b""), 1):
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                return _too_long(path, lineno)
+            try:
+                decode_utf8(raw, str(path), lineno)
+            except TaskDataError as err:
+                return err
+    return TaskDataError(f"{path}: not valid UTF-8")
+
+
+def parse_json(text: str, where: str) -> object:
+    """json.loads, its errors (nesting too deep included) a one-line TaskDataError at `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TaskDataError(f"{where}: malformed JSON: {err.msg} (column {err.colno})") from err
+    except RecursionError:
+        raise TaskDataError(f"{where}: malformed JSON: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise TaskDataError(f"{where}: malformed JSON: {clip(str(err))}") from err
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; errors name the file and line."""
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskDataError(
-                    f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})"
-                ) from err
-            if not isinstance(row, dict):
-                raise TaskDataError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
-                )
-            yield lineno, row
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path}:{lineno}")
+        if not isinstance(row, dict):
+            raise TaskDataError(
+                f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+            )
+        yield lineno, row
 
 
 def _read_tsv(path: Path, spec: TaskSpec, skipped: list[str]) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns = spec.tsv_columns
-        for lineno, fields in enumerate(reader, 1):
-            if lineno == 1 and spec.tsv_header:
-                columns = columns or [c.strip() for c in fields]
+    """Rows of tab-separated fields, no quoting, so a line is split at its tabs."""
+    columns = spec.tsv_columns
+    for lineno, line in _lines(path, newline=""):
+        fields = line.rstrip("\r\n").split("\t")
+        if lineno == 1 and spec.tsv_header:
+            columns = columns or [c.strip() for c in fields]
+            continue
+        if fields == [""]:
+            continue
+        if len(fields) != len(columns):
+            message = (
+                f"{path}:{lineno}: expected {len(columns)} tab-separated fields "
+                f"{clip(str(columns))}, got {len(fields)}"
+            )
+            if spec.skip_malformed_rows:
+                skipped.append(message)
                 continue
-            if not fields or fields == [""]:
-                continue
-            if len(fields) != len(columns):
-                message = (
-                    f"{path}:{lineno}: expected {len(columns)} tab-separated fields {columns}, got "
-                    f"{len(fields)}"
-                )
-                if spec.skip_malformed_rows:
-                    skipped.append(message)
-                    continue
-                raise TaskDataError(message)
-            yield lineno, dict(zip(columns, fields, strict=True))
+            raise TaskDataError(message)
+        yield lineno, dict(zip(columns, fields, strict=True))
 
 
 def _read_multirc(path: Path) -> Iterator[tuple[int, dict]]:
@@ -74,8 +131,13 @@ def _read_multirc(path: Path) -> Iterator[tuple[int, dict]]:
                         "group": f"{row.get('idx', lineno)}-{question.get('idx', q_index)}",
                     }
                     yield lineno, option
-        except (KeyError, TypeError) as err:
+        except KeyError as err:
             raise TaskDataError(f"{path}:{lineno}: MultiRC row lacks field {err}") from err
+        except TypeError as err:
+            raise TaskDataError(
+                f"{path}:{lineno}: MultiRC row is not passage.questions[].answers[] objects "
+                f"({clip(str(err))})"
+            ) from err
 
 
 def _lookup(row: dict, dotted: str, where: str):
@@ -88,13 +150,41 @@ def _lookup(row: dict, dotted: str, where: str):
     return value
 
 
+def _field_text(value: object, name: str, where: str) -> str:
+    """A template field's text, a string as itself and a finite number as str(), nothing else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) or math.isfinite(value):
+            return str(value)
+        kind = f"the number {value}"
+    elif isinstance(value, bool):
+        kind = "a boolean"
+    elif value is None:
+        kind = "null"
+    else:
+        kind = {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    raise TaskDataError(
+        f"{where}: field {name!r} is {kind}; a template field must be text or a finite number"
+    )
+
+
+def _fields(template: str, where: str) -> list[str]:
+    """template_fields, its VerbalizerError a TaskDataError at `where`."""
+    try:
+        return template_fields(template)
+    except VerbalizerError as err:
+        raise TaskDataError(f"{where}: {clip(str(err))}") from err
+
+
 def _render(template: str, row: dict, where: str) -> str:
+    """`template` filled from `row`; the template follows softprompt.verbalizer's rules."""
+    _fields(template, where)
     out = []
-    for literal, field_name, fmt, conv in string.Formatter().parse(template):
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
         out.append(literal)
-        if field_name:
-            value = _lookup(row, field_name, where)
-            out.append(format(str(value) if conv is None else repr(value), fmt or ""))
+        if name is not None:
+            out.append(_field_text(_lookup(row, name, where), name, where))
     return "".join(out).strip()
 
 
@@ -104,12 +194,11 @@ def render_input(spec: TaskSpec, line: str, where: str) -> str:
     Plain text serves templates with a single field."""
     stripped = line.strip()
     if stripped.startswith("{"):
-        try:
-            row = json.loads(stripped)
-        except json.JSONDecodeError as err:
-            raise TaskDataError(f"{where}: malformed JSON: {err.msg} (column {err.colno})") from err
+        row = parse_json(stripped, where)
+        if not isinstance(row, dict):
+            raise TaskDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         return _render(spec.template, row, where)
-    names = list(dict.fromkeys(spec.fields()))
+    names = list(dict.fromkeys(_fields(spec.template, where)))
     if len(names) != 1:
         raise TaskDataError(f"{where}: task {spec.name} needs a JSON object with fields {names}")
     return _render(spec.template, {names[0]: stripped}, where)
@@ -117,7 +206,7 @@ def render_input(spec: TaskSpec, line: str, where: str) -> str:
 
 def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list[Example]:
     """Reads one data file into examples; every error names the file, line and field."""
-    if not path.is_file():
+    if not path.exists():
         raise TaskDataError(f"task {spec.name}: data file not found: {path}")
     skipped: list[str] = []
     if spec.format == "jsonl":
@@ -132,13 +221,16 @@ def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list
         raw_label = label_key(_lookup(row, spec.label_field, where))
         if raw_label not in spec.labels:
             raise TaskDataError(
-                f"{where}: field {spec.label_field!r} has unknown label {raw_label!r}; "
+                f"{where}: field {spec.label_field!r} has unknown label {clip(repr(raw_label))}; "
                 f"legal labels: {', '.join(spec.labels)}"
             )
         text = _render(spec.template, row, where)
         if not text:
             raise TaskDataError(f"{where}: the template renders an empty input")
-        examples.append(Example(text, spec.labels[raw_label], row.get("group"), where))
+        group = row.get("group")
+        if group is not None and not isinstance(group, str):
+            raise TaskDataError(f"{where}: field 'group' must be text, got {type(group).__name__}")
+        examples.append(Example(text, spec.labels[raw_label], group, where))
     if stats is not None:
         stats.setdefault("skipped_rows", []).extend(skipped)
     return examples
@@ -207,7 +299,8 @@ def load_task_from_hub(spec: TaskSpec) -> dict[str, list[Example]]:
             raw_label = label_key(_lookup(row, spec.label_field, where))
             if raw_label not in spec.labels:
                 raise TaskDataError(
-                    f"{where}: unknown label {raw_label!r}; legal labels: {', '.join(spec.labels)}"
+                    f"{where}: unknown label {clip(repr(raw_label))}; "
+                    f"legal labels: {', '.join(spec.labels)}"
                 )
             text = _render(spec.template, row, where)
             data[split].append(Example(text, spec.labels[raw_label], None, where))

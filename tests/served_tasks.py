@@ -1,10 +1,13 @@
 """Three tasks served by the inference service in tests (tests/serve): their templates and label
 words, prompts published to a local registry, the service config, and checks that an answer
-equals the library's own prediction."""
+equals the library's own prediction. Also a registry object that answers with unusable
+manifests (a stand-in for a tampered store), and raw-socket helpers for connection limits."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import time
 
 import torch
 from prometheus_client.parser import text_string_to_metric_families
@@ -124,3 +127,70 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Manifest changes no service can use, as a tampered store could hold them:
+# name -> (changed manifest fields, the field the refusal names).
+UNUSABLE = {
+    "no-template": ({"template": None}, "template"),
+    "no-label-words": ({"label_words": []}, "label_words"),
+    "int-label-words": ({"label_words": [0, 1]}, "label_words"),
+    "duplicate-label-words": ({"label_words": ["positive", "positive"]}, "label_words"),
+    "empty-label-word": ({"label_words": ["", "positive"]}, "label_words"),
+    "unclosed-brace": ({"template": "Review: {sentence\nSentiment:"}, "template"),
+    "format-spec": ({"template": "Review: {sentence:d}\nSentiment:"}, "template"),
+    "huge-padding": ({"template": "Review: {sentence:>100000000}\nSentiment:"}, "template"),
+}
+
+
+class TamperedRegistry:
+    """A registry object that answers for each task in `bad` (task -> changed manifest fields)
+    with senti's prompt under a changed manifest, and for any other task from `real`."""
+
+    def __init__(self, real, bad: dict[str, dict]) -> None:
+        self.real, self.bad = real, bad
+
+    def _manifest(self, task: str):
+        good = self.real.manifest("senti", "production")
+        return dataclasses.replace(good, task=task, **self.bad[task])
+
+    def manifest(self, task, ref):
+        return self._manifest(task) if task in self.bad else self.real.manifest(task, ref)
+
+    def list_versions(self, task):
+        return [self._manifest(task)] if task in self.bad else self.real.list_versions(task)
+
+    def pull(self, task, ref="production", expected_fingerprint=None):
+        if task in self.bad:
+            prompt = self.real.pull("senti", "production", expected_fingerprint)[0]
+            return prompt, self._manifest(task)
+        return self.real.pull(task, ref, expected_fingerprint=expected_fingerprint)
+
+
+def connect(url: str) -> socket.socket:
+    """A raw TCP connection to a server's base URL (http://host:port)."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_until_closed(sock: socket.socket, seconds: float, trickle: bytes = b"") -> tuple:
+    """(everything the server sent, seconds until it closed the connection or None if it had not
+    within `seconds`). With `trickle`, it is sent again every 0.2 s meanwhile."""
+    start, received = time.monotonic(), b""
+    sock.settimeout(0.2)
+    while time.monotonic() - start < seconds:
+        if trickle:
+            try:
+                sock.sendall(trickle)
+            except OSError:  # reset or broken pipe: closed by the server
+                return received, time.monotonic() - start
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return received, time.monotonic() - start
+        if not chunk:
+            return received, time.monotonic() - start
+        received += chunk
+    return received, None

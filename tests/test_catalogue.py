@@ -124,9 +124,15 @@ def test_unusable_specs_and_data_fail_only_their_own_task(catalogue):
     (cat["data_dir"] / "nodata" / "test.jsonl").unlink()
     (cat["data_dir"] / "nodata").rmdir()
 
+    (cat["tasks_dir"] / "latin1.yaml").write_bytes(b"name: latin1\ndescription: caf\xe9\n")
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\nname: bomb\n"
+    (cat["tasks_dir"] / "bomb.yaml").write_text(bomb)
+
     entries = read_catalogue(cat["tasks_dir"], data_dir=cat["data_dir"])
     plans = {p.task: p for p in plan_retraining(entries, reg, "m")}
     assert plans["good"].retrain and plans["good"].error is None
+    assert "latin1.yaml:2: not valid UTF-8 (byte 0xe9 at column 17)" in plans["latin1"].error
+    assert "bomb.yaml:2: YAML aliases (*a) are not allowed" in plans["bomb"].error
     assert "invalid task spec" in plans["broken"].error and "broken.yaml" in plans["broken"].error
     assert "other.yaml: field 'name' is 'renamed', but the task is 'other'" in plans["other"].error
     assert plans["nodata"].error.startswith("data: task nodata")

@@ -238,3 +238,105 @@ def test_a_diverged_training_run_exits_with_an_error(tiny_causal_dir, toy_task, 
     assert main(argv) == 2
     assert "training diverged at step" in capsys.readouterr().err
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def _toy_case(toy_task, spec: bytes | dict | None, train: list[bytes] | None) -> dict:
+    """The toy task with its spec file and/or train file replaced."""
+    from conftest import TOY_SPEC
+
+    if isinstance(spec, dict):
+        spec = yaml.safe_dump(TOY_SPEC | spec).encode()
+    if spec is not None:
+        toy_task["spec_path"].write_bytes(spec)
+    path = toy_task["data_dir"] / "toy" / "train.jsonl"
+    if train == []:
+        path.unlink()
+        path.mkdir()
+    elif train is not None:
+        path.write_bytes(b"\n".join(train) + b"\n")
+    return toy_task
+
+
+ROW = b'{"sentence": "a fine film", "label": 1}'
+DEEP = b'{"sentence": ' + b"[" * 100_000 + b"]" * 100_000 + b', "label": 1}'
+# (spec replacement, train file replacement ([] = a folder), the message the error names)
+BAD_INPUTS = {
+    "shared word": ({"labels": {"0": "yes", "1": "yes"}}, None, r"toy\.yaml: field 'labels': "),
+    "bool word": ({"labels": {"0": True, "1": False}}, None, r"toy\.yaml: field 'labels': .*quo"),
+    "template": ({"template": "Review: {sentence"}, None, r"toy\.yaml: field 'template' does"),
+    "spec bytes": (b"name: toy\nformat: \xffjsonl\n", None, r"toy\.yaml:2: not valid UTF-8"),
+    "spec yaml": (b"name: toy\nformat: [jsonl\n", None, r"toy\.yaml:\d+: invalid YAML: "),
+    "spec deep": (b"name: " + b"[" * 20_000 + b"]" * 20_000, None,
+                  r"toy\.yaml: invalid YAML: nested too deep"),
+    "data bytes": (None, [ROW, ROW, b"\xff" + ROW], r"train\.jsonl:3: not valid UTF-8"),
+    "data deep": (None, [ROW, DEEP], r"train\.jsonl:2: malformed JSON: nested too deeply"),
+    "data digits": (None, [b'{"label": ' + b"1" * 5000 + b"}"], r"train\.jsonl:1: malformed"),
+    "data line": (None, [b'{"sentence": "' + b"x" * 1_000_001 + b'"}'], r"train\.jsonl:1: line"),
+    "data object": (None, [b'{"sentence": {"a": 1}, "label": 1}'], r"train\.jsonl:1: field 'sen"),
+    "data folder": (None, [], r"train\.jsonl: cannot read: Is a directory"),
+}
+
+
+def _one_error_line(capsys, message: str) -> None:
+    """The command printed one error line naming `message`, and no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err[:2000]
+    assert re.search(message, err) and "Traceback" not in err, err[:2000]
+    assert len(err) < 1000
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_prepare_reports_bad_specs_and_data_in_one_line(toy_task, tmp_path, capsys, case):
+    spec, train, message = BAD_INPUTS[case]
+    task = _toy_case(toy_task, spec, train)
+    out = tmp_path / "prepared"
+    argv = ["prepare", "--task", str(task["spec_path"]), "--data-dir", str(task["data_dir"])]
+    assert main([*argv, "--out", str(out)]) == 2
+    _one_error_line(capsys, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["shared word", "spec bytes", "data deep", "data object"])
+def test_train_reports_bad_specs_and_data_before_the_model_loads(toy_task, tmp_path, capsys, case):
+    """A spec whose labels share a word once trained a one-class task reporting accuracy 1.0."""
+    spec, train, message = BAD_INPUTS[case]
+    task = _toy_case(toy_task, spec, train)
+    argv = ["train", "--task", str(task["spec_path"]), "--data-dir", str(task["data_dir"]),
+            "--model", str(tmp_path / "no-model"), "--run-dir", str(tmp_path / "run"),
+            "--no-progress"]
+    assert main(argv) == 2
+    _one_error_line(capsys, message)
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"input": "x", "target": "yes"}\n' + DEEP, r"dev\.jsonl:2: malformed JSON: nested"),
+        (b'{"input": "caf\xe9", "target": "yes"}', r"dev\.jsonl:1: not valid UTF-8"),
+        (b'{"input": 5, "target": "yes"}', r"dev\.jsonl:1: field 'input' must be text"),
+    ],
+)
+def test_evaluate_reports_bad_prepared_files_in_one_line(toy_task, tmp_path, capsys, line,
+                                                         message):
+    (tmp_path / "meta.json").write_text("{}")
+    (tmp_path / "dev.jsonl").write_bytes(line + b"\n")
+    argv = ["evaluate", "--task", str(toy_task["spec_path"]), "--prepared-dir", str(tmp_path),
+            "--split", "dev", "--model", str(tmp_path / "no-model")]
+    assert main(argv) == 2
+    _one_error_line(capsys, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (DEEP.decode(), "input 1: malformed JSON: nested too deeply"),
+        ('{"sentence": {"a": 1}}', "input 1: field 'sentence' is an object"),
+        ('{"sentence": null}', "input 1: field 'sentence' is null"),
+    ],
+)
+def test_predict_reports_bad_inputs_in_one_line(toy_task, tmp_path, capsys, text, message):
+    argv = ["predict", "--task", str(toy_task["spec_path"]), "--text", text,
+            "--model", str(tmp_path / "no-model")]
+    assert main(argv) == 2
+    _one_error_line(capsys, message)

@@ -23,6 +23,10 @@ def _examples(toy_task, lm, n=16):
     return spec, [lm.encode_input(e.input, 64)[0] for e in examples]
 
 
+# A registered prompt needs the template and label words a service renders and ranks with.
+VERBALIZER = {"template": "Review: {sentence}\nSentiment:", "label_words": ["negative", "positive"]}
+
+
 def _published(lm, tmp_path, seed=0):
     reg = open_registry(tmp_path / "reg")
     # Prompt rows on the scale of real embeddings: random directions, embedding-sized norms.
@@ -33,7 +37,9 @@ def _published(lm, tmp_path, seed=0):
         + 0.5 * rows.norm(dim=1, keepdim=True) * torch.randn(5, lm.dim, generator=g) / lm.dim**0.5
     )
     m = reg.publish(
-        "toy", prompt, {"base_model": lm.name, "base_model_fingerprint": lm.fingerprint}
+        "toy",
+        prompt,
+        {"base_model": lm.name, "base_model_fingerprint": lm.fingerprint, **VERBALIZER},
     )
     return reg, prompt, m
 
@@ -111,7 +117,8 @@ def test_peft_trained_adapter_imports(tiny_causal, tiny_causal_dir, tmp_path):
     )
     peft_model.save_pretrained(str(tmp_path / "adapter"))
     reg = open_registry(tmp_path / "reg")
-    m = import_peft(reg, "toy", tmp_path / "adapter", tiny_causal, {"dataset_version": "abc.dir"})
+    lineage = {"dataset_version": "abc.dir", **VERBALIZER}
+    m = import_peft(reg, "toy", tmp_path / "adapter", tiny_causal, lineage)
     got, _ = reg.pull("toy", m.version, expected_fingerprint=tiny_causal.fingerprint)
     assert torch.equal(got, peft_model.get_prompt_embedding_to_save("default"))
     assert (m.prompt_length, m.init, m.objective, m.dataset_version) == (

@@ -79,3 +79,17 @@ def test_init_uses_embedding_module_output(tiny_causal):
     )
     ids = torch.tensor(lm.tokenize("great") * 2)[:2]
     assert torch.allclose(x, lm.embedding.weight[ids] * scale)
+
+
+def test_prompt_norm_flags_rows_far_beyond_the_vocabulary():
+    from softprompt.prompt import EXPLODED_NORM_RATIO, prompt_norm
+
+    prompt = torch.zeros(3, 4)
+    prompt[1, 0] = 6.0  # the largest row: norm 6
+    norm = prompt_norm(prompt, vocab_max_norm=2.0)
+    assert (norm.max_row_norm, norm.ratio, norm.exploded) == (6.0, 3.0, False)
+    prompt[2, 1] = 2.0 * EXPLODED_NORM_RATIO * 1.01
+    assert prompt_norm(prompt, vocab_max_norm=2.0).exploded is True
+    assert prompt_norm(prompt, vocab_max_norm=0.0).exploded is True
+    assert norm.to_dict() == {"max_row_norm": 6.0, "vocab_max_row_norm": 2.0, "ratio": 3.0,
+                              "exploded": False}

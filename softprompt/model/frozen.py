@@ -163,6 +163,19 @@ class FrozenLM(nn.Module):
         return out[:k]
 
     @functools.cached_property
+    def vocab_max_norm(self) -> float:
+        """The largest row norm of the embedded vocabulary: the scale a prompt's rows are judged
+        against (softprompt.prompt.prompt_norm). Embedded in chunks, so a large vocabulary never
+        needs a second full copy of the matrix."""
+        largest = 0.0
+        with torch.no_grad():
+            for start in range(0, self.vocab_size, 8192):
+                ids = torch.arange(start, min(start + 8192, self.vocab_size))
+                rows = self.embed(ids).float()  # [chunk, E]
+                largest = max(largest, float(rows.norm(dim=1).max()))
+        return largest
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """sha256 of the input-embedding matrix (fp32 bytes), since a prompt only fits the model
         it was trained on. Computed once per wrapper; `del lm.fingerprint` recomputes it."""

@@ -5,6 +5,9 @@ registry.py, the records and their layout in records.py).
     m = reg.publish("sst2", prompt, lineage_from_run("runs/sst2"))
     reg.promote("sst2", "production", m.version)
     prompt, m = reg.pull("sst2", "production", expected_fingerprint=lm.fingerprint)
+
+Orphan blobs and temp files of killed publishers are removed by `softprompt registry gc`
+(gc.collect_garbage).
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """The local cache of a registry, for speed and for pulls while the store is unreachable.
 
 Only verified bytes are put here. Blobs are shared by every registry, since they are content
-addressed, and they are re-verified on every read. Manifests (immutable) and alias records (the
-last state seen) live under a folder per registry URI.
+addressed, and they are re-verified on every read. Manifests and alias records (the last state
+seen in the store) live under a folder per registry URI; the registry reads them from here only
+while the store is unreachable, since a registry re-created under the same URI may hold other
+versions now.
+
+The cache is best effort. A cached file that cannot be read (a folder in its place, no
+permission) is a miss, and one that cannot be written is skipped, each with a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +23,23 @@ from softprompt.registry.errors import RegistryUnavailableError
 from softprompt.registry.records import AliasState, alias_key, from_json
 
 log = logging.getLogger(__name__)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        log.warning("cannot read the cached %s (%s); treating it as missing", path, err)
+        return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as err:
+        log.warning("cannot write %s to the cache (%s); skipped", path, err)
 
 
 def default_cache_dir() -> Path:
@@ -43,26 +65,27 @@ class Cache:
     def blob(self, digest: str) -> bytes | None:
         """The cached blob with this sha256, or None when absent or corrupt."""
         path = self.root / "blobs" / "sha256" / digest
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        if hashlib.sha256(data).hexdigest() != digest:
+        data = _read(path)
+        if data is not None and hashlib.sha256(data).hexdigest() != digest:
             log.warning("cached blob %s is corrupt; fetching it again", path)
             return None
         return data
 
     def put_blob(self, digest: str, data: bytes) -> None:
-        atomic_write(self.root / "blobs" / "sha256" / digest, data)
+        _write(self.root / "blobs" / "sha256" / digest, data)
 
     def get(self, key: str) -> bytes | None:
-        try:
-            return (self.keys / key).read_bytes()
-        except FileNotFoundError:
-            return None
+        return _read(self.keys / key)
 
     def put(self, key: str, data: bytes) -> None:
-        atomic_write(self.keys / key, data)
+        _write(self.keys / key, data)
+
+    def drop(self, key: str) -> None:
+        """Forgets `key` (the store no longer holds it)."""
+        try:
+            (self.keys / key).unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("cannot remove %s from the cache: %s", self.keys / key, err)
 
     def offline_alias(self, task: str, alias: str, err: RegistryUnavailableError) -> AliasState:
         """The alias as last read, for a pull while the store is unreachable (`err`).

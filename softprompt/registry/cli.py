@@ -1,8 +1,9 @@
-"""`softprompt push|pull|list|show|promote|export-peft|import-peft`: the registry from the shell.
+"""`softprompt push|pull|list|show|promote|export-peft|import-peft` and `softprompt registry gc`:
+the registry from the shell.
 
 Every command takes --registry URI (default $SOFTPROMPT_REGISTRY, else ./registry) and prints
-JSON on stdout. S3 credentials and endpoint come from the standard AWS chain (AWS_* variables,
-profiles, roles).
+JSON on stdout; an error is one `error: ...` line on stderr and exit status 2. S3 credentials and
+endpoint come from the standard AWS chain (AWS_* variables, profiles, roles).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import asdict
 
 
 def _guard(fn):
-    """Registry errors become one `error: ...` line and exit status 2."""
+    """Registry errors, and file errors on the paths given (--run-dir, --out, --adapter), become
+    one `error: ...` line and exit status 2."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
@@ -23,7 +25,7 @@ def _guard(fn):
 
         try:
             return fn(args)
-        except RegistryError as err:
+        except (RegistryError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
 
@@ -45,12 +47,19 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from softprompt.prompt import load_prompt
-    from softprompt.registry import lineage_from_run
+    from softprompt.registry import InvalidArtifactError, lineage_from_run
 
     lineage = lineage_from_run(args.run_dir, dataset_version=args.dataset_version,
                                code_version=args.code_version)
     task = args.task or lineage["task"]
     lineage["task"] = task  # a run may be published under another registry name
+    norm = lineage["metrics"].get("prompt_norm") or {}
+    if norm.get("exploded"):
+        raise InvalidArtifactError(
+            f"{Path(args.run_dir) / 'result.json'}: the prompt's largest row norm is "
+            f"{norm.get('ratio', 0):.4g} times the vocabulary's; the run diverged, so it is not "
+            "pushed"
+        )
     prompt = load_prompt(Path(args.run_dir) / "prompt.safetensors")
     reg = _open(args)
     m = reg.publish(task, prompt, lineage)
@@ -94,8 +103,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 @_guard
 def _cmd_show(args: argparse.Namespace) -> int:
     reg = _open(args)
+    from softprompt.registry.records import parse_ref
+
     out = {"manifest": reg.manifest(args.task, args.ref).to_dict()}
-    if not str(args.ref).isdigit():
+    if isinstance(parse_ref(args.ref), str):
         out["alias"] = asdict(reg.alias(args.task, args.ref))
     _print(out)
     return 0
@@ -132,7 +143,7 @@ def _cmd_import_peft(args: argparse.Namespace) -> int:
 
     reg = _open(args)
     given = (("dataset_version", args.dataset_version), ("code_version", args.code_version))
-    lineage = {k: v for k, v in given if v}
+    lineage = {k: v for k, v in given if v} | _verbalizer(reg, args.task, args.spec)
     m = import_peft(reg, args.task, args.adapter, load_frozen_lm(args.model), lineage)
     out = {"manifest": m.to_dict()}
     if args.alias:
@@ -141,24 +152,62 @@ def _cmd_import_peft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verbalizer(reg, task: str, spec_name: str | None) -> dict:
+    """The template, label words and metric an imported adapter is published with.
+
+    They come from the task spec `spec_name`, else from the task's newest version."""
+    from softprompt.registry import InvalidArtifactError
+
+    if spec_name is not None:
+        from softprompt.tasks import TaskDataError, load_spec
+
+        try:
+            spec = load_spec(spec_name)
+        except (TaskDataError, ValueError) as err:
+            raise InvalidArtifactError(f"--spec {spec_name}: {err}") from err
+        return {"label_words": spec.label_words, "template": spec.template,
+                "metric": spec.metric, "spec_sha256": spec.digest or None}
+    versions = reg.list_versions(task)
+    if not versions:
+        raise InvalidArtifactError(
+            f"{reg.uri}: task {task} has no version to take the template and label words from; "
+            "pass --spec"
+        )
+    newest = versions[-1]
+    return {"label_words": newest.label_words, "template": newest.template,
+            "metric": newest.metric, "spec_sha256": newest.spec_sha256}
+
+
+@_guard
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from softprompt.registry.gc import DEFAULT_MIN_AGE_SECONDS, collect_garbage
+
+    min_age = DEFAULT_MIN_AGE_SECONDS if args.min_age_seconds is None else args.min_age_seconds
+    report = collect_garbage(_open(args), min_age, dry_run=args.dry_run)
+    _print(report.summary())
+    return 0
+
+
+def _subparser(sub, name: str, help_: str, task: bool = True,
+               ref: bool = False) -> argparse.ArgumentParser:
+    """A registry subcommand with --registry and --cache-dir (and --task, --ref if asked)."""
+    p = sub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--registry", default=None,
+                   help="directory, file:///path or s3://bucket/prefix "
+                        "(default: $SOFTPROMPT_REGISTRY, else ./registry)")
+    p.add_argument("--cache-dir", default=None,
+                   help="local cache of pulled prompts (default: $SOFTPROMPT_REGISTRY_CACHE "
+                        "or ~/.cache/softprompt/registry)")
+    if task:
+        p.add_argument("--task", required=True, help="task name: [a-z0-9][a-z0-9_-]{0,63}")
+    if ref:
+        p.add_argument("--ref", default="production", help="version number or alias name")
+    return p
+
+
 def add_commands(sub) -> None:
     """Adds the registry subcommands to the `softprompt` parser's subparsers."""
-    def parser(name: str, help_: str, task: bool = True,
-               ref: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--registry", default=None,
-                       help="directory, file:///path or s3://bucket/prefix "
-                            "(default: $SOFTPROMPT_REGISTRY, else ./registry)")
-        p.add_argument("--cache-dir", default=None,
-                       help="local cache of pulled prompts (default: $SOFTPROMPT_REGISTRY_CACHE "
-                            "or ~/.cache/softprompt/registry)")
-        if task:
-            p.add_argument("--task", required=True, help="task name: [a-z0-9][a-z0-9_-]{0,63}")
-        if ref:
-            p.add_argument("--ref", default="production", help="version number or alias name")
-        return p
-
+    parser = functools.partial(_subparser, sub)
     p = parser("push", "publish a trained run's prompt as the task's next version", task=False)
     p.add_argument("--run-dir", required=True, help="a `softprompt train` run directory")
     p.add_argument("--task", default=None, help="registry task name (default: the run's task)")
@@ -194,6 +243,11 @@ def add_commands(sub) -> None:
                        help="move only if the alias does not exist yet")
     p.set_defaults(func=_cmd_promote)
 
+    _add_peft_commands(parser)
+    _add_gc_command(sub)
+
+
+def _add_peft_commands(parser) -> None:
     p = parser("export-peft", "write a registered prompt as a PEFT prompt-tuning adapter", ref=True)
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--model", default="smollm2-135m",
@@ -206,6 +260,22 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="the base model the adapter was trained on")
     p.add_argument("--alias", default=None, help="also point this alias at the new version")
+    p.add_argument("--spec", default=None,
+                   help="task spec (name or path) whose template, label words and metric to "
+                        "record (default: those of the task's newest version in the registry)")
     p.add_argument("--dataset-version", default=None)
     p.add_argument("--code-version", default=None)
     p.set_defaults(func=_cmd_import_peft)
+
+
+def _add_gc_command(sub) -> None:
+    """`softprompt registry gc`."""
+    group = sub.add_parser("registry", help="registry maintenance (gc)")
+    p = _subparser(group.add_subparsers(dest="registry_command", required=True), "gc",
+                   "remove temp files and unreferenced blobs left by killed publishers",
+                   task=False)
+    p.add_argument("--min-age-seconds", type=float, default=None,
+                   help="grace period: only what is at least this old goes, so that a publish "
+                        "in progress keeps its blob (default: 3600, an hour)")
+    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p.set_defaults(func=_cmd_gc)

@@ -31,8 +31,9 @@ class AliasConflictError(ConflictError):
 
 
 class IntegrityError(RegistryError):
-    """Stored bytes that do not verify (digest mismatch, malformed manifest, or a tensor unlike its
-    manifest)."""
+    """Stored bytes that do not verify (digest mismatch, malformed manifest, a tensor unlike its
+    manifest), or a store whose layout is broken (a folder where a file belongs, or a file where
+    a folder belongs)."""
 
 
 class FingerprintMismatchError(RegistryError):

@@ -1,14 +1,23 @@
 """Lineage of a trained prompt: read from its run directory (config.json + result.json), and
-checked before it becomes part of a manifest."""
+checked, as part of the manifest it becomes, by the registry's one manifest validator
+(records.check_manifest) before anything is stored."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
-from softprompt.registry.errors import InvalidArtifactError
-from softprompt.registry.records import FINGERPRINT
+from softprompt.registry.errors import IntegrityError, InvalidArtifactError
+from softprompt.registry.records import (
+    Manifest,
+    PromptBlob,
+    check_manifest,
+    from_json,
+    timestamp,
+    to_json,
+)
 
 # The training objective of softprompt.training.prompt_tuning: mean negative log-likelihood of
 # the target tokens (the verbalized label, then EOS) given [prompt; input], with the LM frozen.
@@ -88,7 +97,8 @@ def lineage_from_run(run_dir: str | Path, dataset_version: str | None = None,
                 f"{run / 'config.json'}: cannot load task spec {config.get('task')!r} "
                 f"for label words ({err})"
             ) from err
-    metric_names = ("dev", "test", "best_step", "steps", "stop_reason", "train_seconds")
+    metric_names = ("dev", "test", "best_step", "steps", "stop_reason", "train_seconds",
+                    "prompt_norm")
     metrics = {k: result[k] for k in metric_names if k in result}
     return {
         "task": result["task"],
@@ -109,46 +119,30 @@ def lineage_from_run(run_dir: str | Path, dataset_version: str | None = None,
     }
 
 
-def check_lineage(task: str, lineage: dict, shape: list[int]) -> dict:
-    """The lineage fields to publish with a prompt of `shape` [P, E], None values dropped (so the
-    Manifest's defaults apply); InvalidArtifactError names the first bad field."""
+def check_lineage(task: str, lineage: dict, blob: PromptBlob) -> Manifest:
+    """The manifest that publishing `blob` (the prompt [P, E]) with `lineage` would store, as
+    version 1 (publish renumbers it), once records.check_manifest accepts it.
+
+    None values in `lineage` are dropped, so that the Manifest's defaults apply, and
+    `prompt_length` defaults to P. InvalidArtifactError names the task and the first bad field.
+    """
+    where = f"task {task}"
     if not isinstance(lineage, dict):
-        raise InvalidArtifactError(
-            f"task {task}: lineage must be a dict, got {type(lineage).__name__}"
-        )
-    unknown = sorted(set(lineage) - set(LINEAGE_FIELDS))
+        raise InvalidArtifactError(f"{where}: lineage must be a dict, got {type(lineage).__name__}")
+    unknown = sorted(set(lineage) - set(LINEAGE_FIELDS), key=str)
     if unknown:
         raise InvalidArtifactError(
-            f"task {task}: unknown lineage field(s) {unknown}; known: {list(LINEAGE_FIELDS)}"
+            f"{where}: unknown lineage field(s) {unknown}; known: {list(LINEAGE_FIELDS)}"
         )
-    out = {k: v for k, v in lineage.items() if v is not None}
-    if out.setdefault("task", task) != task:
-        raise InvalidArtifactError(f"task {task}: lineage is for task {lineage['task']!r}")
-    for name in ("base_model", "base_model_fingerprint"):
-        if not isinstance(out.get(name), str) or not out[name]:
-            raise InvalidArtifactError(
-                f"task {task}: lineage field {name!r} is required (a non-empty string)"
-            )
-    if not FINGERPRINT.fullmatch(out["base_model_fingerprint"]):
-        raise InvalidArtifactError(
-            f"task {task}: lineage field 'base_model_fingerprint' must be 'sha256:<64 hex>' "
-            f"(FrozenLM.fingerprint), got {out['base_model_fingerprint']!r}"
-        )
-    if out.setdefault("prompt_length", shape[0]) != shape[0]:
-        raise InvalidArtifactError(
-            f"task {task}: lineage prompt_length {out['prompt_length']} "
-            f"but the prompt has P={shape[0]}"
-        )
-    for name, kind in (("hyperparameters", dict), ("metrics", dict), ("label_words", list),
-                       ("data_source", dict)):
-        if name in out and not isinstance(out[name], kind):
-            raise InvalidArtifactError(
-                f"task {task}: lineage field {name!r} must be a {kind.__name__}"
-            )
-    for name in ("init", "objective", "dataset_version", "code_version", "template", "metric",
-                 "spec_sha256"):
-        if out.get(name) is not None and not isinstance(out[name], str):
-            raise InvalidArtifactError(
-                f"task {task}: lineage field {name!r} must be a string or None"
-            )
-    return out
+    fields = {k: v for k, v in lineage.items() if v is not None}
+    if fields.setdefault("task", task) != task:
+        raise InvalidArtifactError(f"{where}: lineage is for task {lineage['task']!r}")
+    fields.setdefault("prompt_length", blob.shape[0])
+    draft = {**fields, "version": 1, "blob_sha256": blob.sha256, "shape": blob.shape,
+             "dtype": blob.dtype, "created_at": timestamp(), "publish_id": uuid.uuid4().hex}
+    # Checked as a reader will see it: after the trip through JSON.
+    raw = from_json(to_json(draft, f"{where}: lineage"), where)
+    try:
+        return check_manifest(Manifest.from_dict(raw, where), where)
+    except IntegrityError as err:
+        raise InvalidArtifactError(str(err)) from None

@@ -7,19 +7,34 @@
   compared with the expected etag (their sha256), then the new file is renamed into place. The
   kernel drops the lock of a killed process.
 - write (a blob): temp file, then rename.
-Temp and lock files start with "." and are never listed. POSIX only (link, flock).
+Temp and lock files start with "." and are never listed as keys; `temp_files` lists the temp
+files (softprompt.fileio.TEMP_NAME) for garbage collection, which removes only those no live
+writer holds. Every OSError becomes a RegistryError
+naming the key: a folder where a file belongs (or the reverse) is an IntegrityError, a refused
+permission a RegistryAccessError. POSIX only (link, flock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 from pathlib import Path
 
-from softprompt.fileio import atomic_write, write_temp
-from softprompt.registry.errors import ConflictError, NotFoundError, RegistryAccessError
-from softprompt.registry.stores import Store
+from softprompt.fileio import TEMP_NAME, atomic_write, publish_temp, remove_abandoned_temp
+from softprompt.registry.errors import (
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    RegistryAccessError,
+    RegistryError,
+)
+from softprompt.registry.stores import Store, StoredObject
+
+_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
+_LAYOUT = (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY)
 
 
 def _etag(data: bytes) -> str:
@@ -40,30 +55,46 @@ class LocalStore(Store):
             raise ValueError(f"bad storage key {key!r}")
         return self.root.joinpath(*parts)
 
-    def read(self, key: str) -> tuple[bytes, str]:
+    @contextlib.contextmanager
+    def _errors(self, what: str, key: str):
+        """Turns an OSError while doing `what` to `key` into a RegistryError naming both."""
         try:
-            data = self._path(key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"{self.uri}: {key} not found") from None
-        except PermissionError as err:
-            raise RegistryAccessError(f"{self.uri}: cannot read {key}: {err}") from err
+            yield
+        except OSError as err:
+            where = f"{self.uri}: cannot {what} {key}"
+            if err.errno in _ACCESS:
+                raise RegistryAccessError(f"{where}: {err.strerror}") from err
+            if err.errno in _LAYOUT:
+                raise IntegrityError(
+                    f"{where}: {err.strerror} (a folder where a file belongs, or a file where "
+                    "a folder belongs)"
+                ) from err
+            raise RegistryError(f"{where}: {err.strerror or err}") from err
+
+    def read(self, key: str) -> tuple[bytes, str]:
+        path = self._path(key)
+        with self._errors("read", key):
+            try:
+                data = path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                raise NotFoundError(f"{self.uri}: {key} not found") from None
         return data, _etag(data)
 
     def create(self, key: str, data: bytes) -> str:
-        path = self._path(key)
-        tmp = write_temp(path, data)
-        try:
-            os.link(tmp, path)  # atomic and exclusive: the If-None-Match: * of a file system
-        except FileExistsError:
-            raise ConflictError(f"{self.uri}: {key} already exists") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self._errors("create", key):
+            try:
+                # os.link is atomic and exclusive: the If-None-Match: * of a file system.
+                publish_temp(self._path(key), data, os.link)
+            except FileExistsError as err:
+                if err.filename2 is None:
+                    raise  # from mkdir: a file stands where a parent folder belongs
+                raise ConflictError(f"{self.uri}: {key} already exists") from None
         return _etag(data)
 
     def replace(self, key: str, data: bytes, etag: str) -> str:
         path = self._path(key)
         lock = path.with_name(f".{path.name}.lock")
-        with lock.open("a") as handle:
+        with self._errors("replace", key), lock.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 current = path.read_bytes()
@@ -75,16 +106,70 @@ class LocalStore(Store):
         return _etag(data)
 
     def write(self, key: str, data: bytes) -> None:
-        atomic_write(self._path(key), data)
+        path = self._path(key)
+        with self._errors("write", key):
+            atomic_write(path, data)
+
+    def exists(self, key: str) -> bool:
+        path = self._path(key)
+        with self._errors("check", key):
+            return path.is_file()
 
     def children(self, prefix: str) -> list[str]:
         """Like an S3 listing: a folder counts only if some visible file lies below it (a killed
         publisher can leave a version folder holding nothing but its temp file)."""
-        try:
-            entries = self._path(prefix).iterdir()
-            return [p.name for p in entries if not p.name.startswith(".") and _has_files(p)]
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        with self._errors("list", prefix):
+            try:
+                entries = self._path(prefix).iterdir()
+                return [p.name for p in entries if not p.name.startswith(".") and _has_files(p)]
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+    def objects(self, prefix: str) -> list[StoredObject]:
+        return [o for o, hidden in self._walk(prefix) if not hidden]
+
+    def temp_files(self) -> list[StoredObject]:
+        return [o for o, hidden in self._walk("") if hidden and TEMP_NAME.fullmatch(hidden)]
+
+    def _walk(self, prefix: str):
+        """(StoredObject, hidden name or "") for every file under `prefix` (all with "").
+
+        Files in hidden folders are skipped, and so are folders that vanish while listed or are
+        files. Any other error raises, since a listing that misses a manifest would let gc
+        remove the blob it names."""
+        top = self._path(prefix) if prefix else self.root
+        with self._errors("list", prefix or "the registry"):
+            for folder, dirs, files in os.walk(top, onerror=_raise_unless_gone):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                for name in files:
+                    path = Path(folder, name)
+                    try:
+                        st = path.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    key = path.relative_to(self.root).as_posix()
+                    hidden = name if name.startswith(".") else ""
+                    yield StoredObject(key, st.st_size, st.st_mtime), hidden
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._errors("delete", key):
+            path.unlink(missing_ok=True)
+
+    def delete_temp_file(self, key: str) -> bool:
+        """Removes an abandoned temp file; False when its writer still holds it (or it is gone)."""
+        *folders, name = key.split("/")
+        if not TEMP_NAME.fullmatch(name):
+            raise ValueError(f"not a temp file: {key!r}")
+        folder = self._path("/".join(folders)) if folders else self.root
+        with self._errors("delete", key):
+            return remove_abandoned_temp(folder / name)
+
+
+def _raise_unless_gone(err: OSError) -> None:
+    """os.walk's error handler: a folder that is gone (or a file) holds nothing to list."""
+    if not isinstance(err, FileNotFoundError | NotADirectoryError):
+        raise err
 
 
 def _has_files(path: Path) -> bool:

@@ -4,7 +4,9 @@ moves to it.
 Every trained prompt is published (a new immutable version with its lineage and metrics). The
 alias (`production`) moves to it only if its dev score beats the alias's current prompt by more
 than `min_improvement`, or if the alias points nowhere yet. The move is a compare-and-swap on the
-alias's version, so a concurrent promotion fails this one instead of being overwritten.
+alias's version, so a concurrent promotion fails this one instead of being overwritten. A prompt
+whose norm exploded (its training result's `prompt_norm`, see softprompt.prompt.prompt_norm) is
+published but never promoted, whatever its score.
 """
 
 from __future__ import annotations
@@ -29,8 +31,16 @@ class GateDecision:
 
 
 def quality_gate(new_score: float, current: Manifest | None, alias: str,
-                 min_improvement: float) -> GateDecision:
-    """Promote when the alias has no prompt, or no dev score to beat, or a lower one."""
+                 min_improvement: float, prompt_norm: dict | None = None) -> GateDecision:
+    """Promote when the alias has no prompt, or no dev score to beat, or a lower one; never when
+    `prompt_norm` (the training result's record) says the prompt exploded."""
+    if prompt_norm is not None and prompt_norm.get("exploded", False):
+        kept = None if current is None else current.version
+        score = None if current is None else current.metrics.get("dev", {}).get("score")
+        ratio = prompt_norm.get("ratio")
+        reason = (f"the new prompt's norm exploded ({ratio:.4g} times the vocabulary's largest "
+                  "row); refused")
+        return GateDecision(False, reason, kept, score)
     if current is None:
         return GateDecision(True, f"{alias} had no prompt", None, None)
     score = current.metrics.get("dev", {}).get("score")
@@ -52,12 +62,13 @@ def register_with_gate(registry: Registry, task: str, prompt, lineage: dict, new
     except NotFoundError:
         current = None
     manifest = registry.publish(task, prompt, lineage)
-    gate = quality_gate(new_score, current, alias, min_improvement)
+    norm = lineage.get("metrics", {}).get("prompt_norm")
+    gate = quality_gate(new_score, current, alias, min_improvement, norm)
     if gate.promoted:
         registry.promote(task, alias, manifest.version, expected_version=gate.previous_version)
     kept = gate.previous_version
     decision = (f"promoted {alias} to v{manifest.version}" if gate.promoted else
-                f"kept {alias} at v{kept}")
+                f"kept {alias} at v{kept}" if kept is not None else f"left {alias} unset")
     decision += f": new v{manifest.version} dev {new_score:.4f} vs {gate.reason}"
     previous = None if current is None else {"version": kept, "dev_score": gate.previous_score}
     return {

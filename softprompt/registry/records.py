@@ -7,17 +7,27 @@ Three records, each under a key derived from validated names only:
     prompts/<task>/aliases/<alias>.json         an AliasState, a movable pointer with its history
 
 Names: tasks match `[a-z0-9][a-z0-9_-]{0,63}` (as task specs do); aliases `[a-z][a-z0-9_-]{0,63}`
-(a leading letter keeps them apart from version numbers). Nothing else can reach a storage key,
-so no name can traverse paths.
+(a leading letter keeps them apart from version numbers); versions are written in ASCII decimal
+without leading zeros (`[1-9][0-9]*`). Nothing else can reach a storage key, so no name can
+traverse paths, and a stored name in any other form is not a version.
 
-Reading is strict. A manifest with an unknown, missing or mistyped field, an alias record whose
-history does not add up, or a blob whose tensor differs from its manifest raises IntegrityError
-naming the stored object. JSON is written with sorted keys and without NaN, so equal records are
-equal bytes.
+One validator, `check_manifest`, decides whether a manifest is usable, at publish (before anything
+is stored) and at every read. It checks, besides each field's JSON type (`Manifest.from_dict`):
+the task name and version number; a non-empty base model; a fingerprint of the form
+sha256:<64 hex digits>; a float dtype; a shape [P, E] whose P equals `prompt_length`; a template
+that names only plain fields; and at least two distinct, non-empty label words (the rules of
+softprompt.verbalizer).
+
+Reading is strict. A manifest that fails the validator, an alias record whose history does not
+add up (seqs 1..n in order, each move starting where the one before ended, the current version
+and previous one those of the last move), or a blob whose tensor differs from its manifest raises
+IntegrityError naming the stored object. JSON is written with sorted keys and without NaN, so
+equal records are equal bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -29,11 +39,18 @@ import torch
 
 from softprompt.prompt import PROMPT_KEY  # the tensor's name inside a prompt blob
 from softprompt.registry.errors import IntegrityError, InvalidArtifactError, InvalidNameError
+from softprompt.verbalizer import VerbalizerError, check_label_words, template_fields
 
 SCHEMA = 1
 TASK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 ALIAS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# A version as written in keys and refs: ASCII decimal, no leading zero, below 10**18.
+VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
+MAX_VERSION = 10**18 - 1
 FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# The dtypes a prompt may be stored in: every service can compute with them.
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 # ---------------------------------------------------------------------------- names and keys
@@ -57,16 +74,31 @@ def check_alias(name: object) -> str:
     return _check_name(name, "alias", ALIAS_NAME, "a letter")
 
 
-def parse_ref(ref: int | str) -> int | str:
-    """A version number (int >= 1, or its decimal string) or an alias name."""
-    if isinstance(ref, bool):
+def parse_ref(ref: object) -> int | str:
+    """A version number or an alias name; InvalidNameError for anything else.
+
+    A version is an int from 1 or its ASCII decimal string. "01" is refused rather than read as
+    1, since no stored version is named so (see VERSION_NAME)."""
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        if not 1 <= ref <= MAX_VERSION:
+            raise InvalidNameError(f"invalid version {ref!r}: versions are 1, 2, 3, ...")
+        return ref
+    if not isinstance(ref, str):
         raise InvalidNameError(f"invalid reference {ref!r}: a version number or an alias name")
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        version = int(ref)
-        if version < 1:
-            raise InvalidNameError(f"invalid version {ref!r}: versions start at 1")
-        return version
-    return check_alias(ref)
+    if re.fullmatch(r"[0-9]+", ref):
+        if not VERSION_NAME.fullmatch(ref):
+            raise InvalidNameError(
+                f"invalid version {ref!r}: versions are 1, 2, 3, ... written without leading "
+                "zeros, below 10**18"
+            )
+        return int(ref)
+    try:
+        return check_alias(ref)
+    except InvalidNameError as err:
+        raise InvalidNameError(
+            f"invalid reference {ref!r}: neither a version number (ASCII digits) nor an alias "
+            f"name ({err})"
+        ) from None
 
 
 def blob_key(digest: str) -> str:
@@ -91,7 +123,7 @@ def to_json(obj: dict, where: str) -> bytes:
     """The bytes a record is stored as; InvalidArtifactError when `obj` holds what JSON cannot."""
     try:
         return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RecursionError) as err:
         raise InvalidArtifactError(f"{where}: not JSON-serializable ({err})") from err
 
 
@@ -99,7 +131,7 @@ def from_json(data: bytes, where: str) -> dict:
     """The JSON object stored at `where`; IntegrityError for anything else."""
     try:
         raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise IntegrityError(f"{where}: malformed JSON ({err})") from err
     if not isinstance(raw, dict):
         raise IntegrityError(f"{where}: expected a JSON object, got {type(raw).__name__}")
@@ -108,29 +140,14 @@ def from_json(data: bytes, where: str) -> dict:
 
 # ---------------------------------------------------------------------------- records
 # Manifest field -> accepted JSON types (None allowed where listed).
+_STR, _OPTIONAL_STR = (str,), (str, type(None))
 _TYPES: dict[str, tuple] = {
-    "schema": (int,),
-    "task": (str,),
-    "version": (int,),
-    "blob_sha256": (str,),
-    "shape": (list,),
-    "dtype": (str,),
-    "base_model": (str,),
-    "base_model_fingerprint": (str,),
-    "init": (str, type(None)),
-    "prompt_length": (int,),
-    "objective": (str, type(None)),
-    "hyperparameters": (dict,),
-    "dataset_version": (str, type(None)),
-    "code_version": (str, type(None)),
-    "metrics": (dict,),
-    "label_words": (list,),
-    "template": (str, type(None)),
-    "metric": (str, type(None)),
-    "created_at": (str,),
-    "publish_id": (str,),
-    "spec_sha256": (str, type(None)),
-    "data_source": (dict,),
+    "schema": (int,), "task": _STR, "version": (int,), "blob_sha256": _STR, "shape": (list,),
+    "dtype": _STR, "base_model": _STR, "base_model_fingerprint": _STR, "init": _OPTIONAL_STR,
+    "prompt_length": (int,), "objective": _OPTIONAL_STR, "hyperparameters": (dict,),
+    "dataset_version": _OPTIONAL_STR, "code_version": _OPTIONAL_STR, "metrics": (dict,),
+    "label_words": (list,), "template": _OPTIONAL_STR, "metric": _OPTIONAL_STR,
+    "created_at": _STR, "publish_id": _STR, "spec_sha256": _OPTIONAL_STR, "data_source": (dict,),
 }
 
 
@@ -189,16 +206,58 @@ class Manifest:
                 f"{where}: manifest schema {raw['schema']} is not supported "
                 f"(this code reads {SCHEMA})"
             )
-        if not re.fullmatch(r"[0-9a-f]{64}", raw["blob_sha256"]):
+        if not SHA256_HEX.fullmatch(raw["blob_sha256"]):
             raise IntegrityError(
                 f"{where}: manifest field 'blob_sha256' is not a sha256 hex digest"
             )
         shape = raw["shape"]
-        if len(shape) != 2 or not all(isinstance(d, int) and d > 0 for d in shape):
+        if len(shape) != 2 or not all(_is_count(d) for d in shape):
             raise IntegrityError(
                 f"{where}: manifest field 'shape' must be [P, E] with positive sizes, got {shape}"
             )
         return cls(**raw)
+
+
+def _is_count(value: object, most: int | None = None) -> bool:
+    """Whether `value` is an int from 1 (and at most `most`), not a bool."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return ok and (most is None or value <= most)
+
+
+def _short(value: object) -> str:
+    """`value`'s repr, cut to 80 characters, for an error message about a stored field."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_manifest(m: Manifest, where: str) -> Manifest:
+    """`m` when a service can use it, else IntegrityError naming `where` and the field.
+
+    The rules are listed in the module docstring; publish turns the error into an
+    InvalidArtifactError before anything is stored."""
+
+    def bad(name: str, why: str) -> IntegrityError:
+        return IntegrityError(f"{where}: manifest field {name!r} {why}")
+
+    if not TASK_NAME.fullmatch(m.task):
+        raise bad("task", f"{_short(m.task)} is not a task name")
+    if not 1 <= m.version <= MAX_VERSION:
+        raise bad("version", f"{m.version} is not a version number (1, 2, 3, ...)")
+    if not m.base_model.strip():
+        raise bad("base_model", "is required (a non-empty string)")
+    if not FINGERPRINT.fullmatch(m.base_model_fingerprint):
+        raise bad("base_model_fingerprint",
+                  f"{_short(m.base_model_fingerprint)} is not sha256:<64 hex digits>")
+    if m.dtype not in FLOAT_DTYPES:
+        raise bad("dtype", f"{_short(m.dtype)} is not one of {list(FLOAT_DTYPES)}")
+    if m.shape[0] != m.prompt_length:
+        raise bad("prompt_length", f"{m.prompt_length} disagrees with 'shape' {m.shape}")
+    try:
+        template_fields(m.template, "manifest field 'template'")
+        check_label_words(m.label_words, "manifest field 'label_words'")
+    except VerbalizerError as err:
+        raise IntegrityError(f"{where}: {err}") from err
+    return m
 
 
 @dataclass(frozen=True)
@@ -219,13 +278,14 @@ class AliasState:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str) -> AliasState:
+        """Validates an alias record read from `where`: its history must add up."""
         try:
             state = cls(**raw)
         except TypeError as err:
             raise IntegrityError(f"{where}: malformed alias record ({err})") from err
         history = state.history
         if (
-            not isinstance(state.version, int)
+            not _is_count(state.version, MAX_VERSION)
             or not isinstance(history, list)
             or state.seq != len(history)
         ):
@@ -234,7 +294,35 @@ class AliasState:
                 f"{where}: malformed alias record (version {state.version!r}, "
                 f"seq {state.seq!r}, {entries} history entries)"
             )
+        _check_history(state, where)
         return state
+
+
+def _check_history(state: AliasState, where: str) -> None:
+    """IntegrityError unless the history is moves 1..n, each starting where the one before
+    ended, and the record's version and previous are those of the last move."""
+    if not state.history:
+        raise IntegrityError(f"{where}: alias record with an empty history")
+    previous = None
+    for n, entry in enumerate(state.history, start=1):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("seq") != n
+            or not _is_count(entry.get("version"), MAX_VERSION)
+            or entry.get("previous") != previous
+        ):
+            raise IntegrityError(
+                f"{where}: alias history entry {n} {_short(entry)} does not follow the one "
+                f"before (expected seq {n}, previous {previous})"
+            )
+        previous = entry["version"]
+    last = state.history[-1]
+    if (state.version, state.previous) != (last["version"], last["previous"]):
+        raise IntegrityError(
+            f"{where}: alias points to version {state.version!r} (previous "
+            f"{state.previous!r}), but its last move went to {last['version']} (previous "
+            f"{last['previous']})"
+        )
 
 
 def moved_alias(current: AliasState | None, task: str, alias: str, version: int) -> AliasState:
@@ -251,11 +339,13 @@ def moved_alias(current: AliasState | None, task: str, alias: str, version: int)
 
 # ---------------------------------------------------------------------------- the prompt blob
 class PromptBlob(NamedTuple):
-    """A prompt as stored: safetensors bytes, with the shape and dtype its manifest records."""
+    """A prompt as stored: safetensors bytes, with the digest, shape and dtype its manifest
+    records."""
 
     data: bytes
     shape: list[int]  # [P, E]
     dtype: str  # e.g. "float32"
+    sha256: str  # hex digest of `data`, the blob's name
 
 
 def serialize_prompt(task: str, prompt: torch.Tensor) -> PromptBlob:
@@ -271,16 +361,18 @@ def serialize_prompt(task: str, prompt: torch.Tensor) -> PromptBlob:
             f"task {task}: the prompt must be [P, E] with P, E >= 1, "
             f"got shape {list(prompt.shape)}"
         )
-    if not prompt.is_floating_point():
+    if str(prompt.dtype).removeprefix("torch.") not in FLOAT_DTYPES:
         raise InvalidArtifactError(
-            f"task {task}: the prompt must be floating point, got {prompt.dtype}"
+            f"task {task}: the prompt must be floating point ({', '.join(FLOAT_DTYPES)}), "
+            f"got {prompt.dtype}"
         )
     if not bool(torch.isfinite(prompt).all()):
         raise InvalidArtifactError(f"task {task}: the prompt holds NaN or infinite values")
     tensor = prompt.detach().cpu().contiguous()
     # No metadata, so identical prompts give identical bytes, hence one blob.
     dtype = str(tensor.dtype).removeprefix("torch.")
-    return PromptBlob(save({PROMPT_KEY: tensor}), list(tensor.shape), dtype)
+    data = save({PROMPT_KEY: tensor})
+    return PromptBlob(data, list(tensor.shape), dtype, hashlib.sha256(data).hexdigest())
 
 
 def deserialize_prompt(data: bytes, m: Manifest) -> torch.Tensor:

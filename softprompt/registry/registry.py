@@ -13,12 +13,20 @@ Guarantees (what the tests prove, on both backends):
   and every successful promote() is in it, under its own move_id. No update is lost.
 - A conditional write whose answer was lost and whose client retried it sees its own write as
   the conflict; the random publish_id / move_id in the bytes tells it apart from a rival's.
+- Every manifest passes records.check_manifest: at publish, before anything is stored
+  (InvalidArtifactError), and at every read (IntegrityError naming the stored object).
 - Orphan blobs (a publisher killed between blob and manifest) are unreferenced and harmless;
-  nothing lists or loads them.
+  nothing lists or loads them, and `gc.collect_garbage` removes them once they are old. After
+  creating its manifest a publisher checks that its blob is still there, and writes it again if
+  a collection removed it meanwhile.
+- Only canonical version folders count (`1`, `2`, ..., never `01` or `foo`); stray entries are
+  logged and ignored.
 - Pull verifies the blob's sha256 (from the cache too), the tensor's shape and dtype against the
-  manifest, and, when given one, the base-model fingerprint. Verified manifests and blobs are
-  cached locally (cache.py). When the store is unreachable, pull falls back to the cache, where
-  an alias resolves to the version it last pointed to, with a warning.
+  manifest, and, when given one, the base-model fingerprint. Manifests and alias records are
+  read from the store whenever it is reachable, so a registry re-created under the same URI is
+  never answered from an older cache; verified copies are cached locally (cache.py). When the
+  store is unreachable, manifest() and pull() fall back to the cache, where an alias resolves to
+  the version it last pointed to, with a warning.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import hashlib
 import logging
 import random
 import time
-import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,11 +55,14 @@ from softprompt.registry.lineage import check_lineage
 from softprompt.registry.records import (
     ALIAS_NAME,
     TASK_NAME,
+    VERSION_NAME,
     AliasState,
     Manifest,
+    PromptBlob,
     alias_key,
     blob_key,
     check_alias,
+    check_manifest,
     check_task,
     deserialize_prompt,
     from_json,
@@ -96,22 +107,18 @@ class Registry:
     def publish(self, task: str, prompt: torch.Tensor, lineage: dict) -> Manifest:
         """Stores `prompt` [P, E] as the task's next version; returns its manifest.
 
-        `lineage` holds the Manifest's lineage fields (see `lineage_from_run`); `base_model` and
-        `base_model_fingerprint` are required.
+        `lineage` holds the Manifest's lineage fields (see `lineage_from_run`); `base_model`,
+        `base_model_fingerprint`, `template` and `label_words` are required. The manifest is
+        checked (records.check_manifest) before anything is stored.
         """
         check_task(task)
         blob = serialize_prompt(task, prompt)
-        fields = check_lineage(task, lineage, blob.shape)
-        to_json(fields, f"task {task}: lineage")  # fails before anything is stored
-        digest = hashlib.sha256(blob.data).hexdigest()
+        draft = check_lineage(task, lineage, blob)  # fails before anything is stored
         # The blob goes first, so that a manifest never points at nothing.
-        self.store.write(blob_key(digest), blob.data)
+        self.store.write(blob_key(blob.sha256), blob.data)
         version = max(self._versions(task), default=0) + 1
-        publish_id = uuid.uuid4().hex
         for _ in range(_PUBLISH_ATTEMPTS):
-            manifest = Manifest(version=version, blob_sha256=digest, shape=blob.shape,
-                                dtype=blob.dtype, created_at=timestamp(), publish_id=publish_id,
-                                **fields)
+            manifest = replace(draft, version=version, created_at=timestamp())
             key = manifest_key(task, version)
             data = to_json(manifest.to_dict(), self._where(key))
             try:
@@ -120,9 +127,18 @@ class Registry:
                 if not self._landed(key, data):
                     version += 1  # a racing publisher took this number
                     continue
+            self._keep_blob(blob, key)
             log.info("published %s", self._where(key))
             return manifest
         raise ConflictError(f"{self.uri}: task {task}: could not allocate a version number")
+
+    def _keep_blob(self, blob: PromptBlob, key: str) -> None:
+        """Writes the blob again if a garbage collection removed it between our blob write and
+        the manifest `key` naming it (gc.py explains the race)."""
+        if not self.store.exists(blob_key(blob.sha256)):
+            log.warning("blob %s of %s was removed meanwhile; writing it again",
+                        blob.sha256[:12], self._where(key))
+            self.store.write(blob_key(blob.sha256), blob.data)
 
     def _landed(self, key: str, data: bytes) -> bool:
         """After a failed conditional write, did our own write land after all? (A client retry of
@@ -135,40 +151,64 @@ class Registry:
 
     # ------------------------------------------------------------------ read
     def _versions(self, task: str) -> list[int]:
-        names = self.store.children(f"prompts/{task}")
-        return sorted(int(name) for name in names if name.isdigit() and name[0] != "0")
+        """The version numbers stored for `task`: folder names in canonical form only (ASCII
+        decimal, no leading zero). Anything else is logged and ignored."""
+        names = set(self.store.children(f"prompts/{task}"))
+        stray = sorted(n for n in names - {"aliases"} if not VERSION_NAME.fullmatch(n))
+        if stray:
+            log.warning("%s: ignoring %s, not version numbers", self._where(f"prompts/{task}"),
+                        stray)
+        return sorted(int(n) for n in names if VERSION_NAME.fullmatch(n))
 
     def list_tasks(self) -> list[str]:
-        return sorted(name for name in self.store.children("prompts") if TASK_NAME.fullmatch(name))
+        names = set(self.store.children("prompts"))
+        stray = sorted(n for n in names if not TASK_NAME.fullmatch(n))
+        if stray:
+            log.warning("%s: ignoring %s, not task names", self._where("prompts"), stray)
+        return sorted(names - set(stray))
 
     def list_versions(self, task: str) -> list[Manifest]:
-        """Every version's manifest, oldest first; [] for an unknown task."""
+        """Every version's manifest, oldest first; [] for an unknown task.
+
+        A version folder without a manifest (a stray file or folder) is logged and skipped; a
+        manifest that fails its checks raises IntegrityError naming it, rather than leave out a
+        version (a service serving the N newest would silently serve others)."""
         check_task(task)
-        return [self._read_manifest(task, v) for v in self._versions(task)]
+        manifests = []
+        for version in self._versions(task):
+            try:
+                manifests.append(self._read_manifest(task, version))
+            except NotFoundError:
+                folder = self._where(f"prompts/{task}/{version}")
+                log.warning("%s holds no manifest; ignored", folder)
+        return manifests
 
     def manifest(self, task: str, ref: int | str) -> Manifest:
-        """The manifest of a version number or of the version an alias points to."""
+        """The manifest of a version number or of the version an alias points to.
+
+        Read from the store; from the cache only while the store is unreachable (with a
+        warning)."""
         check_task(task)
         ref = parse_ref(ref)
-        version = ref if isinstance(ref, int) else self.alias(task, ref).version
-        return self._read_manifest(task, version)
+        try:
+            version = ref if isinstance(ref, int) else self.alias(task, ref).version
+            return self._read_manifest(task, version)
+        except RegistryUnavailableError as err:
+            return self._offline_manifest(task, ref, err)
 
     def _read_manifest(self, task: str, version: int) -> Manifest:
+        """The manifest in the store, which also refreshes the cached copy: a registry
+        re-created under the same URI may hold another prompt under this version now."""
         key = manifest_key(task, version)
-        where = self._where(key)
-        cached = self.cache.get(key) if self.cache else None
-        if cached is not None:
-            try:
-                return _parse_manifest(cached, task, version, where)
-            except IntegrityError:
-                log.warning("cached manifest for %s is corrupt; fetching it again", where)
         try:
             data, _ = self.store.read(key)
         except NotFoundError:
+            if self.cache:
+                self.cache.drop(key)
             raise NotFoundError(f"{self.uri}: task {task} has no version {version}") from None
-        manifest = _parse_manifest(data, task, version, where)
-        if self.cache:
-            self.cache.put(key, data)  # immutable, so safe to keep forever
+        manifest = _parse_manifest(data, task, version, self._where(key))
+        if self.cache and self.cache.get(key) != data:
+            self.cache.put(key, data)
         return manifest
 
     def alias(self, task: str, alias: str) -> AliasState:
@@ -180,19 +220,32 @@ class Registry:
 
     def aliases(self, task: str) -> dict[str, AliasState]:
         check_task(task)
-        children = self.store.children(f"prompts/{task}/aliases")
-        names = sorted(n.removesuffix(".json") for n in children if n.endswith(".json"))
-        return {n: self.alias(task, n) for n in names if ALIAS_NAME.fullmatch(n)}
+        children = set(self.store.children(f"prompts/{task}/aliases"))
+        names = sorted(n.removesuffix(".json") for n in children
+                       if n.endswith(".json") and ALIAS_NAME.fullmatch(n.removesuffix(".json")))
+        stray = sorted(children - {f"{n}.json" for n in names})
+        if stray:
+            log.warning("%s: ignoring %s, not <alias>.json",
+                        self._where(f"prompts/{task}/aliases"), stray)
+        return {n: self.alias(task, n) for n in names}
 
     def _read_alias(self, task: str, alias: str) -> tuple[AliasState | None, str | None]:
         """The alias record and its etag, or (None, None) when the alias does not exist."""
         key = alias_key(task, alias)
+        where = self._where(key)
         try:
             data, etag = self.store.read(key)
         except NotFoundError:
+            if self.cache:
+                self.cache.drop(key)
             return None, None
-        state = AliasState.from_dict(from_json(data, self._where(key)), self._where(key))
-        if self.cache:
+        state = AliasState.from_dict(from_json(data, where), where)
+        if (state.task, state.alias) != (task, alias):
+            raise IntegrityError(
+                f"{where}: alias record says {state.task!r}/{state.alias!r}, "
+                f"expected {task!r}/{alias!r}"
+            )
+        if self.cache and self.cache.get(key) != data:
             self.cache.put(key, data)
         return state, etag
 
@@ -206,12 +259,7 @@ class Registry:
         onto), a prompt trained on another base model (FingerprintMismatchError). Works offline
         from the cache when the store is unreachable.
         """
-        check_task(task)
-        ref = parse_ref(ref)
-        try:
-            m = self.manifest(task, ref)
-        except RegistryUnavailableError as err:
-            m = self._offline_manifest(task, ref, err)
+        m = self.manifest(task, ref)
         if expected_fingerprint is not None and m.base_model_fingerprint != expected_fingerprint:
             raise FingerprintMismatchError(
                 f"{self.uri}: task {task} version {m.version} was trained on base model "
@@ -246,12 +294,19 @@ class Registry:
         if self.cache is None:
             raise err
         version = ref if isinstance(ref, int) else self.cache.offline_alias(task, ref, err).version
-        try:
-            return self._read_manifest(task, version)
-        except RegistryUnavailableError:
+        key = manifest_key(task, version)
+        cached = self.cache.get(key)
+        if cached is None:
             raise RegistryUnavailableError(
                 f"{err}; and version {version} of task {task} is not in the cache"
             ) from err
+        m = _parse_manifest(cached, task, version, f"{self.cache.keys / key} (cached)")
+        if isinstance(ref, int):  # for an alias, offline_alias has warned already
+            log.warning(
+                "%s unreachable; using the cached manifest of %s version %d (publish %s), "
+                "which may be stale", self.uri, task, version, m.publish_id,
+            )
+        return m
 
     # ------------------------------------------------------------------ aliases
     def promote(self, task: str, alias: str, version: int,
@@ -300,8 +355,9 @@ class Registry:
 
 
 def _parse_manifest(data: bytes, task: str, version: int, where: str) -> Manifest:
-    """The manifest stored at `where`, once it is known to be that of `task` version `version`."""
-    m = Manifest.from_dict(from_json(data, where), where)
+    """The manifest stored at `where`, once it passes records.check_manifest and is known to be
+    that of `task` version `version`; IntegrityError naming `where` otherwise."""
+    m = check_manifest(Manifest.from_dict(from_json(data, where), where), where)
     if m.task != task or m.version != version:
         raise IntegrityError(
             f"{where}: manifest says task {m.task!r} version {m.version}, "

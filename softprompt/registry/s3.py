@@ -31,7 +31,7 @@ from softprompt.registry.errors import (
     RegistryError,
     RegistryUnavailableError,
 )
-from softprompt.registry.stores import Store
+from softprompt.registry.stores import Store, StoredObject
 
 _UNREACHABLE = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
                 ReadTimeoutError)
@@ -150,16 +150,41 @@ class S3Store(Store):
     def write(self, key: str, data: bytes) -> None:
         self._call("PUT", key, self.client.put_object, Key=self._key(key), Body=data)
 
-    def children(self, prefix: str) -> list[str]:
-        full = self._key(prefix) + "/"
-        names, token = [], None
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("HEAD", key, self.client.head_object, Key=self._key(key))
+        except NotFoundError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call("DELETE", key, self.client.delete_object, Key=self._key(key))
+
+    def _pages(self, prefix: str, **kwargs):
+        """Every page of a LIST of `prefix/`, following continuation tokens."""
+        token = None
         while True:
-            kwargs = {"Prefix": full, "Delimiter": "/"}
             if token:
                 kwargs["ContinuationToken"] = token
-            page = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
+            page = self._call("LIST", prefix, self.client.list_objects_v2,
+                              Prefix=self._key(prefix) + "/", **kwargs)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def children(self, prefix: str) -> list[str]:
+        full = self._key(prefix) + "/"
+        names = []
+        for page in self._pages(prefix, Delimiter="/"):
             names += [p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", [])]
             names += [o["Key"][len(full):] for o in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
-                return names
-            token = page["NextContinuationToken"]
+        return names
+
+    def objects(self, prefix: str) -> list[StoredObject]:
+        root = self._key("")
+        return [
+            StoredObject(o["Key"][len(root):], o["Size"], o["LastModified"].timestamp())
+            for page in self._pages(prefix)
+            for o in page.get("Contents", [])
+        ]

@@ -6,6 +6,15 @@ If-None-Match and If-Match).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+
+class StoredObject(NamedTuple):
+    """One stored file, as listed for garbage collection."""
+
+    key: str  # relative to the registry root
+    size: int  # bytes
+    modified: float  # last write, in seconds since the epoch (S3: the server's clock)
 
 
 class Store(ABC):
@@ -13,7 +22,9 @@ class Store(ABC):
 
     `read` returns (data, etag); `create` fails with ConflictError if the key exists; `replace`
     fails with ConflictError unless the key's current etag equals `etag`. Missing keys raise
-    NotFoundError. Backends map their failures to RegistryUnavailableError / RegistryAccessError.
+    NotFoundError. Backends map their failures to RegistryError subclasses naming the key
+    (RegistryUnavailableError, RegistryAccessError, IntegrityError for a broken layout), never
+    to a bare OSError.
     """
 
     uri: str
@@ -30,8 +41,28 @@ class Store(ABC):
     @abstractmethod
     def write(self, key: str, data: bytes) -> None:
         """Unconditional write, only for content-addressed keys (where rewriting the same bytes is
-        harmless)."""
+        harmless). It renews the key's modification time."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether `key` holds an object (without reading it)."""
 
     @abstractmethod
     def children(self, prefix: str) -> list[str]:
         """Names directly under `prefix/` (files and folders), unordered; [] when there are none."""
+
+    @abstractmethod
+    def objects(self, prefix: str) -> list[StoredObject]:
+        """Every object at any depth under `prefix/`, unordered; [] when there are none."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Removes `key`; a key that is already gone is no error."""
+
+    def temp_files(self) -> list[StoredObject]:
+        """Partial writes left behind by killed writers (none on a backend with atomic PUTs)."""
+        return []
+
+    def delete_temp_file(self, key: str) -> bool:
+        """Removes one of `temp_files()` unless its writer is still alive; True when removed."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no temp files")

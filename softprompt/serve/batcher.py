@@ -1,9 +1,12 @@
 """The micro-batcher: requests of any task share one queue and one forward per batch.
 
-A batch is drained for up to `max_wait_ms` or `max_batch_size` rows and scored in one worker call
-(`softprompt.scoring.mixed_label_scores`: on a GPU one forward with per-example prompts [B, P, E];
-on CPU one forward per prompt, each running its prefix once). An ensemble task contributes N rows
-per request, one per prompt.
+Each request is tokenized on the worker thread before it joins the queue, so an input the
+tokenizer refuses fails alone, as an InputError (422). A batch is drained for up to `max_wait_ms`
+or `max_batch_size` rows and scored in one worker call (`softprompt.scoring.mixed_label_scores`:
+on a GPU one forward with per-example prompts [B, P, E]; on CPU one forward per prompt, each
+running its prefix once). An ensemble task contributes N rows per request, one per prompt. A
+batch whose scoring fails is scored again one request at a time, so only a request that fails
+alone gets the error (a 500: the service's fault, not the client's).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from softprompt.model import FrozenLM
 from softprompt.scoring import mixed_label_scores
 from softprompt.serve.config import ServeConfig
 from softprompt.serve.metrics import Metrics
+from softprompt.serve.requests import InputError
 from softprompt.serve.state import TaskState
 
 log = logging.getLogger(__name__)
@@ -32,10 +36,17 @@ class Scored(NamedTuple):
     truncated: bool  # the input was cut to its last max_input_tokens tokens
 
 
+class Encoded(NamedTuple):
+    """One input's token ids, as the worker tokenized it."""
+
+    ids: list[int]
+    truncated: bool
+
+
 @dataclass
 class _Pending:
     state: TaskState
-    text: str
+    encoded: Encoded
     future: asyncio.Future
 
     @property
@@ -53,11 +64,23 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="softprompt-model")
         self._held: _Pending | None = None  # a request that did not fit the last batch
 
+    def _encode(self, text: str) -> Encoded:
+        """Worker thread: the tokenizer is used by this thread only (fast tokenizers are not safe
+        to share across threads). An input it refuses is the client's: InputError."""
+        try:
+            ids, cut = self.lm.encode_input(text, self.config.max_input_tokens)
+        except Exception as err:
+            name = type(err).__name__
+            raise InputError(f"the tokenizer cannot encode the input ({name})") from err
+        return Encoded(ids, cut)
+
     async def submit(self, state: TaskState, text: str) -> Scored:
-        """Queues one input; resolves to its [N, L] scores (N = 1 unless an ensemble) and whether
-        the input was truncated."""
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(state, text, future))
+        """Tokenizes one input, then queues it; resolves to its [N, L] scores (N = 1 unless an
+        ensemble) and whether the input was truncated. InputError when it cannot be tokenized."""
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(self.executor, self._encode, text)
+        future = loop.create_future()
+        await self.queue.put(_Pending(state, encoded, future))
         return await future
 
     async def _collect(self) -> list[_Pending]:
@@ -85,25 +108,22 @@ class MicroBatcher:
         return batch
 
     def _score(self, batch: list[_Pending]) -> list[Scored]:
-        """Worker thread: tokenizes (the tokenizer is used by this thread only: fast tokenizers
-        are not safe to share across threads) and scores the batch (mixed_label_scores) ->
+        """Worker thread: scores a batch of tokenized requests (mixed_label_scores) ->
         ([N_i, L_i] scores, truncated) per request."""
-        prompts, inputs, words, owner, truncated = [], [], [], [], []
+        prompts, inputs, words, owner = [], [], [], []
         for k, item in enumerate(batch):
-            ids, cut = self.lm.encode_input(item.text, self.config.max_input_tokens)
-            truncated.append(cut)
             for prompt in item.state.prompts:
                 prompts.append(prompt)
-                inputs.append(ids)
+                inputs.append(item.encoded.ids)
                 words.append(item.state.spec.label_words)
                 owner.append(k)
         rows = mixed_label_scores(self.lm, prompts, inputs, words)
         self.metrics.batch_rows.observe(len(rows))
         self.metrics.batch_tasks.observe(len({item.state.spec.name for item in batch}))
         results = []
-        for k in range(len(batch)):
+        for k, item in enumerate(batch):
             mine = [r for r, o in zip(rows, owner, strict=True) if o == k]
-            results.append(Scored(torch.stack(mine), truncated[k]))
+            results.append(Scored(torch.stack(mine), item.encoded.truncated))
         return results
 
     def _groups(self, batch: list[_Pending]) -> list[list[_Pending]]:
@@ -115,21 +135,36 @@ class MicroBatcher:
             by_task.setdefault(item.state.spec.name, []).append(item)
         return list(by_task.values())
 
-    async def run(self) -> None:
+    async def _run_group(self, group: list[_Pending]) -> None:
+        """Scores one worker call's requests and resolves their futures. When the call fails,
+        each request is scored alone, so one bad request never fails the others."""
         loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.executor, self._score, group)
+        except Exception as err:  # one bad batch fails its requests, never the server
+            if len(group) > 1:
+                log.warning(
+                    "batch of %d requests failed (%s); scoring each alone",
+                    len(group),
+                    type(err).__name__,
+                )
+                for item in group:
+                    if not item.future.done():
+                        await self._run_group([item])
+                return
+            log.exception("request failed alone")
+            self.metrics.errors.labels("batch").inc()
+            (item,) = group
+            if not item.future.done():
+                message = f"scoring failed: {type(err).__name__}: {err}"
+                item.future.set_exception(RuntimeError(message))
+            return
+        for item, scored in zip(group, results, strict=True):
+            if not item.future.done():  # the client may have gone away
+                item.future.set_result(scored)
+
+    async def run(self) -> None:
         while True:
             batch = await self._collect()
             for group in self._groups(batch):
-                try:
-                    results = await loop.run_in_executor(self.executor, self._score, group)
-                except Exception as err:  # one bad batch fails its requests, never the server
-                    log.exception("batch of %d requests failed", len(group))
-                    self.metrics.errors.labels("batch").inc()
-                    message = f"scoring failed: {type(err).__name__}: {err}"
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(RuntimeError(message))
-                    continue
-                for item, scored in zip(group, results, strict=True):
-                    if not item.future.done():  # the client may have gone away
-                        item.future.set_result(scored)
+                await self._run_group(group)

@@ -1,4 +1,6 @@
-"""`softprompt serve`: the multi-task inference service (softprompt.serve) under uvicorn."""
+"""`softprompt serve`: the multi-task inference service (softprompt.serve) under uvicorn, with the
+service's connection limits (header size, head and body deadlines) installed by
+softprompt.serve.protocol."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ SERVE_KEYS = (
     "max_batch_size",
     "max_wait_ms",
     "max_body_bytes",
+    "max_header_bytes",
+    "header_timeout_seconds",
+    "body_timeout_seconds",
     "max_input_chars",
     "max_input_tokens",
     "poll_seconds",
@@ -88,10 +93,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from softprompt.serve.http import create_app
+    from softprompt.serve.protocol import uvicorn_options
 
     config = config_from_args(args)
     log_level = "info" if args.verbose else "warning"
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=log_level)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=log_level,
+                **uvicorn_options(config))
     return 0
 
 

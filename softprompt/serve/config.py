@@ -78,6 +78,21 @@ class ServeConfig:
         default=64 * 1024,
         metadata={"help": "Larger request bodies are refused (413) before parsing."},
     )
+    max_header_bytes: int = field(
+        default=16 * 1024,
+        metadata={"help": "Larger request heads (request line and headers) are refused (431) and "
+                          "the connection closed."},
+    )
+    header_timeout_seconds: float = field(
+        default=10.0,
+        metadata={"help": "A connection that takes longer to send a request's headers (from "
+                          "connecting, or from the previous response) is closed."},
+    )
+    body_timeout_seconds: float = field(
+        default=30.0,
+        metadata={"help": "A request whose body takes longer to arrive after its headers gets "
+                          "408 and its connection is closed."},
+    )
     max_input_chars: int = field(
         default=8000, metadata={"help": "Longer rendered inputs are refused (422)."}
     )
@@ -103,9 +118,14 @@ class ServeConfig:
             raise ValueError("ServeConfig.tasks: serve at least one task")
         if len(set(names)) != len(names):
             raise ValueError(f"ServeConfig.tasks: a task is listed twice: {names}")
-        for name in ("max_batch_size", "max_body_bytes", "max_input_chars", "max_input_tokens"):
+        sizes = ("max_batch_size", "max_body_bytes", "max_header_bytes", "max_input_chars",
+                 "max_input_tokens")
+        for name in sizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("header_timeout_seconds", "body_timeout_seconds"):
+            if not getattr(self, name) > 0:  # NaN included
+                raise ValueError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.poll_seconds < 0:
             raise ValueError("ServeConfig.max_wait_ms and poll_seconds must be >= 0")
         if self.token is not None and not self.token:

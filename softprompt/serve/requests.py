@@ -1,55 +1,144 @@
 """What a classify request may carry: the request and response models, and the checks that turn
-a request's fields into the task's rendered input (or an InputError that names the field)."""
+a request's fields into the task's rendered input (or an InputError that names the field).
+
+An input is plain text (for a one-field template) or an object of the template's fields. A field
+the template renders is a non-empty string or a finite number (rendered as its text, 3 -> "3").
+An object is allowed only where the template reaches into it with a dotted field
+(`{target.span1_text}`). Booleans, null, lists, unknown or missing fields are refused, naming the
+field. Anywhere in a request, text that is not valid Unicode (a lone surrogate, which JSON's
+"\\ud800" decodes to) and non-finite numbers (NaN, 1e999999) are refused too, since no tokenizer
+or JSON encoder takes them.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from softprompt.serve.state import TaskState
 from softprompt.task_data import render_input
 from softprompt.tasks import TaskDataError
+
+MAX_DEPTH = 8  # nesting of request objects; templates reach one or two levels deep
 
 
 class InputError(ValueError):
     """A request input the service refuses (422); the message names the field."""
 
 
-def _check_leaves(value: Any, path: str) -> None:
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _check_leaves(sub, f"{path}.{key}" if path else str(key))
-    elif not isinstance(value, str):
-        raise InputError(f"input field {path!r} must be a string, got {type(value).__name__}")
-    elif not value.strip():
-        raise InputError(f"input field {path!r} is empty")
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"{what} is not valid Unicode text (a lone surrogate at position {err.start})"
+        ) from None
 
 
-def _request_line(state: TaskState, fields: dict | str) -> str:
-    """The request's fields as one JSON line of the task's data format."""
+def check_json_value(value: Any, what: str) -> None:
+    """InputError unless every key and string in a decoded JSON value is valid Unicode and every
+    number is finite. Walks iteratively with a depth limit, so deep nesting cannot exhaust the
+    stack. A key is checked before it enters a path, so a message never holds bad text."""
+    stack = [(value, what, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InputError(f"{path} is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, str):
+            _check_text(item, path)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise InputError(f"{path} is {item}; numbers must be finite")
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                _check_text(key, f"a key of {path}")
+                stack.append((sub, f"{path}.{key}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{path}[{i}]", depth + 1) for i, sub in enumerate(item))
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, as a request author knows it."""
+    if value is None:
+        return "null"
+    kinds = {
+        bool: "a boolean",
+        list: "a list",
+        dict: "an object",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+    }
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _scalar(value: Any, path: str) -> str:
+    """A rendered field's value as its text: a non-empty string, or a finite number's text."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError(f"input field {path!r} is empty")
+        _check_text(value, f"input field {path!r}")
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"input field {path!r} is {value}; numbers must be finite")
+        return str(value)
+    raise InputError(f"input field {path!r} must be a string or a number, got {_kind(value)}")
+
+
+def _fields(value: dict, prefix: str, rendered: list[str], where: str) -> dict:
+    """The fields of one object level of a request (`prefix` is its dotted path plus "."),
+    checked against the template's `rendered` names (in template order), with every rendered
+    value as text."""
+    below = (n[len(prefix) :].split(".")[0] for n in rendered if n.startswith(prefix))
+    known = list(dict.fromkeys(below))
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        for key in unknown:
+            _check_text(key, f"a field name of {where}")
+        raise InputError(
+            f"{where}: unknown input field(s) {[prefix + k for k in unknown]}; "
+            f"it takes {[prefix + k for k in known]}"
+        )
+    missing = [prefix + k for k in known if k not in value]
+    if missing:
+        raise InputError(f"{where}: missing input field(s) {missing}")
+    row = {}
+    for key, sub in value.items():
+        path = prefix + key
+        if path in rendered:
+            row[key] = _scalar(sub, path)
+        elif isinstance(sub, dict):
+            row[key] = _fields(sub, path + ".", rendered, where)
+        else:
+            raise InputError(
+                f"input field {path!r} must be an object (the template reads "
+                f"{[n for n in rendered if n.startswith(path + '.')]}), "
+                f"got {_kind(sub)}"
+            )
+    return row
+
+
+def _request_row(state: TaskState, fields: dict | str) -> dict:
+    """The request's fields as one row of the task's data, each rendered value as text."""
+    where = f"task {state.spec.name}"
     if isinstance(fields, dict):
-        unknown = sorted(set(fields) - set(state.input_fields))
-        if unknown:
-            raise InputError(f"task {state.spec.name}: unknown input field(s) {unknown}; "
-                             f"it takes {state.input_fields}")
-        _check_leaves(fields, "")
-        return json.dumps(fields)
+        return _fields(fields, "", list(dict.fromkeys(state.spec.fields())), where)
     if not fields.strip():
         raise InputError("input text is empty")
+    _check_text(fields, "input text")
     if len(state.input_fields) != 1:
-        raise InputError(
-            f"task {state.spec.name} needs an object with fields {state.input_fields}"
-        )
+        raise InputError(f"{where} needs an object with fields {state.input_fields}")
     # Plain text fills the one field verbatim.
-    return json.dumps({state.input_fields[0]: fields})
+    return {state.input_fields[0]: fields}
 
 
 def render_request(state: TaskState, fields: dict | str, max_chars: int) -> str:
     """The task's template filled with the request's fields, validated (InputError names the
     field)."""
-    line = _request_line(state, fields)
+    line = json.dumps(_request_row(state, fields))
     try:
         text = render_input(state.spec, line, "request input")
     except TaskDataError as err:
@@ -67,9 +156,20 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     task: str = Field(min_length=1, max_length=64, description="a served task")
     input: dict[str, Any] | str = Field(
-        description="the task template's fields (an object), or plain text for a one-field "
-                    "template"
+        description="the task template's fields (an object of strings or numbers; nested "
+        "objects where the template reads a dotted field), or plain text for a "
+        "one-field template"
     )
+
+    @field_validator("task", "input")
+    @classmethod
+    def _valid_json_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Lone surrogates and non-finite numbers are refused before anything else sees them."""
+        try:
+            check_json_value(value, info.field_name)
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        return value
 
 
 class ClassifyResponse(BaseModel):

@@ -1,9 +1,11 @@
 """The service: one frozen LM, every task's verified prompts, the batcher and the registry poller.
 
-A prompt that fails verification is never served: the task keeps its previous prompt (or answers
-503 if it never had one). A poller (and POST /v1/reload) picks up moved aliases without a restart.
-An ensemble task's answer is the majority vote of its N prompts
-(`softprompt.ensemble.majority_vote`).
+A prompt that fails verification (its blob, its base-model fingerprint, or a manifest whose
+template or label words the service cannot use) is never served: the task keeps its previous
+prompt (or answers 503, with the reason, if it never had one) and the other tasks are unaffected.
+A poller (and POST /v1/reload) picks up moved aliases without a restart; a task's last error is
+cleared as soon as a reload finds it serving what its alias points at. An ensemble task's answer
+is the majority vote of its N prompts (`softprompt.ensemble.majority_vote`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class Service:
                 try:
                     wanted = await asyncio.to_thread(resolve_versions, self.registry, serving)
                     if current is not None and wanted == current.versions:
+                        # Serving what the alias points at: an earlier refusal no longer holds.
+                        self.last_error.pop(name, None)
                         report[name] = {"versions": wanted, "changed": False}
                         continue
                     state = await asyncio.to_thread(
@@ -129,16 +133,52 @@ class Service:
         if state is None or self.batcher is None:
             reason = self.last_error.get(task, "loading")
             raise HTTPException(503, f"task {task!r} has no verified prompt yet: {reason}")
+        start = time.perf_counter()
         try:
             text = render_request(state, fields, self.config.max_input_chars)
+            scores, truncated = await self.batcher.submit(state, text)  # [N, L]
         except InputError as err:
             self.metrics.errors.labels("bad_input").inc()
             raise HTTPException(422, str(err)) from err
-        start = time.perf_counter()
-        scores, truncated = await self.batcher.submit(state, text)  # [N, L]
         self.metrics.latency.labels(task).observe(time.perf_counter() - start)
         self.metrics.predictions.labels(task).inc()
         return _answer(task, state, scores, truncated)
+
+    def task_views(self) -> dict[str, dict]:
+        """Every served task by name: its state's description with status "serving" (and the
+        error of a refused reload, if any), or status "unavailable" with the reason it has no
+        verified prompt. One task's broken description never hides the others."""
+        views = {}
+        for serving in self.config.tasks:
+            name, state = serving.task, self.states.get(serving.task)
+            error = self.last_error.get(name)
+            if state is None:
+                views[name] = {"task": name, "status": "unavailable", "error": error or "loading"}
+                continue
+            try:
+                views[name] = {**state.describe(), "status": "serving"}
+            except Exception as err:
+                log.exception("task %s: cannot describe its prompt", name)
+                views[name] = {
+                    "task": name,
+                    "status": "error",
+                    "error": f"{type(err).__name__}: {err}",
+                }
+                continue
+            if error:
+                views[name]["error"] = error
+        return views
+
+    def readiness(self, detailed: bool) -> dict:
+        """{"ready": bool}, and with `detailed` each task's served versions and last error."""
+        body: dict = {"ready": self.ready}
+        if detailed:
+            body["tasks"] = {
+                t.task: self.states[t.task].versions if t.task in self.states else None
+                for t in self.config.tasks
+            }
+            body["errors"] = dict(self.last_error)
+        return body
 
 
 def _answer(task: str, state: TaskState, scores: torch.Tensor, truncated: bool) -> dict:

@@ -1,8 +1,11 @@
 """A served task's verified prompts, and how they are read from the registry.
 
 Prompts come from the registry by task and alias (or the N newest / N pinned versions for an
-ensemble). `pull` verifies each blob's sha256 and the base-model fingerprint; a prompt that fails
-raises here and is never turned into a TaskState.
+ensemble). `pull` verifies each blob's sha256 and the base-model fingerprint. Every manifest is
+checked again here (`softprompt.registry.records.check_manifest`: a template that renders plain
+fields, distinct non-empty label words, a well-formed fingerprint), whatever registry object
+returned it, because a template or label words the service cannot use would fail each request.
+A prompt that fails any check raises here and is never turned into a TaskState.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.model import FrozenLM
+from softprompt.registry.records import check_manifest
 from softprompt.serve.config import TaskServing
 from softprompt.tasks import TaskSpec
 
@@ -87,12 +91,17 @@ def _refs(registry, serving: TaskServing) -> list[int | str]:
 def load_task_state(registry, serving: TaskServing, lm: FrozenLM) -> TaskState:
     """Resolves a task's alias / versions and pulls its prompts, verified against `lm`.
 
-    Raises (RegistryError, ValueError) instead of returning anything unverified.
+    Raises (RegistryError, IntegrityError for an unusable manifest, ValueError) instead of
+    returning anything unverified.
     """
     refs = _refs(registry, serving)
     manifests, prompts = [], []
     for ref in refs:
         prompt, m = registry.pull(serving.task, ref, expected_fingerprint=lm.fingerprint)
+        check_manifest(m, f"task {serving.task} version {m.version}")
+        if m.task != serving.task:
+            raise ValueError(f"task {serving.task}: the registry answered with a manifest of "
+                             f"task {m.task!r}")
         # pull checks both; a second look costs nothing and guards a backend that forgets to.
         if m.base_model_fingerprint != lm.fingerprint:
             raise ValueError(

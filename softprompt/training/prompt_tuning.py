@@ -189,6 +189,14 @@ def _result(
         "dev": {"score": outcome.best_score, "n": dev_n},
     }
     best = prompt_lib.load_prompt(run_dir / BEST_PROMPT).to(lm.device)
+    norm = prompt_lib.prompt_norm(best, lm.vocab_max_norm)
+    result["prompt_norm"] = norm.to_dict()
+    if norm.exploded:
+        log.warning(
+            "task %s: the best prompt's largest row norm %.4g is %.4g times the vocabulary's; "
+            "it has exploded, and the quality gate will not promote it",
+            spec.name, norm.max_row_norm, norm.ratio,
+        )
     if "test" in data:
         test_enc = encode_examples(lm, data["test"], config.max_input_tokens)
         result["test"] = evaluate(

@@ -90,3 +90,10 @@ def test_a_training_step_moves_only_the_prompt(smollm):
     lm_loss(smollm, prompt, Batch(enc.inputs, enc.targets)).backward()
     assert prompt.grad.abs().sum() > 0
     assert all(torch.equal(v, smollm.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_vocab_max_norm_is_the_largest_embedded_row(tiny_causal):
+    """Read through the embedding module in chunks, it equals the largest row of the matrix (the
+    tiny model does not scale its embeddings)."""
+    weight = tiny_causal.embedding.weight.detach().float()  # [V, E]
+    assert tiny_causal.vocab_max_norm == pytest.approx(float(weight.norm(dim=1).max()))

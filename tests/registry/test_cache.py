@@ -52,3 +52,27 @@ def test_offline_alias(tmp_path, caplog):
     cache.put(alias_key("toy", "production"), to_json(state.to_dict(), "x"))
     assert cache.offline_alias("toy", "production", down) == state
     assert "using the cached alias toy/production -> version 2" in caplog.text
+
+
+def test_an_unreadable_or_unwritable_cache_is_a_miss(tmp_path, caplog):
+    """A folder in place of a cached file is a miss (with a warning), and a write there is
+    skipped (with a warning), never an IsADirectoryError."""
+    cache = Cache(tmp_path, "reg")
+    key = "prompts/toy/1/manifest.json"
+    (cache.keys / key / "inside").mkdir(parents=True)
+    digest = hashlib.sha256(b"blob").hexdigest()
+    (tmp_path / "blobs" / "sha256" / digest / "inside").mkdir(parents=True)
+    assert cache.get(key) is None and cache.blob(digest) is None
+    cache.put(key, b"{}")
+    cache.put_blob(digest, b"blob")
+    cache.drop(key)
+    assert caplog.text.count("cannot read the cached") == 2
+    assert caplog.text.count("to the cache") == 2 and "cannot remove" in caplog.text
+
+
+def test_drop_forgets_a_key(tmp_path):
+    cache = Cache(tmp_path, "reg")
+    cache.put("prompts/toy/1/manifest.json", b"{}")
+    cache.drop("prompts/toy/1/manifest.json")
+    cache.drop("prompts/toy/1/manifest.json")
+    assert cache.get("prompts/toy/1/manifest.json") is None

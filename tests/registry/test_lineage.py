@@ -6,13 +6,21 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from softprompt.registry import InvalidArtifactError, Manifest, lineage_from_run
 from softprompt.registry.lineage import LINEAGE_FIELDS, check_lineage, current_code_version
+from softprompt.registry.records import serialize_prompt
 
 FP = "sha256:" + "ab" * 32
 SPEC = SimpleNamespace(label_words=["no", "yes"], template="Q: {q}\nA:", metric="accuracy",
                        digest="")
+VERBALIZER = {"label_words": ["no", "yes"], "template": "Q: {q}\nA:"}
+
+
+def blob(p: int = 3, e: int = 8):
+    """The stored form of a zero prompt [p, e]."""
+    return serialize_prompt("toy", torch.zeros(p, e))
 
 
 @pytest.fixture()
@@ -39,7 +47,7 @@ def test_lineage_from_run(run_dir):
     assert got["metrics"] == {"dev": {"score": 0.8}, "steps": 10, "stop_reason": "max_steps"}
     assert got["label_words"] == ["no", "yes"] and got["spec_sha256"] is None
     assert (got["dataset_version"], got["code_version"]) == ("d.dir", "c0de")
-    assert check_lineage("toy", got, [4, 16])["data_source"] == {"kind": "local"}
+    assert check_lineage("toy", got, blob(4, 16)).data_source == {"kind": "local"}
     assert lineage_from_run(run_dir, spec=SPEC)["code_version"] == current_code_version()
 
 
@@ -59,11 +67,11 @@ def test_bad_run_directories_are_named(run_dir, tmp_path):
 
 
 def test_check_lineage_fills_what_the_prompt_implies():
-    out = check_lineage("toy", {"base_model": "m", "base_model_fingerprint": FP, "init": None},
-                        [3, 8])
+    given = {"base_model": "m", "base_model_fingerprint": FP, "init": None, **VERBALIZER}
+    out = check_lineage("toy", given, blob(3, 8))
     # None values are dropped, so that the Manifest's defaults apply.
-    assert out == {"base_model": "m", "base_model_fingerprint": FP, "task": "toy",
-                   "prompt_length": 3}
+    assert (out.task, out.prompt_length, out.init, out.version) == ("toy", 3, None, 1)
+    assert (out.shape, out.dtype, out.blob_sha256) == ([3, 8], "float32", blob(3, 8).sha256)
     assert set(LINEAGE_FIELDS) <= {f for f in Manifest.__dataclass_fields__}
 
 
@@ -71,16 +79,17 @@ def test_check_lineage_fills_what_the_prompt_implies():
     ("lineage", "message"),
     [
         (["m"], "lineage must be a dict, got list"),
-        ({"base_model_fingerprint": FP}, "'base_model' is required"),
-        ({"base_model": "m", "base_model_fingerprint": "sha256:AB"}, "must be 'sha256:<64 hex>'"),
-        ({"base_model": "m", "base_model_fingerprint": FP, "metrics": []},
-         "'metrics' must be a dict"),
-        ({"base_model": "m", "base_model_fingerprint": FP, "label_words": "ab"},
-         "'label_words' must be a list"),
-        ({"base_model": "m", "base_model_fingerprint": FP, "template": 3},
-         "'template' must be a string or None"),
+        ({"base_model_fingerprint": FP, **VERBALIZER}, "'base_model' is missing"),
+        ({"base_model": "m", "base_model_fingerprint": "sha256:AB", **VERBALIZER},
+         "is not sha256:<64 hex digits>"),
+        ({"base_model": "m", "base_model_fingerprint": FP, **VERBALIZER, "metrics": []},
+         "'metrics' has type list"),
+        ({"base_model": "m", "base_model_fingerprint": FP, **VERBALIZER, "label_words": "ab"},
+         "'label_words' has type str"),
+        ({"base_model": "m", "base_model_fingerprint": FP, **VERBALIZER, "template": 3},
+         "'template' has type int"),
     ],
 )
 def test_bad_lineage_is_refused(lineage, message):
     with pytest.raises(InvalidArtifactError, match=f"^task toy: .*{message}"):
-        check_lineage("toy", lineage, [3, 8])
+        check_lineage("toy", lineage, blob())

@@ -13,7 +13,8 @@ FINGERPRINT = "sha256:" + "0" * 64
 
 def lineage(score: float) -> dict:
     return {"base_model": "m", "base_model_fingerprint": FINGERPRINT, "dataset_version": "d.dir",
-            "metrics": {"dev": {"score": score}}, "data_source": {"kind": "local"}}
+            "metrics": {"dev": {"score": score}}, "data_source": {"kind": "local"},
+            "template": "Review: {sentence}\nSentiment:", "label_words": ["negative", "positive"]}
 
 
 def test_quality_gate_decisions():
@@ -61,3 +62,24 @@ def test_a_concurrent_promotion_fails_the_gate_instead_of_being_overwritten(tmp_
     with pytest.raises(AliasConflictError):
         register_with_gate(reg, "toy", torch.randn(4, 8), lineage(0.9), 0.9, "production", 0.0)
     assert reg.manifest("toy", "production").version == 3  # the rival's move stands
+
+
+def test_an_exploded_prompt_is_published_but_never_promoted(tmp_path):
+    """The gate refuses a prompt whose training result flags its norm as exploded, however good
+    its dev score, whether or not the alias points anywhere yet."""
+    reg = open_registry(tmp_path / "registry")
+    exploded = {"max_row_norm": 2e8, "vocab_max_row_norm": 7.5, "ratio": 2.7e7, "exploded": True}
+    first = lineage(0.99)
+    first["metrics"]["prompt_norm"] = exploded
+    out = register_with_gate(reg, "toy", torch.randn(4, 8), first, 0.99, "production", 0.0)
+    assert (out["version"], out["promoted"], out["previous"]) == (1, False, None)
+    assert out["decision"] == ("left production unset: new v1 dev 0.9900 vs the new prompt's norm "
+                               "exploded (2.7e+07 times the vocabulary's largest row); refused")
+    assert reg.aliases("toy") == {}
+    assert reg.manifest("toy", 1).metrics["prompt_norm"] == exploded
+    sane = lineage(0.6)
+    sane["metrics"]["prompt_norm"] = dict(exploded, max_row_norm=9.0, ratio=1.2, exploded=False)
+    register_with_gate(reg, "toy", torch.randn(4, 8), sane, 0.6, "production", 0.0)
+    again = register_with_gate(reg, "toy", torch.randn(4, 8), first, 0.99, "production", 0.0)
+    assert again["promoted"] is False and again["previous"] == {"version": 2, "dev_score": 0.6}
+    assert reg.manifest("toy", "production").version == 2

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 
@@ -291,11 +293,12 @@ def test_missing_things_are_named(new_reg):
         (torch.zeros(0, 4), {}, r"must be \[P, E\]"),
         (torch.ones(2, 4, dtype=torch.int64), {}, "floating point"),
         (torch.tensor([[1.0, float("nan")]]), {}, "NaN or infinite"),
-        (torch.randn(2, 4), {"base_model_fingerprint": "abc"}, "must be 'sha256:<64 hex>'"),
+        (torch.randn(2, 4), {"base_model_fingerprint": "abc"}, "is not sha256:<64 hex digits>"),
         (torch.randn(2, 4), {"base_model": ""}, "'base_model' is required"),
         (torch.randn(2, 4), {"learning_rate": 0.3},
          r"unknown lineage field\(s\) \['learning_rate'\]"),
-        (torch.randn(2, 4), {"prompt_length": 20}, "prompt_length 20 but the prompt has P=2"),
+        (torch.randn(2, 4), {"prompt_length": 20},
+         r"'prompt_length' 20 disagrees with 'shape' \[2, 4\]"),
         (torch.randn(2, 4), {"task": "sst2"}, "lineage is for task 'sst2'"),
         (torch.randn(2, 4), {"metrics": {"dev": float("nan")}}, "not JSON-serializable"),
     ],
@@ -357,3 +360,154 @@ def test_unreachable_store_falls_back_to_the_cache(tmp_path, caplog):
     uncached.store.read = unreachable
     with pytest.raises(RegistryUnavailableError, match="the store is down"):
         uncached.pull("toy", 1)
+
+
+UNUSABLE_LINEAGES = [
+    ({"template": None}, "'template' must be a string"),
+    ({"label_words": None}, "'label_words': 0 label word"),
+    ({"label_words": [1, 2]}, "label word 1 must be a string"),
+    ({"label_words": []}, "'label_words': 0 label word"),
+    ({"label_words": ["yes", "yes"]}, r"label word\(s\) \['yes'\] name more than one label"),
+    ({"label_words": ["", "no"]}, "a label word is empty"),
+    ({"template": "Review: {sentence"}, "'template' does not parse"),
+    ({"template": "{sentence:d}"}, "has a conversion or format spec"),
+    ({"template": "{sentence:>100000000}"}, "has a conversion or format spec"),
+    ({"template": "Review:"}, "'template' names no input field"),
+]
+
+
+def test_publish_refuses_unusable_manifests_before_storing_anything(new_reg):
+    """Missing, unparseable or format-spec templates and missing, non-string, duplicate or empty
+    label words raise InvalidArtifactError naming the task and the field, storing nothing."""
+    reg = new_reg()
+    for changes, message in UNUSABLE_LINEAGES:
+        with pytest.raises(InvalidArtifactError, match=f"^task toy: manifest field .*{message}"):
+            reg.publish("toy", torch.randn(2, 4), lineage(**changes))
+    with pytest.raises(InvalidArtifactError, match=r"floating point \(float16, .*float8_e4m3fn"):
+        reg.publish("toy", torch.randn(2, 4).to(torch.float8_e4m3fn), lineage())
+    assert reg.store.objects("blobs") == [] and reg.list_versions("toy") == []
+
+
+HAND_EDITS = [
+    ({"base_model_fingerprint": "garbage"}, "'base_model_fingerprint' 'garbage' is not sha256"),
+    ({"label_words": []}, "'label_words': 0 label word"),
+    ({"label_words": ["a", 1]}, "label word 1 must be a string"),
+    ({"prompt_length": 7}, "'prompt_length' 7 disagrees with 'shape' \\[2, 4\\]"),
+    ({"template": "{x"}, "'template' does not parse"),
+    ({"template": None}, "'template' must be a string"),
+    ({"dtype": "int8"}, "'dtype' 'int8' is not one of"),
+    ({"task": "other"}, "manifest says task 'other' version 1, expected 'toy' version 1"),
+]
+
+
+def test_hand_edited_manifests_are_refused_on_read(new_reg):
+    """A stored manifest edited into something unusable fails every read (manifest, pull,
+    list_versions) with IntegrityError naming the stored object, also for a reader whose cache
+    holds the good copy."""
+    reg = new_reg()
+    reg.publish("toy", torch.randn(2, 4), lineage())
+    key = "prompts/toy/1/manifest.json"
+    good = json.loads(reg.store.read(key)[0])
+    warm = new_reg()
+    warm.pull("toy", 1)
+    for changes, message in HAND_EDITS:
+        reg.store.write(key, json.dumps({**good, **changes}).encode())
+        for reader in (new_reg(), warm):
+            where = rf"^{reg.uri}/{key}: .*{message}"
+            with pytest.raises(IntegrityError, match=where):
+                reader.pull("toy", 1)
+            with pytest.raises(IntegrityError, match=where):
+                reader.list_versions("toy")
+            with pytest.raises(IntegrityError, match=where):
+                reader.manifest("toy", 1)
+
+
+def test_stray_entries_are_ignored_never_crash_nor_duplicate(new_reg, caplog):
+    """Version folders not named in canonical ASCII decimal (01, Arabic-Indic or superscript
+    digits, words), a file where a version folder belongs and a folder without a manifest are
+    logged and skipped; the numbers they hold are not reused."""
+    reg = new_reg()
+    prompts = [torch.randn(2, 4) for _ in range(3)]
+    reg.publish("toy", prompts[0], lineage())
+    reg.publish("toy", prompts[1], lineage())
+    copy, _ = reg.store.read("prompts/toy/1/manifest.json")
+    for name in ("01", "\u0661", "\u00b2", "\uff11", "foo", "1.0", "-1"):
+        reg.store.write(f"prompts/toy/{name}/manifest.json", copy)
+    reg.store.write("prompts/toy/7", b"a file where a version folder belongs")
+    reg.store.write("prompts/toy/9/notes.txt", b"a version folder without a manifest")
+    reg.store.write("prompts/toy/aliases/notes.txt", b"not an alias")
+    reg.store.write("prompts/Not-A-Task/1/manifest.json", copy)
+    reader = new_reg()
+    with caplog.at_level("WARNING", logger="softprompt.registry"):
+        assert [m.version for m in reader.list_versions("toy")] == [1, 2]
+        assert reader.list_tasks() == ["toy"] and reader.aliases("toy") == {}
+    for name in ("'01'", "'\u0661'", "'\u00b2'", "'foo'", "'Not-A-Task'", "toy/7 holds no",
+                 "toy/9 holds no", "aliases: ignoring ['notes.txt']"):
+        assert name in caplog.text, name
+    m = reader.publish("toy", prompts[2], lineage())
+    assert m.version == 10  # after the stray 9
+    assert [v.version for v in new_reg().list_versions("toy")] == [1, 2, 10]
+    assert torch.equal(new_reg().pull("toy", 10).prompt, prompts[2])
+    for ref in ("01", "\u0661", "\u00b2", "\uff11"):
+        with pytest.raises(InvalidNameError, match="invalid"):
+            reader.pull("toy", ref)
+
+
+def test_a_recreated_registry_is_never_answered_from_the_cache(new_reg, uri):
+    """A reader with a warm cache follows the store. After the registry is wiped and re-created
+    under the same URI with another prompt as v1, it pulls the new prompt (and NotFoundError
+    once nothing is there), never the old blob."""
+    old, new = torch.randn(3, 8), torch.randn(3, 8)
+    first = new_reg().publish("toy", old, lineage())
+    new_reg().promote("toy", "production", 1)
+    reader = new_reg()
+    assert torch.equal(reader.pull("toy", 1).prompt, old)
+    assert torch.equal(reader.pull("toy").prompt, old)
+    wipe(new_reg().store)
+    with pytest.raises(NotFoundError, match="task toy has no version 1"):
+        reader.pull("toy", 1)
+    with pytest.raises(NotFoundError, match="task toy has no alias 'production'"):
+        reader.pull("toy")
+    second = new_reg().publish("toy", new, lineage())
+    new_reg().promote("toy", "production", 1)
+    assert second.publish_id != first.publish_id
+    got, m = reader.pull("toy", 1)
+    assert torch.equal(got, new) and m == second
+    assert torch.equal(reader.pull("toy").prompt, new)
+    assert reader.manifest("toy", "production") == second
+
+
+def wipe(store) -> None:
+    """Removes the registry and creates it again, empty, under the same URI. On S3 the bucket is
+    deleted and created again (deleting the keys alone leaves SeaweedFS listing their empty
+    folders)."""
+    if not store.uri.startswith("s3://"):
+        shutil.rmtree(store.root)
+        return
+    client = store.client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=store.bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=store.bucket)
+    client.create_bucket(Bucket=store.bucket)
+
+
+def test_publish_writes_back_a_blob_removed_before_its_manifest(new_reg, caplog):
+    """A garbage collection that removes the blob between the publisher's blob write and its
+    manifest (it looked unreferenced then) does not leave a manifest naming nothing."""
+    reg = new_reg()
+    prompt = torch.randn(3, 8)
+    create = reg.store.create
+
+    def collector_strikes_first(key, data):
+        if key.endswith("manifest.json"):
+            digest = json.loads(data)["blob_sha256"]
+            reg.store.delete(f"blobs/sha256/{digest}")
+        return create(key, data)
+
+    reg.store.create = collector_strikes_first
+    with caplog.at_level("WARNING", logger="softprompt.registry"):
+        m = reg.publish("toy", prompt, lineage())
+    assert "was removed meanwhile; writing it again" in caplog.text
+    assert reg.store.exists(f"blobs/sha256/{m.blob_sha256}")
+    assert torch.equal(new_reg().pull("toy", 1).prompt, prompt)

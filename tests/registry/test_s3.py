@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from softprompt.registry import (
+    NotFoundError,
     RegistryAccessError,
     RegistryError,
     RegistryUnavailableError,
@@ -17,7 +18,8 @@ from softprompt.registry import (
 )
 from softprompt.registry.s3 import parse_s3_uri
 
-LINEAGE = {"base_model": "tiny-llama", "base_model_fingerprint": "sha256:" + "ab" * 32}
+LINEAGE = {"base_model": "tiny-llama", "base_model_fingerprint": "sha256:" + "ab" * 32,
+           "template": "Review: {sentence}\nSentiment:", "label_words": ["negative", "positive"]}
 
 
 @pytest.fixture()
@@ -113,3 +115,43 @@ def test_server_stopped_mid_pull_then_back(uri, tmp_path, s3_server, monkeypatch
         s3_server.start()
     got, _ = fresh.pull("toy", "production")  # the retry, with the server back
     assert torch.equal(got, prompt)
+
+
+@pytest.mark.s3
+def test_recreated_registry_then_server_down(s3_env, s3_server, tmp_path, monkeypatch, caplog):
+    """A warm cache never answers for a registry re-created under the same URI while the server
+    is up: the new v1 is pulled, not the old blob. Once the server is down, the cached (new)
+    prompt still pulls, with the stale warning."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    bucket = s3_server.create_bucket()
+    uri = f"s3://{bucket}/prompts"
+    old, new = torch.randn(3, 8), torch.randn(3, 8)
+    publisher = open_registry(uri, cache_dir=tmp_path / "publisher")
+    publisher.publish("toy", old, LINEAGE)
+    publisher.promote("toy", "production", 1)
+    reader = open_registry(uri, cache_dir=tmp_path / "reader")
+    assert torch.equal(reader.pull("toy", 1).prompt, old)
+    assert torch.equal(reader.pull("toy").prompt, old)
+
+    client = s3_server.client()
+    for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+    client.create_bucket(Bucket=bucket)
+    with pytest.raises(NotFoundError, match="task toy has no version 1"):
+        reader.pull("toy", 1)
+    assert publisher.publish("toy", new, LINEAGE).version == 1
+    publisher.promote("toy", "production", 1)
+    assert torch.equal(reader.pull("toy", 1).prompt, new)
+    assert torch.equal(reader.pull("toy").prompt, new)
+
+    s3_server.stop()
+    try:
+        with caplog.at_level("WARNING", logger="softprompt.registry"):
+            got, m = reader.pull("toy", 1)
+            assert torch.equal(got, new) and m.version == 1
+            assert "using the cached manifest of toy version 1" in caplog.text
+            assert torch.equal(reader.pull("toy").prompt, new)
+            assert "using the cached alias toy/production -> version 1" in caplog.text
+    finally:
+        s3_server.start()

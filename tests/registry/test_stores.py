@@ -46,3 +46,26 @@ def test_a_store_must_implement_every_primitive():
 
     with pytest.raises(TypeError, match="abstract"):
         ReadOnly()
+
+
+def test_objects_exists_and_delete(new_reg):
+    """`objects` lists every key at any depth with its size and modification time, `exists`
+    checks one key, and `delete` removes one (a missing key is no error)."""
+    import time
+
+    store = new_reg().store
+    before = time.time() - 2  # S3 times are whole seconds, on the server's clock
+    store.write("blobs/sha256/aa", b"one")
+    store.write("prompts/toy/1/manifest.json", b"{}")
+    store.write("prompts/toy/aliases/production.json", b"{ }")
+    listed = {o.key: o for o in store.objects("prompts")}
+    assert sorted(listed) == ["prompts/toy/1/manifest.json", "prompts/toy/aliases/production.json"]
+    assert listed["prompts/toy/aliases/production.json"].size == 3
+    assert all(before <= o.modified <= time.time() + 2 for o in listed.values())
+    assert [o.key for o in store.objects("blobs/sha256")] == ["blobs/sha256/aa"]
+    assert store.objects("nothing") == [] and store.temp_files() == []
+    assert store.exists("blobs/sha256/aa") and not store.exists("blobs/sha256/bb")
+    assert not store.exists("blobs/sha256")  # a folder is not an object
+    store.delete("blobs/sha256/aa")
+    store.delete("blobs/sha256/aa")
+    assert not store.exists("blobs/sha256/aa") and store.objects("blobs") == []

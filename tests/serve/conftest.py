@@ -1,6 +1,7 @@
 """Fixtures of the inference service tests: a local registry with prompts of three tasks built
-here, and the service started for real (uvicorn on 127.0.0.1) on the tiny causal model. Both are
-shared by every module of this package."""
+here, and the service started for real (uvicorn on 127.0.0.1, with the connection limits
+`softprompt serve` installs) on the tiny causal model, once with the default limits and once with
+limits short enough to watch them act. All are shared by every module of this package."""
 
 from __future__ import annotations
 
@@ -32,3 +33,15 @@ def server(tiny_causal, registry):
         httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as client,
     ):
         yield client
+
+
+# The strict server's limits: a second to send a request's head, a second for its body.
+STRICT = {"header_timeout_seconds": 1.0, "body_timeout_seconds": 1.0, "max_header_bytes": 4096}
+
+
+@pytest.fixture(scope="package")
+def strict_server(tiny_causal, registry):
+    """The service with short connection deadlines and a 4 KiB head limit (STRICT)."""
+    app = create_app(serve_config(**STRICT), lm=tiny_causal, registry=registry)
+    with ServerThread(app) as srv:
+        yield srv

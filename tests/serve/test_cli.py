@@ -1,5 +1,6 @@
 """The `softprompt serve` subcommand (softprompt.serve.cli): its command line becomes the
-ServeConfig, and the command serves for real in a process of its own."""
+ServeConfig, and the command serves for real in a process of its own, with its connection
+limits installed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import time
 
 import httpx
 import pytest
-from served_tasks import AUTH, INPUTS, TOKEN, check_answer, free_port
+from served_tasks import (
+    AUTH,
+    INPUTS,
+    TOKEN,
+    check_answer,
+    connect,
+    free_port,
+    read_until_closed,
+)
 
 from softprompt.cli import build_parser
 from softprompt.serve.cli import config_from_args
@@ -49,6 +58,11 @@ def test_serve_command_line_builds_the_config(monkeypatch):
     assert (on.metrics_port, on.metrics_host) == (9090, "0.0.0.0")
     with pytest.raises(ValueError, match="--metrics-port 8000"):
         config_from_args(build_parser().parse_args([*minimal, "--metrics-port", "8000"]))
+    limits = ["--header-timeout-seconds", "2", "--body-timeout-seconds", "3"]
+    limits += ["--max-header-bytes", "8192"]
+    strict = config_from_args(build_parser().parse_args([*minimal, *limits]))
+    assert (strict.header_timeout_seconds, strict.body_timeout_seconds) == (2.0, 3.0)
+    assert strict.max_header_bytes == 8192
 
 
 def test_the_command_line_does_not_import_the_web_stack():
@@ -85,6 +99,8 @@ def test_softprompt_serve_command_end_to_end(tiny_causal_dir, tiny_causal, regis
         "0",
         "--metrics-port",
         str(metrics_port),
+        "--header-timeout-seconds",
+        "1",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -112,6 +128,11 @@ def test_softprompt_serve_command_end_to_end(tiny_causal_dir, tiny_causal, regis
             scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60)
             assert scraped.status_code == 200
             assert 'softprompt_predictions_total{task="yesno"} 1.0' in scraped.text
+            # The command installs the connection limits: a stalled request head is cut at 1 s.
+            with connect(f"http://127.0.0.1:{port}") as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+                received, closed_after = read_until_closed(sock, 10)
+            assert received == b"" and closed_after is not None
     finally:
         proc.terminate()
         proc.wait(30)

@@ -45,3 +45,12 @@ def test_serve_config_refuses_empty_tasks_token_and_negative_waits():
     with pytest.raises(ValueError, match="poll_seconds"):
         serve_config(poll_seconds=-1)
     assert "test-token" not in repr(serve_config())  # the token stays out of logs
+
+
+def test_connection_limits_must_be_positive():
+    for name in ("header_timeout_seconds", "body_timeout_seconds"):
+        for bad in (0, -1, float("nan")):
+            with pytest.raises(ValueError, match=f"{name} must be > 0"):
+                serve_config(**{name: bad})
+    with pytest.raises(ValueError, match="max_header_bytes must be >= 1"):
+        serve_config(max_header_bytes=0)

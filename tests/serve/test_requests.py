@@ -1,5 +1,6 @@
-"""Request inputs (softprompt.serve.requests): rendered into the task's template, refused with a
-message that names the field."""
+"""Request inputs (softprompt.serve.requests): rendered into the task's template (numbers as their
+text, objects only where the template reads a dotted field), refused with a message that names
+the field."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from served_tasks import check_answer
 
 from softprompt.serve.config import TaskServing
 from softprompt.serve.requests import InputError, render_request
-from softprompt.serve.state import ReadOnlyRegistry, load_task_state
+from softprompt.serve.state import ReadOnlyRegistry, TaskState, load_task_state
+from softprompt.tasks import TaskSpec
 
 
 def test_plain_text_fills_a_one_field_template(server, tiny_causal, registry):
@@ -43,8 +45,11 @@ def test_render_request_fills_the_template_or_names_the_field(tiny_causal, regis
         ({"task": "senti", "input": "word " * 100}, 422, ["characters", "300"]),
         ({"task": "senti", "input": 5}, 422, ["input"]),
         ({"task": 7, "input": "x"}, 422, ["task"]),
-        ({"task": "senti", "input": {"sentence": 5}}, 422, ["'sentence'", "string", "int"]),
+        ({"task": "senti", "input": {"sentence": True}}, 422, ["'sentence'", "string", "boolean"]),
+        ({"task": "senti", "input": {"sentence": None}}, 422, ["'sentence'", "string", "null"]),
         ({"task": "senti", "input": {"sentence": ["a"]}}, 422, ["'sentence'", "list"]),
+        ({"task": "senti", "input": {"sentence": {"a": "great"}}}, 422, ["'sentence'", "object"]),
+        ({"task": "nli", "input": {"premise": "a", "hypothesis": False}}, 422, ["'hypothesis'"]),
         ({"task": "nli", "input": {"premise": "a"}}, 422, ["'hypothesis'"]),
         ({"task": "nli", "input": "one text"}, 422, ["premise", "hypothesis"]),
         ({"task": "senti", "input": {"sentense": "a"}}, 422, ["'sentense'", "sentence"]),
@@ -58,3 +63,47 @@ def test_bad_input_is_refused_with_a_message(server, body, status, words):
     detail = json.dumps(r.json()["detail"])
     for word in words:
         assert word in detail, (word, detail)
+
+
+def test_numbers_are_rendered_as_their_text(server, tiny_causal, registry):
+    """3 -> "3", 2.5 -> "2.5": the answer equals the one for the same text."""
+    for number in (3, 2.5, -7):
+        r = server.post("/v1/classify", json={"task": "senti", "input": {"sentence": number}})
+        assert r.status_code == 200, r.text
+        check_answer(tiny_causal, registry, "senti", {"sentence": str(number)}, r.json())
+    nli = {"premise": "The fox jumps.", "hypothesis": 42}
+    r = server.post("/v1/classify", json={"task": "nli", "input": nli})
+    assert r.status_code == 200, r.text
+    check_answer(tiny_causal, registry, "nli", nli | {"hypothesis": "42"}, r.json())
+
+
+def _dotted_state() -> TaskState:
+    """A task whose template reads into a nested object ({target.span1_text})."""
+    spec = TaskSpec(
+        name="wsc",
+        format="jsonl",
+        splits={},
+        template="{text} Does {target.span2_text} mean {target.span1_text}?",
+        label_field="label",
+        labels={"False": "no", "True": "yes"},
+    )
+    return TaskState(TaskServing("wsc"), (), (), spec)
+
+
+def test_objects_only_where_the_template_reads_a_dotted_field():
+    """1 good nested input renders; 6 bad ones (a string for the object, an object for a string,
+    unknown and missing nested fields, a boolean or a list inside) name the field."""
+    state = _dotted_state()
+    good = {"text": "Mark told Pete.", "target": {"span1_text": "Mark", "span2_text": "he"}}
+    assert render_request(state, good, 300) == "Mark told Pete. Does he mean Mark?"
+    bad = [
+        ({**good, "target": "Mark"}, "'target' must be an object"),
+        ({**good, "text": {"a": "b"}}, "'text' must be a string or a number, got an object"),
+        ({**good, "target": {**good["target"], "extra": "x"}}, "unknown.*'target.extra'"),
+        ({**good, "target": {"span1_text": "Mark"}}, "missing.*'target.span2_text'"),
+        ({**good, "target": {**good["target"], "span1_text": True}}, "'target.span1_text'.*bool"),
+        ({**good, "target": {**good["target"], "span2_text": ["he"]}}, "'target.span2_text'.*list"),
+    ]
+    for fields, message in bad:
+        with pytest.raises(InputError, match=message):
+            render_request(state, fields, 300)

@@ -1,6 +1,8 @@
 """The service (softprompt.serve.service): answers equal the library's own predictions (single
-prompts and a majority-vote ensemble), aliases reload without a restart, unverifiable prompts are
-never served, and the token-free metrics listener lives and dies with the service."""
+prompts and a majority-vote ensemble), aliases reload without a restart, unverifiable prompts and
+unusable manifests are never served (that task answers 503, the others are unaffected), a task's
+error clears once it recovers, and the token-free metrics listener lives and dies with the
+service."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from served_tasks import (
     INPUTS,
     MAX_TOKENS,
     TASKS,
+    UNUSABLE,
+    TamperedRegistry,
     check_answer,
     free_port,
     lineage,
@@ -132,3 +136,63 @@ def _check_version(lm, reg, fields, answer, version):
     scores = label_scores(lm, reg.pull("senti", version)[0], [ids], words)[0]
     assert answer["label"] == words[int(scores.argmax())]
     assert torch.allclose(torch.tensor([answer["scores"][w] for w in words]), scores, atol=1e-4)
+
+
+def test_a_task_with_an_unusable_manifest_answers_503_and_the_others_serve(tiny_causal, registry):
+    """A registry object answering 8 tasks with unusable manifests (UNUSABLE): each of them 503
+    naming the field, senti and nli 200 as the library answers, GET /v1/tasks 200 listing every
+    task with its status, /readyz 503 with each refusal."""
+    bad = {task: changes for task, (changes, _) in UNUSABLE.items()}
+    tasks = [TaskServing("senti"), TaskServing("nli"), *(TaskServing(t) for t in bad)]
+    config = serve_config(tasks=tasks, max_wait_ms=1)
+    app = create_app(config, lm=tiny_causal, registry=TamperedRegistry(registry, bad))
+    with (
+        ServerThread(app) as srv,
+        httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as client,
+    ):
+        for task, (_, field) in UNUSABLE.items():
+            r = client.post("/v1/classify", json={"task": task, "input": "great"})
+            assert r.status_code == 503, (task, r.text)
+            assert f"task {task} version 1" in r.json()["detail"] and field in r.json()["detail"]
+        for task in ("senti", "nli"):
+            r = client.post("/v1/classify", json={"task": task, "input": INPUTS[task][0]})
+            assert r.status_code == 200, r.text
+            check_answer(tiny_causal, registry, task, INPUTS[task][0], r.json())
+        listed = client.get("/v1/tasks")
+        assert listed.status_code == 200, listed.text
+        views = listed.json()
+        assert views["senti"]["status"] == "serving" and views["nli"]["versions"] == [1]
+        for task, (_, field) in UNUSABLE.items():
+            assert views[task]["status"] == "unavailable" and field in views[task]["error"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and set(ready.json()["errors"]) == set(UNUSABLE)
+
+
+def test_readyz_errors_clear_when_the_task_recovers(tiny_causal, tmp_path):
+    """An alias moved onto a foreign-model prompt leaves an error (shown with the token only); once
+    the alias is back on the served version, the next reload clears it."""
+    lm, reg = tiny_causal, open_registry(tmp_path)
+    good = publish(reg, lm, "senti", 0)
+    reg.promote("senti", "production", good.version)
+    config = serve_config(tasks=[TaskServing("senti")], max_wait_ms=1)
+    with (
+        ServerThread(create_app(config, lm=lm, registry=reg)) as srv,
+        httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as client,
+        httpx.Client(base_url=srv.url, timeout=60) as anonymous,
+    ):
+        assert client.get("/readyz").json() == {
+            "ready": True,
+            "tasks": {"senti": [1]},
+            "errors": {},
+        }
+        foreign = publish(reg, lm, "senti", 1, fingerprint="sha256:" + "1" * 64)
+        reg.promote("senti", "production", foreign.version)
+        assert "fingerprint" in client.post("/v1/reload").json()["senti"]["error"]
+        assert "fingerprint" in client.get("/readyz").json()["errors"]["senti"]
+        assert anonymous.get("/readyz").json() == {"ready": True}  # no error text, no paths
+        assert "fingerprint" in client.get("/v1/tasks").json()["senti"]["error"]
+        reg.promote("senti", "production", good.version)
+        report = client.post("/v1/reload").json()
+        assert report["senti"] == {"versions": [1], "changed": False}
+        assert client.get("/readyz").json()["errors"] == {}
+        assert "error" not in client.get("/v1/tasks").json()["senti"]

@@ -1,12 +1,13 @@
 """Served tasks' prompts read from the registry (softprompt.serve.state): the read-only view,
-version resolution, and verification before anything is served."""
+version resolution, and verification before anything is served (the prompt, and a manifest
+the service can use)."""
 
 from __future__ import annotations
 
 import pytest
-from served_tasks import TASKS, publish, serve_config
+from served_tasks import TASKS, UNUSABLE, TamperedRegistry, publish, serve_config
 
-from softprompt.registry import FingerprintMismatchError, open_registry
+from softprompt.registry import FingerprintMismatchError, IntegrityError, open_registry
 from softprompt.serve.config import TaskServing
 from softprompt.serve.http import create_app
 from softprompt.serve.state import ReadOnlyRegistry, load_task_state, resolve_versions
@@ -48,3 +49,23 @@ def test_unverifiable_prompts_raise(tiny_causal, tmp_path):
         load_task_state(ReadOnlyRegistry(reg), TaskServing("senti"), tiny_causal)
     with pytest.raises(ValueError, match="ensemble of 3"):
         load_task_state(ReadOnlyRegistry(reg), TaskServing("senti", ensemble=3), tiny_causal)
+
+
+def test_unusable_manifests_are_refused_at_load(tiny_causal, registry):
+    """8 manifests a tampered store could return (no template, no / int / duplicate / empty label
+    words, an unclosed brace, a format spec, a huge padding spec): IntegrityError naming the
+    field, whatever registry object returned them. A manifest of another task is refused too."""
+    view = ReadOnlyRegistry(TamperedRegistry(registry, {k: v for k, (v, _) in UNUSABLE.items()}))
+    for task, (_, field) in UNUSABLE.items():
+        with pytest.raises(IntegrityError, match=f"task {task} version 1: .*'{field}'"):
+            load_task_state(view, TaskServing(task), tiny_causal)
+    assert load_task_state(view, TaskServing("senti"), tiny_causal).versions == [1]
+
+    class Misfiled(TamperedRegistry):
+        def _manifest(self, task):
+            return self.real.manifest("senti", "production")
+
+    with pytest.raises(ValueError, match="manifest of task 'senti'"):
+        load_task_state(
+            ReadOnlyRegistry(Misfiled(registry, {"nli": {}})), TaskServing("nli"), tiny_causal
+        )

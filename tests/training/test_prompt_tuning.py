@@ -294,3 +294,19 @@ def test_a_kill_while_config_json_is_rewritten_leaves_a_resumable_run(
     assert (run_dir / "config.json").read_text() == before
     assert not list(run_dir.glob(".*.tmp"))
     assert train(config, run_dir, lm=tiny_causal, progress=False)["steps"] == 4
+
+
+def test_an_exploded_prompt_is_flagged_in_the_result(tiny_causal, toy_task, tmp_path):
+    """AdamW at lr 1e6 keeps the loss finite on the tiny model but blows the prompt's entries far
+    past the vocabulary's scale; the result says so (a normal run is not flagged)."""
+    sane = train(_config(toy_task, max_steps=2, eval_every=2), tmp_path / "sane", lm=tiny_causal,
+                 progress=False)
+    assert sane["prompt_norm"]["exploded"] is False
+    assert sane["prompt_norm"]["vocab_max_row_norm"] == pytest.approx(tiny_causal.vocab_max_norm,
+                                                                      rel=1e-3)
+    config = _config(toy_task, optimizer="adamw", lr=1e6, max_steps=2, eval_every=1)
+    result = train(config, tmp_path / "run", lm=tiny_causal, progress=False)
+    written = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert written["prompt_norm"] == result["prompt_norm"]
+    assert result["prompt_norm"]["exploded"] is True
+    assert result["prompt_norm"]["ratio"] > 1000
