@@ -7,6 +7,11 @@ and reports throughput, p50/p99 latency, errors and rows per forward. The same l
 the service with mixed-task batches and with one forward per task (`mixed_batches=False`), in
 alternating rounds so that background load hits both alike.
 
+The timed loop sends raw requests from one asyncio httpx client, so that what is measured is
+the service and not a client library: the Python client (softprompt.client) is synchronous and
+adds its own retry handling, so it only does the untimed work, the warm-up, the metrics and a
+closing check that one POST /v1/classify:batch of one input per task is answered.
+
 Full run (SmolLM2-135M; the SST-2 prompt is the trained one in results/sst2_smollm2, the RTE and
 CB prompts are untrained random-uniform prompts: speed does not depend on what a prompt learned):
     nice -n 19 .venv/bin/python bench/serve_load.py
@@ -36,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.server_thread import ServerThread  # noqa: E402
+from softprompt.client import Client, Prediction  # noqa: E402
 from softprompt.model import load_frozen_lm  # noqa: E402
 from softprompt.prompt import load_prompt, random_uniform  # noqa: E402
 from softprompt.registry import lineage_from_run, open_registry  # noqa: E402
@@ -174,13 +180,12 @@ async def _load(
     }
 
 
-def _batch_stats(url: str) -> dict:
+def _batch_stats(client: Client) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(url + "/metrics", timeout=60).text
     values = {
         s.name: s.value
-        for f in text_string_to_metric_families(text)
+        for f in text_string_to_metric_families(client.metrics())
         for s in f.samples
         if not s.labels
     }
@@ -193,6 +198,22 @@ def _batch_stats(url: str) -> dict:
     }
 
 
+def _check_batch(client: Client, jobs, answers: dict) -> dict:
+    """One batch request with the first job of each task: how many items were answered, and how
+    many of those agree with the label the timed loop got for the same job."""
+    first = {}
+    for i, (task, fields, _) in enumerate(jobs):
+        first.setdefault(task, (i, fields))
+    results = client.classify_batch([(task, fields) for task, (_, fields) in first.items()])
+    answered = [
+        (i, r)
+        for (i, _), r in zip(first.values(), results, strict=True)
+        if isinstance(r, Prediction)
+    ]
+    agree = sum(i in answers and answers[i] == r.label for i, r in answered)
+    return {"items": len(results), "answered": len(answered), "agree_with_single": agree}
+
+
 def run_mode(lm, reg, registry_dir, task_names, jobs, mixed: bool, args) -> dict:
     config = ServeConfig(
         registry=str(registry_dir),
@@ -203,16 +224,17 @@ def run_mode(lm, reg, registry_dir, task_names, jobs, mixed: bool, args) -> dict
         poll_seconds=0,
         max_input_tokens=args.max_input_tokens,
     )
-    with ServerThread(create_app(config, lm=lm, registry=reg)) as srv:
+    with (
+        ServerThread(create_app(config, lm=lm, registry=reg)) as srv,
+        Client(srv.url, timeout=600, retries=0) as client,
+    ):
+        assert client.ready().ready, "the service did not load every task's prompt"
         for task in task_names:  # warm-up, not counted in the load but in the forward count
-            httpx.post(
-                srv.url + "/v1/classify",
-                json={"task": task, "input": next(f for t, f, _ in jobs if t == task)},
-                timeout=600,
-            )
-        warm = _batch_stats(srv.url)
+            client.classify(task, next(f for t, f, _ in jobs if t == task))
+        warm = _batch_stats(client)
         result = asyncio.run(_load(srv.url, jobs, args.concurrency, args.max_seconds))
-        stats = _batch_stats(srv.url)
+        stats = _batch_stats(client)
+        result["batch_check"] = _check_batch(client, jobs, result["answers"])
     result["forwards"] = stats["forwards"] - warm["forwards"]
     rows = (
         stats["mean_rows_per_forward"] * stats["forwards"]

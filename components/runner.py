@@ -10,10 +10,15 @@ the Kubernetes settings are ignored. Only the cluster-specific parameter default
 local ones (a registry and checkpoints under runs/, see `local_defaults`).
 
 Command line: `python -m components.runner prompt-tuning --task sst2 --set max_steps=20 ...`.
+With `--log FILE` the full output goes to FILE and the terminal shows live progress instead
+(StepProgress): each step as it starts and ends, and inside training steps the steps, loss, dev
+score and ETA.
 """
 
 import argparse
+import builtins
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -21,10 +26,25 @@ import time
 from pathlib import Path
 
 from components.kubeflow import KfpEndpoint, submit
+from components.live_progress import StepProgress, condensed_output
 from components.pipelines import lm_adaptation_pipeline, prompt_tuning_pipeline
 
 DEFAULT_ROOT = Path("runs")
 MODES = ("local", "kfp")
+EXAMPLES = {
+    "prompt-tuning": """example:
+  python -m components.runner prompt-tuning --task sst2 --root runs/demo \\
+      --set base_model=smollm2-135m --set max_steps=30 --set eval_every=10 \\
+      --log runs/demo/last-run.log
+
+  runs the pipeline on this machine; the terminal shows each step as it starts and ends and the
+  training progress, e.g.
+    [0:41] train-prompt: step 10/30 | loss 0.7012 | dev accuracy 0.6400 | ETA 1m20s (step budget)
+  and the full output is in runs/demo/last-run.log""",
+    "lm-adaptation": """example:
+  python -m components.runner lm-adaptation --set base_model=runs/t5-base --set steps=100 \\
+      --log runs/lm-adapt.log""",
+}
 
 
 def pipeline_parameters(pipeline) -> dict:
@@ -87,11 +107,18 @@ def run_local(
         enable_caching=cache,
         raise_on_error=True,
     )
-    with warnings.catch_warnings(), _threads_per_step(parallel):
-        # Expected locally: the project image and the GPU/node-pool settings have no meaning here.
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        task = pipeline(**arguments)
+    # kfp.local indents print() around each step by swapping builtins.print; parallel steps
+    # swap it back in the wrong order and can leave the indenting one for the rest of the process.
+    saved_print = builtins.print
+    try:
+        with warnings.catch_warnings(), _threads_per_step(parallel):
+            # Expected locally: the image and the GPU/node-pool settings have no meaning here.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local "
+                                    "runner.*")
+            task = pipeline(**arguments)
+    finally:
+        builtins.print = saved_print
     return dict(task.outputs)
 
 
@@ -291,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="pipeline", required=True)
     for name in ("prompt-tuning", "lm-adaptation"):
-        p = sub.add_parser(name, help=f"run the {name} pipeline")
+        p = sub.add_parser(
+            name,
+            help=f"run the {name} pipeline",
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if name == "prompt-tuning":
             p.add_argument("--task", required=True, help="task name or spec path")
         p.add_argument(
@@ -322,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-cache", action="store_true", help="run every step again")
         p.add_argument("--wait", action="store_true", help="mode kfp: wait for the run to finish")
         p.add_argument("--output", default=None, help="also write the result JSON to this file")
+        p.add_argument(
+            "--log",
+            default=None,
+            metavar="FILE",
+            help="write the full output (every step's log, the result JSON) to FILE and show "
+            "live progress on the terminal instead: steps starting and ending, training steps, "
+            "loss, dev score and ETA",
+        )
     args = parser.parse_args(argv)
     params = _parse_sets(args.set)
     endpoint = (
@@ -333,16 +373,47 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode, kfp_host=endpoint, root=args.root, cache=not args.no_cache, wait=args.wait
     )
     if args.pipeline == "prompt-tuning":
-        result = run_prompt_tuning(args.task, params, **common)
+        run = functools.partial(run_prompt_tuning, args.task, params, **common)
     else:
-        result = run_lm_adaptation(params, **common)
+        run = functools.partial(run_lm_adaptation, params, **common)
+    if args.log:
+        return _run_logged(run, args)
+    result = run()
     text = json.dumps(result, indent=2, default=str)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    _write_output(args.output, text)
     print(text)
     if args.pipeline == "prompt-tuning" and result["mode"] == "local":
         print(describe(result))
+    return 0
+
+
+def _write_output(path: str | None, text: str) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+
+
+def _run_logged(run, args: argparse.Namespace) -> int:
+    """--log: the run's full output and result JSON go to the log file; the terminal gets the
+    live progress and the summary (describe)."""
+    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+    terminal = sys.stdout
+    tty = terminal.isatty() and os.environ.get("TERM") != "dumb"
+    with open(args.log, "w", encoding="utf-8") as log:
+        try:
+            with condensed_output(log, StepProgress(terminal, tty=tty)):
+                result = run()
+        except BaseException:
+            sys.stderr.write(f"the run failed; full log: {args.log}\n")
+            raise
+        text = json.dumps(result, indent=2, default=str)
+        _write_output(args.output, text)
+        log.write(text + "\n")
+        if args.pipeline == "prompt-tuning" and result["mode"] == "local":
+            log.write(describe(result) + "\n")
+            # Not print(): parallel kfp.local steps can leave an indenting print in builtins.
+            terminal.write(describe(result) + "\n")
+            terminal.flush()
     return 0
 
 

@@ -129,6 +129,8 @@ _EXTENSIONS: tuple[str, ...] = (
     "softprompt.experiments_cli",
     "softprompt.serve.cli",
     "softprompt.registry.cli",
+    "softprompt.tasks_cli",
+    "softprompt.webui",
 )
 
 

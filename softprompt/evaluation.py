@@ -2,7 +2,8 @@
 
 `ensemble_on_dev` gathers N trained runs into one ensemble folder and scores the majority vote
 and every member on dev in one pass; `ensemble_on_test` scores them on test and builds what a
-person reads: the summary the quality gate uses, the confusion matrix, and an HTML report.
+person reads: the summary the quality gate uses, the confusion matrix, and a self-contained HTML
+report (scores, confusion matrix, each member's learning curve and nearest tokens).
 
 Ensemble folder layout:
   members/<i>/     a copy of run i (config.json, metrics.jsonl, prompt.safetensors, result.json)
@@ -84,6 +85,17 @@ def confusion_matrix(labels: list[str], gold: list[str], predicted: list[str]) -
     return matrix
 
 
+def member_curve(member_dir: str) -> list[dict]:
+    """The records of a member's metrics.jsonl for its learning curve; [] when the run left no
+    log (the report then says "no data" for that prompt)."""
+    from softprompt.report import read_metrics_log
+
+    try:
+        return read_metrics_log(os.path.join(member_dir, "metrics.jsonl"))
+    except FileNotFoundError:
+        return []
+
+
 def ensemble_on_test(spec: TaskSpec, lm, ensemble_dir: str, test: list[Example],
                      max_input_tokens: int, batch_size: int, nearest_k: int,
                      base_model: str) -> Evaluation:
@@ -117,6 +129,7 @@ def ensemble_on_test(spec: TaskSpec, lm, ensemble_dir: str, test: list[Example],
     labels = spec.label_words
     matrix = confusion_matrix(labels, [e.target for e in test], scores["predictions"])
     neighbours = [nearest_tokens(lm, prompt, k=nearest_k) for prompt in prompts]
+    curves = [member_curve(os.path.join(ensemble_dir, m["dir"])) for m in members]
     html = evaluation_html(summary, base_model, labels, matrix, neighbours, len(test),
-                           scores["tie_break"])
+                           scores["tie_break"], curves=curves)
     return Evaluation(summary, values, labels, matrix, html)

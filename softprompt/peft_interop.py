@@ -10,6 +10,9 @@ that case rather than hand over a prompt that silently predicts differently.
 
 Prompts live in the output space of the model's input-embedding module, and PEFT takes its
 word embeddings' output too, so scaled embeddings (Gemma's sqrt(E)) agree as well.
+
+An export also writes a model card, `README.md`, as PeftModel.save_pretrained does: what the
+prompt was trained for and on, its scores, and how to load it with PEFT or softprompt.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from softprompt.registry import InvalidArtifactError, Manifest, Registry
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+CARD_FILE = "README.md"
 WEIGHTS_KEY = "prompt_embeddings"
 
 
@@ -150,7 +154,136 @@ def export_peft(
         "softprompt.blob_sha256": m.blob_sha256,
         "softprompt.base_model_fingerprint": m.base_model_fingerprint,
     }
-    return write_adapter(prompt, out_dir, lm, m.base_model, meta), m
+    out = write_adapter(prompt, out_dir, lm, m.base_model, meta)
+    (out / CARD_FILE).write_text(model_card(m, registry.uri, str(out_dir), lm.is_encoder_decoder))
+    return out, m
+
+
+def _details_rows(m: Manifest) -> list[str]:
+    """Markdown table rows of what the prompt was trained on and for."""
+    details = {
+        "base model": m.base_model,
+        "base model fingerprint": m.base_model_fingerprint,
+        "task": m.task,
+        "version": m.version,
+        "created_at": m.created_at,
+        "data version": m.dataset_version,
+        "code version": m.code_version,
+        "init": m.init,
+        "objective": m.objective,
+    }
+    return [f"| {name} | {'-' if value is None else value} |" for name, value in details.items()]
+
+
+def _metrics_rows(m: Manifest) -> list[str]:
+    """Markdown table rows of the dev and test metrics, one per split."""
+    rows = []
+    for split in ("dev", "test"):
+        metrics = m.metrics.get(split)
+        if isinstance(metrics, dict) and metrics:
+            values = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in sorted(metrics.items())
+            )
+            rows.append(f"| {split} | {values} |")
+    return rows or ["| - | no dev or test scores recorded |"]
+
+
+def _peft_snippet(m: Manifest, adapter_dir: str, seq2seq: bool) -> list[str]:
+    """Python lines that load the adapter onto its base model with PEFT."""
+    from softprompt.model import OFFLINE_MODELS
+
+    if m.base_model in OFFLINE_MODELS:
+        # A short name of softprompt's offline checkpoints, not a Hugging Face id.
+        load = [
+            "from softprompt.model import load_frozen_lm",
+            "",
+            f"base = load_frozen_lm({m.base_model!r}).model  # a transformers model",
+        ]
+    else:
+        cls = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
+        load = [
+            f"from transformers import {cls}",
+            "",
+            f"base = {cls}.from_pretrained({m.base_model!r})",
+        ]
+    return [
+        "from peft import PeftModel",
+        *load,
+        f"model = PeftModel.from_pretrained(base, {adapter_dir!r})",
+    ]
+
+
+def model_card(m: Manifest, registry_uri: str, adapter_dir: str, seq2seq: bool) -> str:
+    """The README.md of an exported adapter: YAML front matter as Hugging Face model cards have,
+    then the prompt's lineage, scores, template and label words, and how to load it."""
+    label_words = ", ".join(f"`{w}`" for w in m.label_words)
+    lines = [
+        "---",
+        f"base_model: {json.dumps(m.base_model)}",
+        "library_name: peft",
+        "tags:",
+        "- prompt-tuning",
+        "- softprompt",
+        "---",
+        "",
+        f"# {m.task} version {m.version}: a soft prompt for {m.base_model}",
+        "",
+        f"A PEFT prompt-tuning adapter ({m.prompt_length} virtual tokens of width {m.shape[1]}) "
+        f"exported from the softprompt registry `{registry_uri}`, task `{m.task}`, version "
+        f"{m.version}. The base model stays frozen; the prompt is prepended to the embedded "
+        "input.",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        *_details_rows(m),
+        "",
+        "## Metrics",
+        "",
+        f"Metric: {m.metric or '-'}.",
+        "",
+        "| split | scores |",
+        "| --- | --- |",
+        *_metrics_rows(m),
+        "",
+        "## Template and label words",
+        "",
+        "Inputs are rendered with this template, and the label words are ranked after it:",
+        "",
+        "```text",
+        m.template or "(no template recorded)",
+        "```",
+        "",
+        f"Label words, in label order: {label_words}.",
+        "",
+        "## Load it with PEFT",
+        "",
+        "```python",
+        *_peft_snippet(m, adapter_dir, seq2seq),
+        "```",
+        "",
+        "## Load it with softprompt",
+        "",
+        "```bash",
+        *_softprompt_snippet(m, registry_uri, adapter_dir),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _softprompt_snippet(m: Manifest, registry_uri: str, adapter_dir: str) -> list[str]:
+    """Shell lines that fetch the prompt from its registry, or publish this adapter folder."""
+    return [
+        "# the prompt from its registry, verified, as a file `--prompt` takes:",
+        f"softprompt pull --registry {registry_uri} --task {m.task} --ref {m.version} "
+        "--out prompt.safetensors",
+        f"softprompt predict --task {m.task} --prompt prompt.safetensors --model {m.base_model} "
+        "--text 'an input'",
+        "# or this adapter folder, published as a new version of a registry's task:",
+        f"softprompt import-peft --registry REGISTRY --task {m.task} --adapter {adapter_dir} "
+        f"--model {m.base_model}",
+    ]
 
 
 def import_peft(

@@ -198,52 +198,109 @@ def learning_curve_html(records: list[dict], title: str) -> str:
 
 
 # ---------------------------------------------------------------------------- evaluation report
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; cells are already escaped or formatted."""
-    header = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table border='1' cellpadding='3'><tr>{header}</tr>{body}</table>"
+REPORT_CSS = (
+    "body{font-family:sans-serif;margin:1.5em;color:#222;max-width:75em}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}"
+    "th,td{border:1px solid #ccc;padding:3px 9px;text-align:right}"
+    "th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
+    "td.text,th.text{text-align:left}tr.aggregate td{font-weight:bold;background:#fafafa}"
+    "td.hit{background:#e3f1e3}"
+    ".headline{font-size:1.3em}figure{margin:0 0 1.5em}figcaption{color:#555}"
+)
 
 
-def evaluation_html(summary: dict, base_model: str, labels: list[str],
-                    confusion: list[list[int]], neighbours: list[list[list[tuple[str, float]]]],
-                    n_test: int, tie_break: str) -> str:
-    """The evaluation report of an ensemble (softprompt.evaluation): per-prompt and ensemble
-    dev/test scores, the ensemble's confusion matrix on test, and each prompt's nearest
-    vocabulary tokens (`neighbours[i][position]` = [(token, cosine), ...])."""
+def _table(head: list[str], rows: list[list[str]], row_class: list[str] | None = None) -> str:
+    """An HTML table; cells are already escaped or formatted (a header or cell may carry its
+    own <th> or <td> tag)."""
+    header = "".join(h if h.startswith("<th") else f"<th>{h}</th>" for h in head)
+    classes = row_class or [""] * len(rows)
+    body = "".join(
+        (f'<tr class="{cls}">' if cls else "<tr>")
+        + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row) + "</tr>"
+        for row, cls in zip(rows, classes, strict=True))
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _score_rows(summary: dict) -> tuple[list[list[str]], list[str]]:
+    """Rows of the scores table (each prompt, then the aggregates) and their CSS classes."""
     esc = html.escape
-    members = summary["members"]
     selected = summary["selected"]["member"]
-    rows = []
-    for m in members:
+    rows, classes = [], []
+    for m in summary["members"]:
         mark = " (registered)" if m["index"] == selected else ""
-        rows.append([f"{m['index']}{mark}", esc(m["init"]), str(m["seed"]),
+        rows.append([f"{m['index']}{mark}", f'<td class="text">{esc(m["init"])}</td>',
+                     str(m["seed"]),
                      f"{m['dev']['score']:.4f}", f"{m['test']['score']:.4f}"])
+        classes.append("")
     for label, key in (("ensemble (majority vote)", "ensemble"), ("average of prompts", "average"),
                        ("best prompt", "best")):
         dev, test = summary["dev"][key], summary["test"][key]
         if key == "ensemble":
             dev, test = dev["score"], test["score"]
-        rows.append([f"<b>{label}</b>", "", "", f"{dev:.4f}", f"{test:.4f}"])
-    cm_rows = [[f"<b>{esc(w)}</b>", *map(str, row)]
-               for w, row in zip(labels, confusion, strict=True)]
+        rows.append([label, "", "", f"{dev:.4f}", f"{test:.4f}"])
+        classes.append("aggregate")
+    return rows, classes
+
+
+def _confusion_table(labels: list[str], confusion: list[list[int]]) -> str:
+    """Rows: gold label, columns: predicted label, then each row's total; the diagonal (correct
+    answers) is shaded."""
+    esc = html.escape
+    rows = []
+    for i, (word, row) in enumerate(zip(labels, confusion, strict=True)):
+        cells = [f'<td class="hit">{n}</td>' if i == j else str(n) for j, n in enumerate(row)]
+        rows.append([f"<b>{esc(word)}</b>", *cells, str(sum(row))])
+    return _table(["gold \\ predicted", *(esc(w) for w in labels), "total"], rows)
+
+
+def _curve_figures(members: list[dict], curves: list[list[dict]]) -> list[str]:
+    """One learning-curve SVG per prompt (from its metrics.jsonl records), inline."""
+    parts = []
+    for m, records in zip(members, curves, strict=True):
+        title = f"prompt {m['index']} ({m['init']}, seed {m['seed']})"
+        parts.append(f"<figure>{learning_curve_svg(records, title)}"
+                     f"<figcaption>{escape(title)}: training loss per step and dev score per "
+                     "evaluation</figcaption></figure>")
+    return parts
+
+
+def evaluation_html(summary: dict, base_model: str, labels: list[str],
+                    confusion: list[list[int]], neighbours: list[list[list[tuple[str, float]]]],
+                    n_test: int, tie_break: str, curves: list[list[dict]] | None = None) -> str:
+    """The evaluation report of an ensemble (softprompt.evaluation), one self-contained HTML page
+    (inline CSS and SVG, nothing fetched): per-prompt and ensemble dev/test scores, the
+    ensemble's confusion matrix on test, each prompt's learning curve (`curves[i]`, the records
+    of member i's metrics.jsonl; None leaves the section out) and each prompt's nearest
+    vocabulary tokens (`neighbours[i][position]` = [(token, cosine), ...])."""
+    esc = html.escape
+    members = summary["members"]
+    rows, classes = _score_rows(summary)
+    ensemble = summary["test"]["ensemble"]["score"]
+    title = f"{summary['task']}: {len(members)} prompts on {base_model}"
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<title>softprompt evaluation</title></head><body>",
-        f"<h1>{esc(summary['task'])}: {len(members)} prompts on {esc(base_model)}</h1>",
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>softprompt evaluation: {esc(title)}</title>",
+        f"<style>{REPORT_CSS}</style>", "</head>", "<body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="headline">Ensemble test {esc(summary["metric"])}: <b>{ensemble:.4f}</b> '
+        f"(registered prompt {summary['selected']['member']}: "
+        f"{summary['selected']['test']['score']:.4f})</p>",
         f"<p>Metric: {esc(summary['metric'])} (score). Dev: {members[0]['dev']['n']} examples; "
         f"test: {n_test} examples. Ensemble ties broken by {esc(tie_break)}.</p>",
         "<h2>Scores</h2>",
-        _table(["prompt", "init", "seed", "dev", "test"], rows),
+        _table(["prompt", '<th class="text">init</th>', "seed", "dev", "test"], rows, classes),
         "<h2>Ensemble confusion matrix (test; rows: gold, columns: predicted)</h2>",
-        _table(["", *(esc(w) for w in labels)], cm_rows),
+        _confusion_table(labels, confusion),
     ]
+    if curves is not None:
+        parts += ["<h2>Learning curves</h2>", *_curve_figures(members, curves)]
+    parts.append("<h2>Nearest tokens</h2>")
     for m, table in zip(members, neighbours, strict=True):
         k = len(table[0]) if table else 0
         cells = [[str(p), *(f"<code>{esc(repr(tok))}</code> {sim:.3f}" for tok, sim in row)]
                  for p, row in enumerate(table)]
-        parts.append(f"<h2>Prompt {m['index']} ({esc(m['init'])}, seed {m['seed']}): "
-                     f"{k} nearest tokens by cosine</h2>")
+        parts.append(f"<h3>Prompt {m['index']} ({esc(m['init'])}, seed {m['seed']}): "
+                     f"{k} nearest tokens by cosine</h3>")
         parts.append(_table(["position", *(f"#{i + 1}" for i in range(k))], cells))
-    parts.append("</body></html>\n")
+    parts += ["</body>", "</html>", ""]
     return "\n".join(parts)

@@ -83,6 +83,7 @@ def serve_config(**kw):
         token=TOKEN,
         max_wait_ms=300,
         max_body_bytes=2048,
+        max_batch_items=12,
         max_input_chars=300,
         max_input_tokens=MAX_TOKENS,
         poll_seconds=0,
@@ -103,13 +104,16 @@ def library_answer(lm, reg, task, fields, versions=None):
 
 
 def check_answer(lm, reg, task, fields, answer):
+    """`answer` (a response body, or the client's Prediction) equals the library's own."""
+    if dataclasses.is_dataclass(answer):
+        answer = dataclasses.asdict(answer)
     versions = [1, 2, 3] if task == "yesno" else None
     label, scores = library_answer(lm, reg, task, fields, versions)
     assert answer["label"] == label, (task, fields, answer)
     assert torch.allclose(
         torch.tensor([answer["scores"][w] for w in TASKS[task][1]]), scores, atol=1e-4
     )
-    assert answer["versions"] == (versions or [1])
+    assert list(answer["versions"]) == (versions or [1])
 
 
 def metric_samples(client, name, path="/metrics"):

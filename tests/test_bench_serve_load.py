@@ -1,5 +1,5 @@
 """The service in a background thread (bench.server_thread), as the load benchmark
-bench/serve_load.py runs it."""
+bench/serve_load.py runs it, with the Python client for its untimed requests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 def test_load_benchmark_quick(tiny_causal_dir, tmp_path):
     """bench/serve_load.py --quick: the bounded loopback load test runs with no errors in both
-    modes."""
+    modes, and the closing batch request (sent with softprompt.client) answers every item."""
     path = Path(__file__).resolve().parents[1] / "bench" / "serve_load.py"
     spec = importlib.util.spec_from_file_location("serve_load", path)
     bench = importlib.util.module_from_spec(spec)
@@ -36,6 +36,8 @@ def test_load_benchmark_quick(tiny_causal_dir, tmp_path):
         summary = saved["summary"][mode]
         assert summary["ok"] == 18 and summary["errors"] == 0 and summary["throughput_rps"] > 0
         assert 0 < summary["p50_ms"] <= summary["p99_ms"]
+    for run in saved["runs"]["mixed"] + saved["runs"]["per_task"]:
+        assert run["batch_check"]["items"] == run["batch_check"]["answered"] == 3
     # Per-task batching can only form single-task forwards: never more rows per forward than mixed.
     assert (
         saved["summary"]["per_task"]["mean_rows_per_forward"]

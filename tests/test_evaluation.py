@@ -7,7 +7,12 @@ import json
 import pytest
 
 from softprompt.ensemble import ensemble_evaluate
-from softprompt.evaluation import confusion_matrix, ensemble_on_dev, ensemble_on_test
+from softprompt.evaluation import (
+    confusion_matrix,
+    ensemble_on_dev,
+    ensemble_on_test,
+    member_curve,
+)
 from softprompt.scoring import encode_examples
 from softprompt.task_data import load_task
 from softprompt.tasks import load_spec
@@ -68,6 +73,16 @@ def test_dev_then_test_scores_match_one_ensemble_pass(two_runs, tiny_causal, tmp
     assert result.labels == spec.label_words
     assert "ensemble (majority vote)" in result.html and f"{best} (registered)" in result.html
     assert "2 nearest tokens by cosine" in result.html
+    # Each member's learning curve, drawn from the metrics.jsonl copied into the ensemble.
+    assert "<h2>Learning curves</h2>" in result.html and result.html.count("<svg ") == 2
+    assert "prompt 1 (sampled_vocab, seed 1)" in result.html and "no data" not in result.html
+
+
+def test_member_curve_reads_the_log_or_gives_nothing(two_runs, tmp_path):
+    run_dir = two_runs["runs"][0][0]
+    records = member_curve(run_dir)
+    assert {"step", "eval"} <= {r["event"] for r in records}
+    assert member_curve(str(tmp_path)) == []
 
 
 def test_confusion_matrix_rows_are_gold_columns_predicted():

@@ -181,3 +181,56 @@ def test_refusals(tiny_causal, tiny_t5, tmp_path, monkeypatch):
         InvalidArtifactError, match="adapter_config.json: field 'peft_type' is 'LORA'"
     ):
         import_peft(reg, "toy", out, tiny_causal)
+
+
+def test_export_writes_a_model_card(tiny_causal, tmp_path):
+    """The export folder holds a README.md model card, as PeftModel.save_pretrained writes one:
+    base model, task, version, dev/test metrics, data version, template, label words and
+    created_at, with loading instructions whose PEFT snippet runs as written."""
+    import dataclasses
+
+    import yaml
+
+    from softprompt.peft_interop import model_card
+
+    reg = open_registry(tmp_path / "reg")
+    lineage = {
+        "base_model": tiny_causal.name,
+        "base_model_fingerprint": tiny_causal.fingerprint,
+        "metric": "accuracy",
+        "dataset_version": "0123abcd.dir",
+        "metrics": {"dev": {"score": 0.75, "n": 32}, "test": {"score": 0.5, "n": 32}},
+        **VERBALIZER,
+    }
+    prompt = torch.randn(3, tiny_causal.dim)
+    m = reg.publish("toy", prompt, lineage)
+    out, _ = export_peft(reg, "toy", 1, tmp_path / "adapter", tiny_causal)
+    card = (out / "README.md").read_text()
+
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front == {"base_model": tiny_causal.name, "library_name": "peft",
+                     "tags": ["prompt-tuning", "softprompt"]}
+    assert f"# toy version 1: a soft prompt for {tiny_causal.name}" in card
+    assert f"registry `{reg.uri}`, task `toy`, version 1" in card
+    for row in ("| version | 1 |", "| data version | 0123abcd.dir |",
+                f"| created_at | {m.created_at} |", f"| base model | {tiny_causal.name} |",
+                f"| base model fingerprint | {tiny_causal.fingerprint} |",
+                "| dev | n 32, score 0.75 |", "| test | n 32, score 0.5 |"):
+        assert f"\n{row}\n" in card, row
+    assert "```text\nReview: {sentence}\nSentiment:\n```" in card
+    assert "Label words, in label order: `negative`, `positive`." in card
+    assert f"softprompt pull --registry {reg.uri} --task toy --ref 1 --out" in card
+    assert f"softprompt import-peft --registry REGISTRY --task toy --adapter {out}" in card
+
+    snippet = card.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(snippet, namespace)  # loads the base model and the adapter, as a reader would
+    assert torch.equal(namespace["model"].get_prompt_embedding_to_save("default"), prompt)
+
+    # Short names of softprompt's offline checkpoints load through softprompt; encoder-decoders
+    # through the seq2seq class.
+    offline = model_card(dataclasses.replace(m, base_model="smollm2-135m"), reg.uri, "a", False)
+    assert "base = load_frozen_lm('smollm2-135m').model" in offline
+    assert "AutoModelForSeq2SeqLM.from_pretrained" in model_card(m, reg.uri, "a", True)
+    unscored = model_card(dataclasses.replace(m, metrics={}), reg.uri, "a", False)
+    assert "| - | no dev or test scores recorded |" in unscored

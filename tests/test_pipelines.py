@@ -1,5 +1,7 @@
 """The KFP pipelines: compiled specs (what the cluster gets) and a whole local run (kfp.local)."""
 
+import builtins
+import io
 import json
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from components.runner import (
     run_prompt_tuning,
 )
 from components.runner import main as runner_main
+from softprompt.training.progress import format_step_line
 
 MODEL_STEPS = ("train-prompt", "ensemble-prompts", "evaluate")
 
@@ -253,8 +256,11 @@ def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path
         "max_input_tokens": 64, "eval_batch_size": 16, "nearest_k": 3,
     }
     task = str(toy_task["spec_path"])
+    print_before = builtins.print
     first = run_prompt_tuning(task, params, root=tmp_path)
     assert first["status"] == "SUCCEEDED" and first["version"] == 1 and first["promoted"] is True
+    # kfp.local's indenting print, swapped around each of the parallel steps, is not left behind.
+    assert builtins.print is print_before
     reg = open_registry(tmp_path / "registry")
     manifest = reg.manifest("toy", "production")
     assert manifest.version == 1 and manifest.base_model == str(tiny_causal_dir)
@@ -370,3 +376,140 @@ def test_bad_data_references_fail_at_prepare_and_register_nothing(tiny_causal_di
         captured = capfd.readouterr()
         assert message in captured.out + captured.err, name
     assert open_registry(registry_uri).list_versions("alpha") == []
+
+
+# ------------------------------------------------------------------ live progress (--log)
+def _demo_params(tiny_causal_dir, toy_task) -> list[str]:
+    """The demo's parameters, scaled to the tiny model: two prompts trained in parallel."""
+    params = {
+        "base_model": str(tiny_causal_dir), "data_dir": str(toy_task["data_dir"]),
+        "prompt_configs": [{"seed": 0, "init": "class_label"}, {"seed": 1, "init": "class_label"}],
+        "prompt_length": 4, "batch_size": 8, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2,
+        "max_input_tokens": 64, "eval_batch_size": 16, "nearest_k": 3,
+    }
+    return [arg for key, value in params.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def _stamped(lines: list[str]) -> list[str]:
+    """The lines' text without their "[m:ss] " elapsed-time stamp."""
+    return [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
+
+
+@pytest.mark.pipeline
+def test_log_option_shows_live_progress_and_keeps_the_summary(tiny_causal_dir, toy_task,
+                                                              tmp_path, capsys, monkeypatch):
+    """What `make demo` runs (scripts/demo.sh: the runner with --log), on the tiny model: the
+    terminal gets one line per step event, the training progress and the summary lines; the
+    log file gets everything. The (thread, line, time) triples the runner's filter saw are
+    recorded, and replaying them through a fresh StepProgress gives the same lines."""
+    from components.live_progress import StepProgress
+
+    recorded = []
+    feed = StepProgress.feed
+
+    def recording(self, source, line, now=None):
+        now = self.clock() if now is None else now
+        recorded.append((source, line, now))
+        return feed(self, source, line, now)
+
+    monkeypatch.setattr(StepProgress, "feed", recording)
+    # What an earlier run with parallel steps can leave behind: kfp.local's indenting print.
+    real_print = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: real_print("    ", *a, **k))
+    log = tmp_path / "runs" / "last-run.log"
+    argv = ["prompt-tuning", "--task", str(toy_task["spec_path"]), "--root", str(tmp_path),
+            "--output", str(tmp_path / "out.json"), "--log", str(log),
+            *_demo_params(tiny_causal_dir, toy_task)]
+    assert runner_main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    result = json.loads((tmp_path / "out.json").read_text())
+    summary = describe(result).splitlines()
+    # The summary lines come last, exactly as describe() writes them; the JSON only in the log.
+    assert out[-len(summary):] == summary and summary[0].startswith("registered: task toy")
+    assert '"manifest_uri"' not in "\n".join(out)
+    events = _stamped(out[: -len(summary)])
+    assert len(events) == len(out) - len(summary)  # every progress line carries its time
+    for step in ("prepare-data", "train-prompt", "train-prompt#2", "ensemble-prompts",
+                 "evaluate", "register-prompt"):
+        assert f"{step}: started" in events, (step, events)
+        ended = [e for e in events if e.startswith(f"{step}: done in ")]
+        assert len(ended) == 1 and ended[0].endswith(" (ran)"), (step, events)
+    for label in ("train-prompt", "train-prompt#2"):
+        evals = [e for e in events if e.startswith(f"{label}: step ") and " | dev " in e]
+        assert [e.split(" | ")[0] for e in evals] == [f"{label}: step 2/4", f"{label}: step 4/4"]
+        assert all(" | loss " in e and " | dev accuracy " in e and " | ETA " in e for e in evals)
+        assert f"{label}: training stopped at step 4/4 (max_steps)" in "\n".join(events)
+    text = log.read_text()
+    # The full log: kfp.local's lines and the steps' own output, as they were printed.
+    assert "Executing task" in text and " INFO]: step 2/4 | train loss " in text
+    assert '"manifest_uri"' in text and text.rstrip().endswith(summary[-1])
+
+    # The recorded run, replayed: the filter's output depends only on what it was fed.
+    replay = io.StringIO()
+    view = StepProgress(replay, tty=False)
+    for source, line, now in list(recorded):
+        feed(view, source, line, now)
+    assert replay.getvalue().splitlines() == out[: -len(summary)]
+
+    # On a terminal the step lines between evaluations (none in so short a run: add one per
+    # training thread) share one status line, redrawn in place under the permanent lines.
+    monkeypatch.setenv("COLUMNS", "300")
+    step_line = format_step_line(step=1, max_steps=4, loss=0.5, loss_steps=1, metric="accuracy",
+                                 best_score=float("-inf"), elapsed=10.0, eta=(10.0, "step budget"))
+    screen = io.StringIO()
+    view = StepProgress(screen, tty=True)
+    for source, line, now in list(recorded):
+        feed(view, source, line, now)
+        if "Executing task" in line and "'train-prompt'" in line:
+            feed(view, source, f"    [KFP Executor INFO]: {step_line}", now)
+    view.close()
+    text = screen.getvalue()
+    status = "train-prompt: step 1/4 | loss 0.5000 | ETA 10s (step budget)"
+    assert f"\r\x1b[K{status} ; train-prompt#2: step 1/4 | loss 0.5000" in text
+    assert "(step budget)\n" not in text.replace("ETA 0s (step budget)\n", "")
+    shown = [segment.split("\r\x1b[K")[-1] for segment in text.split("\n")]
+    assert shown[:-1] == out[: -len(summary)] and shown[-1] == ""
+
+    # Again: every step but the registration comes from the cache, and says so.
+    recorded.clear()
+    assert runner_main(argv) == 0
+    events = _stamped(capsys.readouterr().out.splitlines())
+    for step in ("prepare-data", "train-prompt", "ensemble-prompts", "evaluate"):
+        assert f"{step}: cached" in events, (step, events)
+    assert "train-prompt: started" not in events and "register-prompt: started" in events
+
+
+@pytest.mark.pipeline
+def test_log_option_shows_a_failed_steps_last_lines(tiny_causal_dir, toy_task, tmp_path, capsys):
+    """A step that fails: the terminal says which, and shows its last output lines (the error),
+    without the need to open the log."""
+    log = tmp_path / "last-run.log"
+    argv = ["prompt-tuning", "--task", str(toy_task["spec_path"]), "--root", str(tmp_path),
+            "--log", str(log), "--no-cache", *_demo_params(tiny_causal_dir, toy_task),
+            "--set", f"data_dir={tmp_path / 'no-such-data'}"]
+    with pytest.raises(RuntimeError, match="Inner task failed: .*prepare-data"):
+        runner_main(argv)
+    captured = capsys.readouterr()
+    events = _stamped(captured.out.splitlines())
+    failed = [e for e in events if e.startswith("prepare-data: FAILURE after ")]
+    assert len(failed) == 1 and failed[0].endswith("; its last output lines:"), events
+    tail = captured.out.split(failed[0], 1)[1]
+    assert "no-such-data" in tail and "train-prompt" not in captured.out
+    assert f"the run failed; full log: {log}" in captured.err
+    assert "no-such-data" in log.read_text()
+
+
+def test_runner_help_has_a_worked_example_of_the_log_option(capsys):
+    with pytest.raises(SystemExit):
+        runner_main(["prompt-tuning", "--help"])
+    text = capsys.readouterr().out
+    assert "--log FILE" in text and "example:" in text
+    assert "--log runs/demo/last-run.log" in text and "train-prompt: step 10/30 | loss" in text
+
+
+def test_demo_script_shows_progress_and_logs_everything():
+    """scripts/demo.sh runs the runner with --log (live progress, then the summary lines) and
+    prints where the result, the full log and the pipeline runs are."""
+    script = (Path(__file__).parent.parent / "scripts" / "demo.sh").read_text()
+    assert '--log "$root/last-run.log"' in script and "| sed" not in script
+    assert 'echo "result JSON: $root/last-run.json   full log: $root/last-run.log' in script

@@ -1,10 +1,16 @@
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from softprompt.report import learning_curve_html, learning_curve_svg, read_metrics_log
+from softprompt.report import (
+    evaluation_html,
+    learning_curve_html,
+    learning_curve_svg,
+    read_metrics_log,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -135,3 +141,50 @@ def test_a_half_written_last_line_is_skipped_with_a_warning(tmp_path, caplog):
     path.write_text('{"event": "start"}\n{"event": "st\n{"event": "step", "step": 2, "lo')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: malformed JSON"):
         read_metrics_log(path)
+
+
+def _summary() -> dict:
+    """An ensemble summary as softprompt.evaluation writes it: 2 prompts, member 1 selected."""
+    members = [
+        {"index": i, "name": f"p{i}", "seed": i, "init": init, "dir": f"members/{i}",
+         "dev": {"score": dev, "n": 16}, "test": {"score": test, "n": 8}}
+        for i, (init, dev, test) in enumerate([("class_label", 0.5, 0.625),
+                                               ("<img src=x>", 0.75, 0.875)])
+    ]
+    aggregate = {"ensemble": {"score": 0.8125}, "average": 0.625, "best": 0.75, "ties": 0}
+    return {"task": "toy", "metric": "accuracy", "members": members, "best_member": 1,
+            "dev": aggregate, "test": aggregate | {"ensemble": {"score": 0.9375}},
+            "selected": {"member": 1, "dev": members[1]["dev"], "test": members[1]["test"]}}
+
+
+def _evaluation(curves=None) -> str:
+    neighbours = [[[("good", 0.5), ("<bad>", 0.25)]] * 4] * 2  # [prompt][position][k]
+    return evaluation_html(_summary(), "tiny", ["negative", "positive"], [[3, 1], [0, 4]],
+                           neighbours, 8, "lowest index", curves=curves)
+
+
+def test_evaluation_report_is_one_self_contained_page():
+    """Scores of each prompt and of the ensemble, the confusion matrix, a learning curve per
+    prompt and the nearest tokens, with inline CSS and SVG and nothing fetched."""
+    html = _evaluation([_records(), []])
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "<style>" in html and not re.search(r"""(src|href)=["']""", html)
+    assert "Ensemble test accuracy: <b>0.9375</b>" in html
+    assert "<td>1 (registered)</td>" in html and "ensemble (majority vote)" in html
+    assert '<tr class="aggregate"><td>ensemble (majority vote)</td><td></td><td></td>' \
+           "<td>0.8125</td><td>0.9375</td></tr>" in html
+    # Confusion matrix: rows gold, columns predicted, the diagonal shaded, row totals.
+    assert ('<tr><td><b>negative</b></td><td class="hit">3</td><td>1</td><td>4</td></tr>'
+            in html)
+    assert "<h2>Learning curves</h2>" in html and html.count("<svg ") == 2
+    assert "no data: no training steps" in html  # the second prompt logged nothing
+    assert "2 nearest tokens by cosine" in html and "&#x27;&lt;bad&gt;&#x27;" in html
+    # Markup from the summary is escaped: an init named like an element is text.
+    assert "<img" not in html and "&lt;img src=x&gt;" in html
+    assert _evaluation([_records(), []]) == html  # deterministic
+
+
+def test_evaluation_report_without_curves_leaves_the_section_out():
+    html = _evaluation()
+    assert "Learning curves" not in html and "<svg" not in html
+    assert "Nearest tokens" in html

@@ -1,9 +1,11 @@
 """`softprompt push|pull|list|show|promote|export-peft|import-peft` and `softprompt registry gc`:
 the registry from the shell.
 
-Every command takes --registry URI (default $SOFTPROMPT_REGISTRY, else ./registry) and prints
-JSON on stdout; an error is one `error: ...` line on stderr and exit status 2. S3 credentials and
-endpoint come from the standard AWS chain (AWS_* variables, profiles, roles).
+Every command takes --registry URI (default $SOFTPROMPT_REGISTRY, else ./registry). `list` and
+`show` print tables for people (registry.tables), or with `--format json` the records as JSON;
+the other commands print JSON on stdout. An error is one `error: ...` line on stderr and exit
+status 2. S3 credentials and endpoint come from the standard AWS chain (AWS_* variables,
+profiles, roles).
 """
 
 from __future__ import annotations
@@ -84,7 +86,17 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_list(args: argparse.Namespace) -> int:
+    from softprompt.registry.tables import TaskListing, tasks_table, versions_table
+
     reg = _open(args)
+    if args.format == "table":
+        tasks = [args.task] if args.task else reg.list_tasks()
+        listings = {t: TaskListing(reg.list_versions(t), reg.aliases(t)) for t in tasks}
+        if args.task:
+            print(versions_table(reg.uri, args.task, listings[args.task]))
+        else:
+            print(tasks_table(reg.uri, listings))
+        return 0
     if args.task is None:
         _print({"registry": reg.uri, "tasks": reg.list_tasks()})
         return 0
@@ -102,12 +114,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def _cmd_show(args: argparse.Namespace) -> int:
-    reg = _open(args)
     from softprompt.registry.records import parse_ref
+    from softprompt.registry.tables import alias_block, manifest_block
 
-    out = {"manifest": reg.manifest(args.task, args.ref).to_dict()}
-    if isinstance(parse_ref(args.ref), str):
-        out["alias"] = asdict(reg.alias(args.task, args.ref))
+    reg = _open(args)
+    manifest = reg.manifest(args.task, args.ref)
+    state = reg.alias(args.task, args.ref) if isinstance(parse_ref(args.ref), str) else None
+    if args.format == "table":
+        blocks = [manifest_block(manifest, reg.uri)] + ([alias_block(state)] if state else [])
+        print("\n\n".join(blocks))
+        return 0
+    out = {"manifest": manifest.to_dict()}
+    if state is not None:
+        out["alias"] = asdict(state)
     _print(out)
     return 0
 
@@ -115,6 +134,18 @@ def _cmd_show(args: argparse.Namespace) -> int:
 @_guard
 def _cmd_promote(args: argparse.Namespace) -> int:
     reg = _open(args)
+    if args.rollback:
+        from softprompt.registry.promotion import rollback
+
+        if args.expect_new:
+            print("error: --rollback needs an alias that exists; drop --expect-new",
+                  file=sys.stderr)
+            return 2
+        done = rollback(reg, args.task, args.alias, expected_version=args.expected_version)
+        print(f"rolled back {args.task}/{args.alias}: version {done.from_version} -> "
+              f"{done.to_version} (path now {done.path})", file=sys.stderr)
+        _print(asdict(done.state))
+        return 0
     if args.expect_new:
         state = reg.promote(args.task, args.alias, args.version, expected_version=None)
     elif args.expected_version is not None:
@@ -122,6 +153,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
                             expected_version=args.expected_version)
     else:
         state = reg.promote(args.task, args.alias, args.version)
+    print(f"moved {args.task}/{args.alias}: version {state.previous} -> {state.version}",
+          file=sys.stderr)
     _print(asdict(state))
     return 0
 
@@ -188,10 +221,87 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+# Worked examples, shown at the end of each command's --help.
+EXAMPLES = {
+    "list": """examples:
+  softprompt list --registry s3://bucket/prompts
+      one row per task: versions, newest version, aliases, production's dev/test score
+  softprompt list --registry s3://bucket/prompts --task sst2
+      one row per version of sst2: created_at, prompt length, init, scores, data, aliases
+  softprompt list --task sst2 --format json | jq '.aliases.production'
+      the same records as JSON, for scripts
+""",
+    "show": """examples:
+  softprompt show --registry s3://bucket/prompts --task sst2
+      the manifest production points to (metrics, lineage, label words, template), and the
+      alias's history of moves
+  softprompt show --task sst2 --ref 3
+      version 3's manifest
+  softprompt show --task sst2 --ref staging --format json
+      the manifest and alias record as JSON, for scripts
+""",
+    "promote": """examples:
+  softprompt promote --task sst2 --alias production --version 4
+      point production at version 4
+  softprompt promote --task sst2 --alias production --version 4 --expected-version 3
+      only if production still points at version 3 (else exit status 2, nothing moved)
+  softprompt promote --task sst2 --alias production --rollback
+      back to the version production pointed at before its last move; a second --rollback
+      goes one further back along the alias's path (versions it came through, each once),
+      rather than return to where the first one started
+""",
+    "push": """examples:
+  softprompt push --registry s3://bucket/prompts --run-dir runs/sst2 --alias staging
+      publish the run's best prompt as sst2's next version and point staging at it (a run
+      whose prompt diverged or whose norm exploded is refused)
+""",
+    "pull": """examples:
+  softprompt pull --registry s3://bucket/prompts --task sst2 --out prompt.safetensors
+      production's prompt, verified against its sha256 (from the cache when the store is
+      down), usable as `softprompt evaluate --task sst2 --prompt prompt.safetensors`
+""",
+    "gc": """examples:
+  softprompt registry gc --registry s3://bucket/prompts --dry-run
+      list the temp files and unreferenced blobs older than an hour, remove nothing
+  softprompt registry gc --registry /srv/registry --min-age-seconds 86400
+      remove those older than a day; a blob any manifest names is always kept
+""",
+    "import-peft": """examples:
+  softprompt import-peft --task sst2 --adapter sst2-adapter --model smollm2-135m --spec sst2
+      publish a PEFT prompt-tuning adapter trained on that model as sst2's next version,
+      with sst2's template and label words
+""",
+    "export-peft": """examples:
+  softprompt export-peft --task sst2 --ref production --out sst2-adapter --model smollm2-135m
+      writes sst2-adapter/ with adapter_config.json, adapter_model.safetensors and a README.md
+      model card; load it with peft.PeftModel.from_pretrained(base_model, "sst2-adapter")
+""",
+}
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table: for people; json: the records, for scripts")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Shows defaults (unless the help text names its own), and keeps the examples in the
+    epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
 def _subparser(sub, name: str, help_: str, task: bool = True,
                ref: bool = False) -> argparse.ArgumentParser:
-    """A registry subcommand with --registry and --cache-dir (and --task, --ref if asked)."""
-    p = sub.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """A registry subcommand with --registry and --cache-dir (and --task, --ref if asked), and
+    the examples of EXAMPLES[name] as its epilog."""
+    p = sub.add_parser(name, help=help_, description=help_, formatter_class=_HelpFormatter,
+                       epilog=EXAMPLES.get(name))
     p.add_argument("--registry", default=None,
                    help="directory, file:///path or s3://bucket/prefix "
                         "(default: $SOFTPROMPT_REGISTRY, else ./registry)")
@@ -228,17 +338,23 @@ def add_commands(sub) -> None:
 
     p = parser("list", "list tasks, or a task's versions and aliases", task=False)
     p.add_argument("--task", default=None, help="list this task's versions")
+    _add_format(p)
     p.set_defaults(func=_cmd_list)
 
     p = parser("show", "print a version's manifest (and the alias record for an alias)", ref=True)
+    _add_format(p)
     p.set_defaults(func=_cmd_show)
 
-    p = parser("promote", "move an alias to a version (compare-and-swap)")
+    p = parser("promote", "move an alias to a version, or back one step (compare-and-swap)")
     p.add_argument("--alias", required=True, help="alias name, e.g. production or staging")
-    p.add_argument("--version", required=True, type=int, help="version to point at")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--version", type=int, help="version to point at")
+    target.add_argument("--rollback", action="store_true",
+                        help="move back to the version before the current one on the alias's "
+                             "path (its history of distinct versions); repeat to go further")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--expected-version", type=int, default=None,
-                       help="move only if the alias points here now")
+                       help="move (or roll back) only if the alias points here now")
     group.add_argument("--expect-new", action="store_true",
                        help="move only if the alias does not exist yet")
     p.set_defaults(func=_cmd_promote)

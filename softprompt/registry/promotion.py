@@ -7,6 +7,11 @@ than `min_improvement`, or if the alias points nowhere yet. The move is a compar
 alias's version, so a concurrent promotion fails this one instead of being overwritten. A prompt
 whose norm exploded (its training result's `prompt_norm`, see softprompt.prompt.prompt_norm) is
 published but never promoted, whatever its score.
+
+A rollback (`rollback`) moves an alias back to the version it pointed at before its last move,
+and a second rollback goes one further back rather than return to where the first one started:
+it follows the alias's path (`alias_path`), its history of distinct versions with the loops cut
+out.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from softprompt.registry.errors import NotFoundError
+from softprompt.registry.errors import AliasConflictError, NotFoundError
 from softprompt.registry.lineage import lineage_from_run
-from softprompt.registry.records import Manifest
+from softprompt.registry.records import AliasState, Manifest
 from softprompt.registry.registry import Registry
 
 
@@ -108,3 +113,65 @@ def register_selected(registry: Registry, summary: dict, ensemble_dir: str, spec
     prompt = load_prompt(os.path.join(member_dir, "prompt.safetensors"))
     return register_with_gate(registry, spec.name, prompt, lineage, selected["dev"]["score"],
                               alias, min_improvement)
+
+
+# ---------------------------------------------------------------------------- rollback
+@dataclass(frozen=True)
+class Rollback:
+    """A rollback's move of `alias` from `from_version` to `to_version`, the alias record after
+    it, and the path it walked back along (oldest first, ending at `to_version`)."""
+
+    task: str
+    alias: str
+    from_version: int
+    to_version: int
+    path: list[int]
+    state: AliasState
+
+
+def alias_path(history: list[dict]) -> list[int]:
+    """The versions that led to the alias's current one, each once, oldest first.
+
+    It is the alias's history of moves with every loop cut out. A move to a version already on
+    the path returns to it, so the versions after it drop off. A move to any other version
+    appends it. Hence moves 1, 2, 3 give [1, 2, 3], then a move back to 2 gives [1, 2], and a
+    move on to 4 gives [1, 2, 4]."""
+    path: list[int] = []
+    for entry in history:
+        version = entry["version"]
+        if version in path:
+            del path[path.index(version) + 1 :]
+        else:
+            path.append(version)
+    return path
+
+
+def rollback(registry: Registry, task: str, alias: str,
+             expected_version: int | None = None) -> Rollback:
+    """Moves `alias` back one step along its path (see alias_path), so that repeated rollbacks
+    walk further back rather than swap between the last two versions.
+
+    The move is a compare-and-swap on the version read here (or on `expected_version` when
+    given). A concurrent move makes it fail with AliasConflictError, and an alias whose path
+    holds nothing before its current version is refused with NotFoundError."""
+    state = registry.alias(task, alias)
+    if expected_version is not None and state.version != expected_version:
+        raise AliasConflictError(
+            f"{registry.uri}: alias {task}/{alias} points to version {state.version}, not the "
+            f"expected {expected_version}; not rolled back"
+        )
+    path = alias_path(state.history)
+    if len(path) < 2:
+        raise NotFoundError(
+            f"{registry.uri}: alias {task}/{alias} has no version to roll back to: it points to "
+            f"version {state.version}, the first on its path {path}"
+        )
+    target = path[-2]
+    try:
+        moved = registry.promote(task, alias, target, expected_version=state.version)
+    except AliasConflictError as err:
+        raise AliasConflictError(
+            f"{err}; the rollback from version {state.version} to {target} was not done, since "
+            "the alias moved meanwhile (look at it again before rolling back)"
+        ) from None
+    return Rollback(task, alias, state.version, target, path[:-1], moved)

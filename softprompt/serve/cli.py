@@ -21,6 +21,7 @@ SERVE_KEYS = (
     "max_header_bytes",
     "header_timeout_seconds",
     "body_timeout_seconds",
+    "max_batch_items",
     "max_input_chars",
     "max_input_tokens",
     "poll_seconds",

@@ -93,6 +93,11 @@ class ServeConfig:
         metadata={"help": "A request whose body takes longer to arrive after its headers gets "
                           "408 and its connection is closed."},
     )
+    max_batch_items: int = field(
+        default=256,
+        metadata={"help": "Most items in one POST /v1/classify:batch (more: 422); the body "
+                          "must also fit max_body_bytes."},
+    )
     max_input_chars: int = field(
         default=8000, metadata={"help": "Longer rendered inputs are refused (422)."}
     )
@@ -118,8 +123,8 @@ class ServeConfig:
             raise ValueError("ServeConfig.tasks: serve at least one task")
         if len(set(names)) != len(names):
             raise ValueError(f"ServeConfig.tasks: a task is listed twice: {names}")
-        sizes = ("max_batch_size", "max_body_bytes", "max_header_bytes", "max_input_chars",
-                 "max_input_tokens")
+        sizes = ("max_batch_size", "max_body_bytes", "max_header_bytes", "max_batch_items",
+                 "max_input_chars", "max_input_tokens")
         for name in sizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -23,7 +23,9 @@ import logging
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = ("/healthz", "/readyz")  # reachable without the token (probes carry no secrets)
+# Reachable without the token: the probes carry no secrets, and the API's description (the
+# OpenAPI document and the /docs page that reads it) is needed to send the token at all.
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
 
 
 class Guard:

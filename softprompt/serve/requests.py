@@ -8,15 +8,28 @@ An object is allowed only where the template reaches into it with a dotted field
 field. Anywhere in a request, text that is not valid Unicode (a lone surrogate, which JSON's
 "\\ud800" decodes to) and non-finite numbers (NaN, 1e999999) are refused too, since no tokenizer
 or JSON encoder takes them.
+
+A batch (POST /v1/classify:batch) holds up to `max_batch_items` such requests. Each item is
+checked on its own (`check_item`), so a bad item is refused in its place in the answer while the
+others are answered. The other routes' response models are here too, so the OpenAPI document
+describes every answer.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from softprompt.serve.state import TaskState
 from softprompt.task_data import render_input
@@ -27,6 +40,36 @@ MAX_DEPTH = 8  # nesting of request objects; templates reach one or two levels d
 
 class InputError(ValueError):
     """A request input the service refuses (422); the message names the field."""
+
+
+def json_text(value: object) -> str:
+    """`value` as text that UTF-8 (hence JSON) can carry: lone surrogates become escapes."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def validation_detail(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors without the request's values: each error's type, location, message and
+    context, as text. A NaN or a lone surrogate among the values could not be written as JSON."""
+    detail = []
+    for error in errors:
+        item = {
+            "type": json_text(error.get("type", "")),
+            "loc": [p if isinstance(p, int) else json_text(p) for p in error.get("loc", ())],
+            "msg": json_text(error.get("msg", "")),
+        }
+        if error.get("ctx"):
+            item["ctx"] = {json_text(k): json_text(v) for k, v in error["ctx"].items()}
+        detail.append(item)
+    return detail
+
+
+def validation_text(errors: list[dict]) -> str:
+    """Pydantic's errors as one line of text, each as `location: message`, without the values."""
+    parts = []
+    for error in validation_detail(errors):
+        where = ".".join(str(p) for p in error["loc"]) or "item"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def _check_text(text: str, what: str) -> None:
@@ -186,3 +229,92 @@ class ClassifyResponse(BaseModel):
     votes: dict[str, int] | None = Field(
         default=None, description="ensemble only: prompts voting for each label"
     )
+
+
+def check_item(item: Any) -> ClassifyRequest | str:
+    """One batch item as a ClassifyRequest, or the text of why it is refused (422)."""
+    try:
+        return ClassifyRequest.model_validate(item)
+    except ValidationError as err:
+        return validation_text(err.errors())
+
+
+# A batch item is checked on its own (check_item), so the body's schema only documents it.
+BatchItem = Annotated[Any, WithJsonSchema(ClassifyRequest.model_json_schema())]
+
+
+class BatchRequest(BaseModel):
+    """Inputs of any served tasks, answered together."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    items: list[BatchItem] = Field(
+        min_length=1,
+        description="classify requests of any served tasks (at most the service's "
+        "max_batch_items); each is answered or refused on its own",
+    )
+
+
+class ItemAnswer(ClassifyResponse):
+    """A batch item's answer: the fields of a classify response."""
+
+    ok: Literal[True] = True
+
+
+class ItemError(BaseModel):
+    """A batch item the service refused, with the status it would have had on its own."""
+
+    ok: Literal[False] = False
+    status: int = Field(
+        description="404 unknown task, 422 bad input, 503 no verified prompt yet, "
+        "500 scoring failed"
+    )
+    detail: str
+
+
+class BatchResponse(BaseModel):
+    """One result per item, in input order."""
+
+    results: list[Annotated[ItemAnswer | ItemError, Field(discriminator="ok")]]
+
+
+class Health(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Readiness, and for token holders each task's served versions and last error."""
+
+    ready: bool = Field(description="the model is loaded and every task has a verified prompt")
+    tasks: dict[str, list[int] | None] | None = Field(
+        default=None, description="token holders only: served versions per task (null: none)"
+    )
+    errors: dict[str, str] | None = Field(
+        default=None, description="token holders only: each task's last refused (re)load"
+    )
+
+
+class TaskView(BaseModel):
+    """A served task: its status, and its prompts, template and label words while serving."""
+
+    task: str
+    status: Literal["serving", "unavailable", "error"]
+    error: str | None = Field(
+        default=None, description="why it cannot serve, or why its last reload was refused"
+    )
+    ref: str | int | None = Field(default=None, description="alias (null for an ensemble)")
+    ensemble: int | None = Field(default=None, description="prompts voting (0: one prompt)")
+    versions: list[int] | None = None
+    prompt_sha256: list[str] | None = None
+    label_words: list[str] | None = None
+    template: str | None = None
+    input_fields: list[str] | None = None
+
+
+class ReloadOutcome(BaseModel):
+    """What one task serves after a reload."""
+
+    versions: list[int] = Field(description="the versions served now (empty: none)")
+    changed: bool = Field(description="a new prompt was swapped in")
+    error: str | None = Field(default=None, description="why the registry's prompt was refused")

@@ -5,7 +5,9 @@ template or label words the service cannot use) is never served: the task keeps 
 prompt (or answers 503, with the reason, if it never had one) and the other tasks are unaffected.
 A poller (and POST /v1/reload) picks up moved aliases without a restart; a task's last error is
 cleared as soon as a reload finds it serving what its alias points at. An ensemble task's answer
-is the majority vote of its N prompts (`softprompt.ensemble.majority_vote`).
+is the majority vote of its N prompts (`softprompt.ensemble.majority_vote`). A batch's items are
+submitted to the batcher all at once, so they share forwards, and each is answered or refused on
+its own.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from softprompt.model import FrozenLM
 from softprompt.serve.batcher import MicroBatcher
 from softprompt.serve.config import ServeConfig
 from softprompt.serve.metrics import Metrics
-from softprompt.serve.requests import InputError, render_request
+from softprompt.serve.requests import InputError, check_item, json_text, render_request
 from softprompt.serve.state import ReadOnlyRegistry, TaskState, load_task_state, resolve_versions
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,30 @@ class Service:
         self.metrics.latency.labels(task).observe(time.perf_counter() - start)
         self.metrics.predictions.labels(task).inc()
         return _answer(task, state, scores, truncated)
+
+    async def classify_batch(self, items: list) -> list[dict]:
+        """Each item's answer (`{"ok": True, ...}`) or refusal (`{"ok": False, "status",
+        "detail"}`), in input order. All items go to the batcher at once, so they share forwards."""
+        return list(await asyncio.gather(*(self._classify_item(item) for item in items)))
+
+    async def _classify_item(self, item) -> dict:
+        """One batch item, answered or refused with the status it would have had on its own."""
+        request = check_item(item)
+        if isinstance(request, str):
+            self.metrics.errors.labels("bad_input").inc()
+            return {"ok": False, "status": 422, "detail": request}
+        try:
+            answer = await self.classify(request.task, request.input)
+        except HTTPException as err:
+            return {"ok": False, "status": err.status_code, "detail": json_text(err.detail)}
+        except RuntimeError as err:  # the batcher's scoring failure, this item's alone
+            return {"ok": False, "status": 500, "detail": json_text(err)}
+        except Exception as err:  # any other failure stays this item's too
+            self.metrics.errors.labels("internal").inc()
+            log.exception("batch item failed")
+            detail = f"internal error: {type(err).__name__}: {json_text(err)}"
+            return {"ok": False, "status": 500, "detail": detail}
+        return {"ok": True, **answer}
 
     def task_views(self) -> dict[str, dict]:
         """Every served task by name: its state's description with status "serving" (and the

@@ -199,7 +199,8 @@ class _Loop:
         self._resume_or_start()
         state, schedule = self.state, self.schedule
         self.started = time.monotonic() - state["elapsed"]
-        self.lines = ProgressLines(self.progress, self.writer, schedule.max_steps, state["step"])
+        self.lines = ProgressLines(self.progress, self.writer, schedule.max_steps, state["step"],
+                                   max_minutes=schedule.max_minutes, elapsed=state["elapsed"])
         stop_reason = self._train()
         self.lines.close()
         evaluates = self.trainable.evaluate is not None

@@ -57,10 +57,11 @@ def test_cli_round_trip_local(run_dir, tiny_causal, tmp_path, monkeypatch, capsy
     assert m["template"] == "Review: {sentence}\nSentiment:" and m["metric"] == "accuracy"
     assert out["alias"]["version"] == 1
 
-    assert cli(capsys, "list", "--registry", reg)[1]["tasks"] == ["toy"]
-    listed = cli(capsys, "list", "--registry", reg, "--task", "toy")[1]
+    assert cli(capsys, "list", "--registry", reg, "--format", "json")[1]["tasks"] == ["toy"]
+    listed = cli(capsys, "list", "--registry", reg, "--task", "toy", "--format", "json")[1]
     assert [v["version"] for v in listed["versions"]] == [1] and listed["aliases"] == {"staging": 1}
-    shown = cli(capsys, "show", "--registry", reg, "--task", "toy", "--ref", "staging")[1]
+    shown = cli(capsys, "show", "--registry", reg, "--task", "toy", "--ref", "staging",
+                "--format", "json")[1]
     assert shown["manifest"] == m and shown["alias"]["seq"] == 1
 
     promote = ("promote", "--registry", reg, "--task", "toy", "--alias", "production",
@@ -144,7 +145,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, "pull", *r, "--ref", "2")
     assert "cannot read prompts/toy/2/manifest.json" in err
     # As on S3, a folder holding no file is not listed; one holding a file is.
-    assert [v["version"] for v in cli(capsys, "list", *r)[1]["versions"]] == [1]
+    assert [v["version"] for v in cli(capsys, "list", *r, "--format", "json")[1]["versions"]] == [1]
     (root / "prompts/toy/2/manifest.json/x").write_text("")
     assert "prompts/toy/2/manifest.json" in _one_line_error(capsys, "list", *r)
     (root / "prompts/toy/aliases/production.json").mkdir(parents=True)
@@ -194,3 +195,100 @@ def test_import_peft_takes_the_verbalizer_from_a_spec_or_the_newest_version(tmp_
     assert _verbalizer(reg, "toy", None)["label_words"] == ["no", "yes"]
     with pytest.raises(InvalidArtifactError, match="--spec nowhere.yaml"):
         _verbalizer(reg, "toy", "nowhere.yaml")
+
+
+def _text(capsys, *argv) -> tuple[int, str, str]:
+    """Runs the command; returns its exit status, stdout and stderr."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _scored_registry(root, versions: int = 2):
+    """A registry whose task toy has `versions` scored versions, production moved 1, 2, ..."""
+    reg = open_registry(root)
+    scored = {**LINEAGE, "metrics": {"dev": {"score": 0.75}, "test": {"score": 0.7}},
+              "dataset_version": "0123456789abcdef.dir"}
+    for v in range(1, versions + 1):
+        reg.publish("toy", torch.randn(2, 4), scored)
+        reg.promote("toy", "production", v)
+    return reg
+
+
+def test_list_and_show_print_tables_unless_asked_for_json(tmp_path, capsys):
+    """list and show print tables and key/value blocks by default; --format json prints the
+    records as before."""
+    _scored_registry(tmp_path / "reg")
+    r = ("--registry", tmp_path / "reg")
+    code, out, _ = _text(capsys, "list", *r)
+    assert code == 0 and out.splitlines()[0] == f"registry {tmp_path / 'reg'}"
+    assert out.splitlines()[-1].split() == ["toy", "2", "2", "production", "->", "2", "0.7500",
+                                            "0.7000"]
+    code, out, _ = _text(capsys, "list", *r, "--task", "toy")
+    head, *rows = (line.split() for line in out.splitlines()[2:])
+    assert code == 0 and head[:3] == ["VERSION", "CREATED_AT", "PROMPT_LENGTH"]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert rows[1][-4:] == ["0.7500", "0.7000", "01234567", "production"]
+    code, out, _ = _text(capsys, "show", *r, "--task", "toy")
+    assert code == 0 and out.startswith(f"task toy, version 2 in registry {tmp_path / 'reg'}")
+    values = dict(line.split(None, 1) for line in out.splitlines()
+                  if line.startswith("  ") and line.strip() != "-")
+    assert values["dev.score"] == "0.75" and values["label_words"] == "negative, positive"
+    assert "\nalias production -> version 2 (2 moves)\nSEQ" in out
+    assert out.splitlines()[-1].split()[:3] == ["2", "2", "1"]
+    code, out, _ = _text(capsys, "show", *r, "--task", "toy", "--ref", "1")
+    assert code == 0 and "task toy, version 1" in out and "alias" not in out
+    code, out, _ = _text(capsys, "show", *r, "--task", "toy", "--format", "json")
+    shown = json.loads(out)
+    assert (shown["manifest"]["version"], shown["alias"]["seq"]) == (2, 2)
+    assert _text(capsys, "list", "--registry", tmp_path / "empty")[1].endswith(": no tasks\n")
+
+
+def test_promote_rollback_walks_back_along_the_alias_path(tmp_path, capsys):
+    """--rollback moves the alias one step back and says so on stderr; a second goes further
+    back; with nothing before it, or the alias not where --expected-version says, it fails with
+    one error line. --version and --rollback exclude each other."""
+    _scored_registry(tmp_path / "reg", versions=3)
+    p = ("promote", "--registry", tmp_path / "reg", "--task", "toy", "--alias", "production")
+    code, out, err = _text(capsys, *p, "--rollback")
+    assert code == 0 and json.loads(out)["version"] == 2 and json.loads(out)["previous"] == 3
+    assert err == "rolled back toy/production: version 3 -> 2 (path now [1, 2])\n"
+    err = _one_line_error(capsys, *p, "--rollback", "--expected-version", 3)
+    assert "points to version 2, not the expected 3; not rolled back" in err
+    code, out, err = _text(capsys, *p, "--rollback", "--expected-version", 2)
+    assert code == 0 and json.loads(out)["version"] == 1 and "version 2 -> 1" in err
+    assert "has no version to roll back to" in _one_line_error(capsys, *p, "--rollback")
+    assert "drop --expect-new" in _one_line_error(capsys, *p, "--rollback", "--expect-new")
+    code, out, err = _text(capsys, *p, "--version", 3)
+    assert code == 0 and err == "moved toy/production: version 1 -> 3\n"
+    for argv in ((*p, "--version", 2, "--rollback"), p):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in argv])
+        assert exit_.value.code == 2
+    assert "--version" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", ["list", "show", "promote", "export-peft", "push", "pull", "import-peft", "gc"]
+)
+def test_help_shows_worked_examples_that_parse(command, capsys):
+    """--help ends with the command's examples, line breaks kept, and every example command
+    line parses into that command."""
+    import shlex
+
+    from softprompt.cli import build_parser
+    from softprompt.registry.cli import EXAMPLES
+
+    path = ["registry", command] if command == "gc" else [command]
+    with pytest.raises(SystemExit) as exit_:
+        main([*path, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and EXAMPLES[command].strip() in out
+    examples = [line.strip() for line in EXAMPLES[command].splitlines()
+                if line.startswith("  softprompt ")]
+    assert examples
+    for line in examples:
+        argv = shlex.split(line.split("|")[0])[1:]
+        args = build_parser().parse_args(argv)
+        assert [args.command, getattr(args, "registry_command", None)][: len(path)] == path, line

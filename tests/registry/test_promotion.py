@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softprompt.registry import AliasConflictError, open_registry
-from softprompt.registry.promotion import quality_gate, register_with_gate
+from softprompt.registry import AliasConflictError, NotFoundError, open_registry
+from softprompt.registry.promotion import alias_path, quality_gate, register_with_gate, rollback
 
 FINGERPRINT = "sha256:" + "0" * 64
 
@@ -83,3 +83,75 @@ def test_an_exploded_prompt_is_published_but_never_promoted(tmp_path):
     again = register_with_gate(reg, "toy", torch.randn(4, 8), first, 0.99, "production", 0.0)
     assert again["promoted"] is False and again["previous"] == {"version": 2, "dev_score": 0.6}
     assert reg.manifest("toy", "production").version == 2
+
+
+def test_alias_path_cuts_out_the_loops_of_the_history():
+    """The path is the history of versions with every detour that came back removed."""
+
+    def path(*versions: int) -> list[int]:
+        return alias_path([{"version": v} for v in versions])
+
+    assert path(1, 2, 3) == [1, 2, 3]
+    assert path(1, 2, 3, 2) == [1, 2]  # a rollback returns to 2: 3 drops off
+    assert path(1, 2, 3, 2, 4) == [1, 2, 4]
+    assert path(1, 2, 3, 1) == [1]  # a manual move back to 1 is a return as well
+    assert path(1, 2, 3, 2, 3) == [1, 2, 3]  # moving forward again
+    assert path(5) == [5]
+
+
+def _promoted(reg, *versions: int) -> None:
+    """Publishes up to max(versions) and moves production through `versions` in order."""
+    while len(reg.list_versions("toy")) < max(versions):
+        reg.publish("toy", torch.randn(4, 8), lineage(0.5))
+    for v in versions:
+        reg.promote("toy", "production", v)
+
+
+def test_repeated_rollbacks_walk_back_instead_of_swapping(tmp_path):
+    """Rollback moves to the version before the current one on the alias's path, so the second
+    goes to 1, not back to 3; with nothing before, it is refused and nothing moves."""
+    reg = open_registry(tmp_path / "registry")
+    _promoted(reg, 1, 2, 3)
+    first = rollback(reg, "toy", "production")
+    assert (first.from_version, first.to_version, first.path) == (3, 2, [1, 2])
+    assert (first.state.version, first.state.previous, first.state.seq) == (2, 3, 4)
+    second = rollback(reg, "toy", "production")
+    assert (second.from_version, second.to_version, second.path) == (2, 1, [1])
+    with pytest.raises(NotFoundError, match="no version to roll back to: it points to version 1"):
+        rollback(reg, "toy", "production")
+    state = reg.alias("toy", "production")
+    assert [e["version"] for e in state.history] == [1, 2, 3, 2, 1]
+
+
+def test_rollback_after_a_new_promotion_returns_to_the_version_it_replaced(tmp_path):
+    """Versions rolled back from leave the path: after 1, 2, 3, back to 2, then on to 4, a
+    rollback goes to 2 (the history's previous), not to 3."""
+    reg = open_registry(tmp_path / "registry")
+    _promoted(reg, 1, 2, 3)
+    rollback(reg, "toy", "production")
+    _promoted(reg, 4)
+    done = rollback(reg, "toy", "production")
+    assert (done.from_version, done.to_version) == (4, 2)
+
+
+def test_rollback_is_a_compare_and_swap(tmp_path, monkeypatch):
+    """A move by someone else between reading the alias and moving it fails the rollback with
+    an error saying so, and the other move stands; an alias that does not exist, or one that
+    points elsewhere than expected_version, is refused before anything moves."""
+    reg = open_registry(tmp_path / "registry")
+    _promoted(reg, 1, 2, 3)
+    with pytest.raises(AliasConflictError, match="points to version 3, not the expected 2"):
+        rollback(reg, "toy", "production", expected_version=2)
+    with pytest.raises(NotFoundError, match="no alias 'staging'"):
+        rollback(reg, "toy", "staging")
+    real_promote = reg.promote
+
+    def rival_moves_first(task, alias, version, expected_version):
+        real_promote(task, alias, 1)
+        return real_promote(task, alias, version, expected_version=expected_version)
+
+    monkeypatch.setattr(reg, "promote", rival_moves_first)
+    with pytest.raises(AliasConflictError,
+                       match=r"not the expected 3.*rollback from version 3 to 2 was not done"):
+        rollback(reg, "toy", "production")
+    assert reg.alias("toy", "production").version == 1

@@ -1,15 +1,18 @@
 """Fixtures of the inference service tests: a local registry with prompts of three tasks built
 here, and the service started for real (uvicorn on 127.0.0.1, with the connection limits
 `softprompt serve` installs) on the tiny causal model, once with the default limits and once with
-limits short enough to watch them act. All are shared by every module of this package."""
+limits short enough to watch them act. The default one is reached through a raw httpx client
+(`server`) or the service's Python client (`client`, softprompt.client). All are shared by every
+module of this package."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
-from served_tasks import AUTH, TASKS, publish, serve_config
+from served_tasks import AUTH, TASKS, TOKEN, publish, serve_config
 
 from bench.server_thread import ServerThread
+from softprompt.client import Client
 from softprompt.registry import open_registry
 from softprompt.serve.http import create_app
 
@@ -26,13 +29,25 @@ def registry(tiny_causal, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def server(tiny_causal, registry):
+def served(tiny_causal, registry):
+    """The service with the default limits and the token, on 127.0.0.1 (a ServerThread)."""
     app = create_app(serve_config(), lm=tiny_causal, registry=registry)
-    with (
-        ServerThread(app) as srv,
-        httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as client,
-    ):
+    with ServerThread(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="package")
+def server(served):
+    """A raw httpx client of `served` that sends the token."""
+    with httpx.Client(base_url=served.url, headers=AUTH, timeout=60) as client:
         yield client
+
+
+@pytest.fixture(scope="package")
+def client(served):
+    """The Python client (softprompt.client) of `served`, with the token and no retries."""
+    with Client(served.url, token=TOKEN, timeout=60, retries=0) as sp:
+        yield sp
 
 
 # The strict server's limits: a second to send a request's head, a second for its body.

@@ -1,6 +1,6 @@
 """Request inputs (softprompt.serve.requests): rendered into the task's template (numbers as their
 text, objects only where the template reads a dotted field), refused with a message that names
-the field."""
+the field; a batch item is checked on its own, and its refusal never echoes its values."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from served_tasks import check_answer
 
 from softprompt.serve.config import TaskServing
-from softprompt.serve.requests import InputError, render_request
+from softprompt.serve.requests import ClassifyRequest, InputError, check_item, render_request
 from softprompt.serve.state import ReadOnlyRegistry, TaskState, load_task_state
 from softprompt.tasks import TaskSpec
 
 
-def test_plain_text_fills_a_one_field_template(server, tiny_causal, registry):
-    r = server.post("/v1/classify", json={"task": "senti", "input": "awful boring plot"})
-    assert r.status_code == 200 and not r.json()["truncated"]
-    check_answer(tiny_causal, registry, "senti", {"sentence": "awful boring plot"}, r.json())
+def test_plain_text_fills_a_one_field_template(client, tiny_causal, registry):
+    answer = client.classify("senti", "awful boring plot")
+    assert not answer.truncated
+    check_answer(tiny_causal, registry, "senti", {"sentence": "awful boring plot"}, answer)
 
 
 def test_render_request_fills_the_template_or_names_the_field(tiny_causal, registry):
@@ -65,16 +65,34 @@ def test_bad_input_is_refused_with_a_message(server, body, status, words):
         assert word in detail, (word, detail)
 
 
-def test_numbers_are_rendered_as_their_text(server, tiny_causal, registry):
+def test_numbers_are_rendered_as_their_text(client, tiny_causal, registry):
     """3 -> "3", 2.5 -> "2.5": the answer equals the one for the same text."""
     for number in (3, 2.5, -7):
-        r = server.post("/v1/classify", json={"task": "senti", "input": {"sentence": number}})
-        assert r.status_code == 200, r.text
-        check_answer(tiny_causal, registry, "senti", {"sentence": str(number)}, r.json())
+        answer = client.classify("senti", {"sentence": number})
+        check_answer(tiny_causal, registry, "senti", {"sentence": str(number)}, answer)
     nli = {"premise": "The fox jumps.", "hypothesis": 42}
-    r = server.post("/v1/classify", json={"task": "nli", "input": nli})
-    assert r.status_code == 200, r.text
-    check_answer(tiny_causal, registry, "nli", nli | {"hypothesis": "42"}, r.json())
+    answer = client.classify("nli", nli)
+    check_answer(tiny_causal, registry, "nli", nli | {"hypothesis": "42"}, answer)
+
+
+def test_check_item_accepts_a_request_or_names_what_is_wrong():
+    """A batch item becomes a ClassifyRequest, or one line naming each bad field without its
+    value (neither a lone surrogate nor a secret comes back)."""
+    item = check_item({"task": "senti", "input": {"sentence": "great"}})
+    assert isinstance(item, ClassifyRequest) and item.input == {"sentence": "great"}
+    refused = {
+        "input: Field required": {"task": "senti"},
+        "task: Input should be a valid string": {"task": 7, "input": "x"},
+        "secret: Extra inputs are not permitted": {"task": "s", "input": "x", "secret": "pw1"},
+        "numbers must be finite": {"task": "senti", "input": {"sentence": float("nan")}},
+        "input is not valid Unicode": {"task": "senti", "input": "a \ud800"},
+        "a valid dictionary": ["senti", "great"],
+    }
+    for words, raw in refused.items():
+        detail = check_item(raw)
+        assert isinstance(detail, str) and words in detail, (raw, detail)
+        assert "pw1" not in detail and "\ud800" not in detail
+        detail.encode("utf-8")  # always valid text
 
 
 def _dotted_state() -> TaskState:
