@@ -11,8 +11,9 @@ class ServerThread:
     """Runs the app under uvicorn in a background thread on an already-bound socket (port 0 picks
     a free one): for tests and benchmarks. Use as a context manager; `url` is the base URL.
 
-    The server gets the connection limits of the app's ServeConfig the way `softprompt serve`
-    sets them (softprompt.serve.protocol.uvicorn_options)."""
+    An inference service app (softprompt.serve.http) gets the connection limits of its
+    ServeConfig the way `softprompt serve` sets them (softprompt.serve.protocol.uvicorn_options);
+    any other ASGI app (the registry page of softprompt.webui) runs with uvicorn's defaults."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
@@ -23,7 +24,8 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        options = uvicorn_options(app.state.service.config)
+        service = getattr(getattr(app, "state", None), "service", None)
+        options = uvicorn_options(service.config) if service is not None else {}
         self.server = uvicorn.Server(
             uvicorn.Config(app, log_level="warning", lifespan="on", **options)
         )

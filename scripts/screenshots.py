@@ -157,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="softprompt-shots-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
+        from bench.server_thread import ServerThread
         from softprompt.registry import open_registry
-        from softprompt.webui import BackgroundServer, create_app, task_url
+        from softprompt.webui import create_app, task_url
 
         registry_dir, report = train_and_register(root, args.steps)
-        with BackgroundServer(create_app(open_registry(registry_dir))) as server:
+        with ServerThread(create_app(open_registry(registry_dir))) as server:
             screenshot(server.url + task_url("toy"), args.out / "registry-ui.png")
         screenshot(report.resolve().as_uri(), args.out / "evaluation-report.png")
     finally:

@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import socket
-import threading
-import time
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -304,36 +301,6 @@ def create_app(registry):
         Route("/tasks/{task}/{version:int}", guarded(version)),
         Route("/tasks/{task}/{version:int}/manifest.json", guarded(manifest_json)),
     ])
-
-
-class BackgroundServer:
-    """An app under uvicorn in a daemon thread on 127.0.0.1 (port 0 picks a free port), for
-    tests and scripts. Use as a context manager; `url` is the base URL."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> BackgroundServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server at {self.url} did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -12,8 +12,9 @@ import shutil
 
 import pytest
 
+from bench.server_thread import ServerThread
 from softprompt.registry import open_registry
-from softprompt.webui import BackgroundServer, create_app
+from softprompt.webui import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -93,7 +94,7 @@ def test_registry_page_in_chromium(browser, pipeline_run):
     registry = open_registry(pipeline_run["registry_uri"])
     manifest = registry.manifest("toy", "production")
     dev = f"{manifest.metrics['dev']['score']:.4f}"
-    with BackgroundServer(create_app(registry)) as srv:
+    with ServerThread(create_app(registry)) as srv:
         browser.get(srv.url + "/")
         assert browser.title == "Prompt registry"
         row = browser.find_element(By.XPATH, "//tr[td/a[text()='toy']]").text

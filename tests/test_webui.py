@@ -15,10 +15,10 @@ import httpx
 import pytest
 import torch
 
+from bench.server_thread import ServerThread
 from softprompt.cli import build_parser
 from softprompt.registry import open_registry
 from softprompt.webui import (
-    BackgroundServer,
     create_app,
     flatten,
     index_page,
@@ -130,7 +130,7 @@ def test_flatten_gives_dotted_keys_in_order():
 def test_served_pages_follow_the_registry(registry):
     """The app on 127.0.0.1 serves every page, the raw manifest, and 404 for what is missing;
     a promotion shows on the next request."""
-    with BackgroundServer(create_app(registry)) as srv, httpx.Client(base_url=srv.url) as client:
+    with ServerThread(create_app(registry)) as srv, httpx.Client(base_url=srv.url) as client:
         index = client.get("/")
         assert index.status_code == 200 and "text/html" in index.headers["content-type"]
         assert "/tasks/senti/2" in _Page(index.text).links
