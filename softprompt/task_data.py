@@ -204,6 +204,23 @@ def render_input(spec: TaskSpec, line: str, where: str) -> str:
     return _render(spec.template, {names[0]: stripped}, where)
 
 
+def _example(spec: TaskSpec, row: dict, where: str) -> Example:
+    """One raw row as an example: its label checked, its input rendered through the template."""
+    raw_label = label_key(_lookup(row, spec.label_field, where))
+    if raw_label not in spec.labels:
+        raise TaskDataError(
+            f"{where}: field {spec.label_field!r} has unknown label {clip(repr(raw_label))}; "
+            f"legal labels: {', '.join(spec.labels)}"
+        )
+    text = _render(spec.template, row, where)
+    if not text:
+        raise TaskDataError(f"{where}: the template renders an empty input")
+    group = row.get("group")
+    if group is not None and not isinstance(group, str):
+        raise TaskDataError(f"{where}: field 'group' must be text, got {type(group).__name__}")
+    return Example(text, spec.labels[raw_label], group, where)
+
+
 def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list[Example]:
     """Reads one data file into examples; every error names the file, line and field."""
     if not path.exists():
@@ -215,22 +232,7 @@ def read_examples(spec: TaskSpec, path: Path, stats: dict | None = None) -> list
         rows = _read_tsv(path, spec, skipped)
     else:
         rows = _read_multirc(path)
-    examples = []
-    for lineno, row in rows:
-        where = f"{path}:{lineno}"
-        raw_label = label_key(_lookup(row, spec.label_field, where))
-        if raw_label not in spec.labels:
-            raise TaskDataError(
-                f"{where}: field {spec.label_field!r} has unknown label {clip(repr(raw_label))}; "
-                f"legal labels: {', '.join(spec.labels)}"
-            )
-        text = _render(spec.template, row, where)
-        if not text:
-            raise TaskDataError(f"{where}: the template renders an empty input")
-        group = row.get("group")
-        if group is not None and not isinstance(group, str):
-            raise TaskDataError(f"{where}: field 'group' must be text, got {type(group).__name__}")
-        examples.append(Example(text, spec.labels[raw_label], group, where))
+    examples = [_example(spec, row, f"{path}:{lineno}") for lineno, row in rows]
     if stats is not None:
         stats.setdefault("skipped_rows", []).extend(skipped)
     return examples
@@ -293,15 +295,6 @@ def load_task_from_hub(spec: TaskSpec) -> dict[str, list[Example]]:
     data = {}
     for split, hub_split in spec.hub.get("splits", {}).items():
         rows = load_dataset(spec.hub["path"], spec.hub.get("name"), split=hub_split)
-        data[split] = []
-        for i, row in enumerate(rows):
-            where = f"{spec.hub['path']}/{spec.hub.get('name')}[{hub_split}]:{i}"
-            raw_label = label_key(_lookup(row, spec.label_field, where))
-            if raw_label not in spec.labels:
-                raise TaskDataError(
-                    f"{where}: unknown label {clip(repr(raw_label))}; "
-                    f"legal labels: {', '.join(spec.labels)}"
-                )
-            text = _render(spec.template, row, where)
-            data[split].append(Example(text, spec.labels[raw_label], None, where))
+        where = f"{spec.hub['path']}/{spec.hub.get('name')}[{hub_split}]"
+        data[split] = [_example(spec, dict(row), f"{where}:{i}") for i, row in enumerate(rows)]
     return data

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from softprompt.task_data import load_task, render_input
+from softprompt.task_data import load_task, load_task_from_hub, render_input
 from softprompt.tasks import TaskDataError, load_spec, parse_spec
 
 ALL_TASKS = ["boolq", "cb", "copa", "rte", "wic", "wsc", "multirc", "mrpc", "qqp", "sst2"]
@@ -228,3 +228,30 @@ def test_multirc_row_faults_name_the_file_and_line(tmp_path, row, message):
         (tmp_path / "multirc" / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(TaskDataError, match=r"multirc/train\.jsonl:1: .*" + message):
         load_task(spec, tmp_path)
+
+
+def test_hub_rows_become_examples_by_the_same_rules(monkeypatch):
+    """The hub source (needs internet, so `datasets.load_dataset` is stood in for here by rows of
+    the same shape) yields the examples local files would, and names the hub split and row of a
+    bad one."""
+    import datasets
+
+    spec = load_spec("sst2")
+    calls = []
+
+    def rows(path, name, split):
+        calls.append((path, name, split))
+        if split == "validation":
+            return [{"sentence": "a gripping film", "label": 1, "idx": 0}]
+        return [{"sentence": "dull", "label": 0, "idx": 0}, {"sentence": "odd", "label": 5}]
+
+    monkeypatch.setattr(datasets, "load_dataset", rows)
+    spec.hub = {"path": "glue", "name": "sst2", "splits": {"test": "validation"}}
+    data = load_task_from_hub(spec)
+    assert calls == [("glue", "sst2", "validation")]
+    assert [(e.input, e.target, e.source) for e in data["test"]] == [
+        ("Review: a gripping film\nSentiment:", "positive", "glue/sst2[validation]:0")]
+    spec.hub["splits"] = {"train": "train"}
+    with pytest.raises(TaskDataError, match=r"glue/sst2\[train\]:1: field 'label' has unknown "
+                                            r"label '5'"):
+        load_task_from_hub(spec)
