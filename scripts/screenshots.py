@@ -18,7 +18,6 @@ Needs Debian's chromium and chromium-driver (`make setup`).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -27,50 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from conftest import TOY_SPEC, _toy_rows, corpus  # noqa: E402
+from conftest import build_tiny_causal, write_toy_task  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WINDOW = (1200, 800)
-
-
-def build_tiny_model(out: Path) -> Path:
-    """A 2-layer Llama (hidden size 32) with a byte-level BPE tokenizer trained on the toy
-    corpus, saved under `out`, the same model the tests use."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", pad_token="</s>")
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
-
-
-def write_toy_task(root: Path) -> Path:
-    """The toy task's splits under root/data and its spec file; returns the spec's path."""
-    import yaml
-
-    (root / "data" / "toy").mkdir(parents=True)
-    for split, (n, seed) in {"train": (96, 1), "dev": (32, 2), "test": (32, 3)}.items():
-        rows = "".join(json.dumps(r) + "\n" for r in _toy_rows(n, seed))
-        (root / "data" / "toy" / f"{split}.jsonl").write_text(rows)
-    spec_path = root / "toy.yaml"
-    spec_path.write_text(yaml.safe_dump(TOY_SPEC))
-    return spec_path
 
 
 def train_and_register(root: Path, steps: int) -> tuple[Path, Path]:
@@ -87,8 +47,8 @@ def train_and_register(root: Path, steps: int) -> tuple[Path, Path]:
     from softprompt.training.config import TrainConfig
     from softprompt.training.prompt_tuning import train
 
-    model = build_tiny_model(root / "model")
-    spec_path = write_toy_task(root)
+    model = build_tiny_causal(root / "model")
+    spec_path = write_toy_task(root)["spec_path"]
     spec = load_spec(spec_path)
     runs = []
     for seed, init in ((0, "class_label"), (1, "sampled_vocab")):

@@ -7,6 +7,7 @@ and field, on anything malformed. The readers know three formats (jsonl, tsv, mu
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -169,19 +170,26 @@ def _field_text(value: object, name: str, where: str) -> str:
     )
 
 
-def _fields(template: str, where: str) -> list[str]:
-    """template_fields, its VerbalizerError a TaskDataError at `where`."""
+@functools.lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
+    """(literal text, field name or None) pairs of a template that follows
+    softprompt.verbalizer's rules; parsed and checked once per template, not once per row."""
+    template_fields(template)
+    return tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(template))
+
+
+def _parts(template: str, where: str) -> tuple[tuple[str, str | None], ...]:
+    """_template_parts, its VerbalizerError a TaskDataError at `where`."""
     try:
-        return template_fields(template)
+        return _template_parts(template)
     except VerbalizerError as err:
         raise TaskDataError(f"{where}: {clip(str(err))}") from err
 
 
 def _render(template: str, row: dict, where: str) -> str:
     """`template` filled from `row`; the template follows softprompt.verbalizer's rules."""
-    _fields(template, where)
     out = []
-    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+    for literal, name in _parts(template, where):
         out.append(literal)
         if name is not None:
             out.append(_field_text(_lookup(row, name, where), name, where))
@@ -198,7 +206,7 @@ def render_input(spec: TaskSpec, line: str, where: str) -> str:
         if not isinstance(row, dict):
             raise TaskDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         return _render(spec.template, row, where)
-    names = list(dict.fromkeys(_fields(spec.template, where)))
+    names = list(dict.fromkeys(name for _, name in _parts(spec.template, where) if name))
     if len(names) != 1:
         raise TaskDataError(f"{where}: task {spec.name} needs a JSON object with fields {names}")
     return _render(spec.template, {names[0]: stripped}, where)

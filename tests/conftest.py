@@ -63,10 +63,15 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory) -> Path:
+    return build_tiny_causal(tmp_path_factory.mktemp("tiny_causal"))
+
+
+def build_tiny_causal(out: Path) -> Path:
+    """A 2-layer Llama (hidden size 32) with a byte-level BPE tokenizer trained on the toy
+    corpus, saved under `out` (the tests' tiny causal model; scripts/screenshots.py uses it too)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    out = tmp_path_factory.mktemp("tiny_causal")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -194,15 +199,21 @@ TOY_SPEC = {
 @pytest.fixture()
 def toy_task(tmp_path) -> dict:
     """{'data_dir', 'tasks_dir', 'spec_path'} for the synthetic task `toy`."""
+    return write_toy_task(tmp_path)
+
+
+def write_toy_task(root: Path, sizes: tuple[int, int, int] = (96, 32, 32)) -> dict:
+    """The task `toy` under `root`: `sizes` train/dev/test rows in root/data/toy/ and its spec
+    root/tasks/toy.yaml. Returns {'data_dir', 'tasks_dir', 'spec_path'}."""
     import yaml
 
-    data_dir = tmp_path / "data"
+    data_dir = root / "data"
     (data_dir / "toy").mkdir(parents=True)
-    for split, (n, seed) in {"train": (96, 1), "dev": (32, 2), "test": (32, 3)}.items():
+    for split, n, seed in zip(("train", "dev", "test"), sizes, (1, 2, 3), strict=True):
         with (data_dir / "toy" / f"{split}.jsonl").open("w") as f:
             for row in _toy_rows(n, seed):
                 f.write(json.dumps(row) + "\n")
-    tasks_dir = tmp_path / "tasks"
+    tasks_dir = root / "tasks"
     tasks_dir.mkdir()
     spec_path = tasks_dir / "toy.yaml"
     spec_path.write_text(yaml.safe_dump(TOY_SPEC))

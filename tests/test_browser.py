@@ -54,20 +54,12 @@ def browser():
 def pipeline_run(tiny_causal_dir, tmp_path_factory) -> dict:
     """The prompt-tuning pipeline on kfp.local: 2 prompts of the toy task, registered in
     `<root>/registry` (production moves to version 1), with its evaluation report."""
-    import json
-
-    import yaml
-    from conftest import TOY_SPEC, _toy_rows
+    from conftest import write_toy_task
 
     from components.runner import run_prompt_tuning
 
     root = tmp_path_factory.mktemp("browser")
-    (root / "data" / "toy").mkdir(parents=True)
-    for split, (n, seed) in {"train": (64, 1), "dev": (16, 2), "test": (16, 3)}.items():
-        rows = "".join(json.dumps(r) + "\n" for r in _toy_rows(n, seed))
-        (root / "data" / "toy" / f"{split}.jsonl").write_text(rows)
-    spec_path = root / "toy.yaml"
-    spec_path.write_text(yaml.safe_dump(TOY_SPEC))
+    spec_path = write_toy_task(root, sizes=(64, 16, 16))["spec_path"]
     params = {
         "base_model": str(tiny_causal_dir), "data_dir": str(root / "data"),
         "prompt_configs": [{"seed": 0, "init": "class_label"},

@@ -23,16 +23,10 @@ from softprompt.training.prompt_tuning import train
 @pytest.fixture(scope="module")
 def two_runs(tiny_causal_dir, tmp_path_factory):
     """Two short training runs of the toy task (class-label and sampled-vocab inits)."""
-    import yaml
-    from conftest import TOY_SPEC, _toy_rows  # the toy task, built once for the module
+    from conftest import write_toy_task  # the toy task, built once for the module
 
     root = tmp_path_factory.mktemp("eval")
-    (root / "data" / "toy").mkdir(parents=True)
-    for split, (n, seed) in {"train": (48, 1), "dev": (16, 2), "test": (16, 3)}.items():
-        rows = "".join(json.dumps(r) + "\n" for r in _toy_rows(n, seed))
-        (root / "data" / "toy" / f"{split}.jsonl").write_text(rows)
-    spec_path = root / "toy.yaml"
-    spec_path.write_text(yaml.safe_dump(TOY_SPEC))
+    spec_path = write_toy_task(root, sizes=(48, 16, 16))["spec_path"]
     runs = []
     for seed, init in ((0, "class_label"), (1, "sampled_vocab")):
         config = TrainConfig(task=str(spec_path), model=str(tiny_causal_dir), batch_size=8,
