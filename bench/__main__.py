@@ -21,6 +21,7 @@ BENCHMARKS = (
     "ensemble_batch",
     "mixed_tasks",
     "memory",
+    "time_to_accuracy",
 )
 
 

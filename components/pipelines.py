@@ -34,8 +34,9 @@ prompt-tuning parameters:
   prompt_configs: one prompt per item, trained in parallel: {"seed": int,
       "init": class_label | sampled_vocab | random_uniform | text, "init_text": str}.
   prompt_length: P, prompt vectors per prompt (paper: 100; 20 is cheap and close).
-  optimizer, lr: adafactor | adamw | sgd, and its learning rate (paper: Adafactor, 0.3).
-  batch_size, micro_batch_size: examples per optimizer step, and per forward (accumulated).
+  recipe: stable | paper: the default lr, warmup, batch and norm cap (softprompt.training.recipe).
+  optimizer, lr: adafactor | adamw | sgd, and its learning rate (0 = the recipe's).
+  batch_size, micro_batch_size: examples per optimizer step (0 = the recipe's), and per forward.
   max_steps, max_minutes: step budget, and wall-clock budget per prompt (0 = none).
   eval_every, patience, eval_max_examples: dev evaluation every K steps on at most this many dev
       examples (0 = all); stop after `patience` evaluations without a new best (0 = never).
@@ -184,6 +185,7 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         base_model: str = TRAIN.base_model,
         prompt_configs: list = DEFAULT_PROMPT_CONFIGS,
         prompt_length: int = TRAIN.prompt_length,
+        recipe: str = TRAIN.recipe,
         optimizer: str = TRAIN.optimizer,
         lr: float = TRAIN.lr,
         batch_size: int = TRAIN.batch_size,

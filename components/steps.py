@@ -116,6 +116,7 @@ def train_prompt(
     base_model: str,
     prompt_config: dict,
     prompt_length: int,
+    recipe: str,
     optimizer: str,
     lr: float,
     batch_size: int,
@@ -283,7 +284,8 @@ def register_prompt(
 ) -> NamedTuple("Registration", [("version", int), ("promoted", bool)]):
     """Registers the ensemble's best prompt (by dev score) always; moves `alias` to it only if
     its dev score beats the alias's current prompt by more than `min_improvement` (or if the
-    task has no such alias yet), by compare-and-swap (softprompt.registry.promotion)."""
+    task has no such alias yet) and is not below the template alone's (zero-shot) dev score, by
+    compare-and-swap (softprompt.registry.promotion)."""
     import json
     from collections import namedtuple
 
@@ -303,6 +305,8 @@ def register_prompt(
         {k: record[k] for k in ("registry_uri", "task", "version", "alias", "promoted",
                                 "decision")},
         dev_score=scores["selected"]["dev"]["score"])
+    if record["zero_shot_dev"] is not None:
+        registration.metadata["zero_shot_dev"] = record["zero_shot_dev"]
     print(record["decision"])
     registered = namedtuple("Registration", ["version", "promoted"])
     return registered(record["version"], record["promoted"])

@@ -5,10 +5,15 @@ and every member on dev in one pass; `ensemble_on_test` scores them on test and 
 person reads: the summary the quality gate uses, the confusion matrix, and a self-contained HTML
 report (scores, confusion matrix, each member's learning curve and nearest tokens).
 
+Both stages also score the template alone (zero-shot: the frozen LM with no soft prompt, a [0, E]
+prompt) on the same examples. A trained prompt that scores below it is worse than no prompt at
+all, and the quality gate (softprompt.registry.promotion) refuses to promote it.
+
 Ensemble folder layout:
   members/<i>/     a copy of run i (config.json, metrics.jsonl, prompt.safetensors, result.json)
   ensemble.json    the summary: members with their dev (and, after evaluation, test) scores,
-                   the ensemble's, and the member selected by dev score
+                   the ensemble's, the template alone's ("zero_shot"), and the member
+                   selected by dev score
 """
 
 from __future__ import annotations
@@ -17,19 +22,38 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from softprompt.tasks import Example, TaskSpec
 
 SUMMARY_FILE = "ensemble.json"
 
 
+class Scored(NamedTuple):
+    """One split's scores: the ensemble's (softprompt.ensemble.ensemble_evaluate) and the
+    template alone's metrics (softprompt.scoring.evaluate with no prompt), None when skipped."""
+
+    scores: dict
+    zero_shot: dict | None
+
+
 def _score(lm, prompts: list, spec: TaskSpec, examples: list[Example], max_input_tokens: int,
-           batch_size: int) -> dict:
+           batch_size: int, zero_shot: bool) -> Scored:
+    """Scores `prompts` on `examples` and, when `zero_shot`, the template alone on the same
+    encoded examples with the same batch size."""
+    import torch
+
     from softprompt.ensemble import ensemble_evaluate
-    from softprompt.scoring import encode_examples
+    from softprompt.scoring import encode_examples, evaluate
 
     encoded = encode_examples(lm, examples, max_input_tokens)
-    return ensemble_evaluate(lm, prompts, spec, examples, encoded, batch_size=batch_size)
+    scores = ensemble_evaluate(lm, prompts, spec, examples, encoded, batch_size=batch_size)
+    if not zero_shot:
+        return Scored(scores, None)
+    # A [0, E] prompt puts nothing between the template and the model, as `softprompt evaluate`
+    # does without --prompt.
+    alone = evaluate(lm, torch.zeros(0, lm.dim), spec, examples, encoded, batch_size=batch_size)
+    return Scored(scores, {k: v for k, v in alone.items() if k != "predictions"})
 
 
 def _aggregate(scores: dict) -> dict:
@@ -53,12 +77,12 @@ def ensemble_on_dev(spec: TaskSpec, lm, runs: list[tuple[str, str]], dev: list[E
             config = json.load(f)
         members.append({"index": i, "name": name, "seed": config["seed"],
                         "init": config["prompt"]["init"], "dir": f"members/{i}"})
-    scores = _score(lm, prompts, spec, dev, max_input_tokens, batch_size)
+    scores, zero_shot = _score(lm, prompts, spec, dev, max_input_tokens, batch_size, True)
     for member, member_scores in zip(members, scores["per_prompt"], strict=True):
         member["dev"] = member_scores
     best = max(range(len(members)), key=lambda i: scores["per_prompt"][i]["score"])
     summary = {"task": spec.name, "metric": spec.metric, "members": members,
-               "best_member": best, "dev": _aggregate(scores)}
+               "best_member": best, "dev": _aggregate(scores), "zero_shot": {"dev": zero_shot}}
     with open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -99,7 +123,10 @@ def member_curve(member_dir: str) -> list[dict]:
 def ensemble_on_test(spec: TaskSpec, lm, ensemble_dir: str, test: list[Example],
                      max_input_tokens: int, batch_size: int, nearest_k: int,
                      base_model: str) -> Evaluation:
-    """Scores every member and the ensemble of `ensemble_dir` on `test`, and reports them."""
+    """Scores every member and the ensemble of `ensemble_dir` on `test`, and reports them.
+
+    The template alone is scored on `test` as well when the summary holds its dev score. A
+    summary written before zero-shot scoring existed evaluates without it."""
     from softprompt.interpret import nearest_tokens
     from softprompt.prompt import load_prompt
     from softprompt.report import evaluation_html
@@ -109,7 +136,9 @@ def ensemble_on_test(spec: TaskSpec, lm, ensemble_dir: str, test: list[Example],
     members = summary["members"]
     prompts = [load_prompt(os.path.join(ensemble_dir, m["dir"], "prompt.safetensors"))
                for m in members]
-    scores = _score(lm, prompts, spec, test, max_input_tokens, batch_size)
+    has_zero_shot = "zero_shot" in summary
+    scores, zero_shot = _score(lm, prompts, spec, test, max_input_tokens, batch_size,
+                               has_zero_shot)
     for member, member_scores in zip(members, scores["per_prompt"], strict=True):
         member["test"] = member_scores
     best = summary["best_member"]
@@ -126,6 +155,10 @@ def ensemble_on_test(spec: TaskSpec, lm, ensemble_dir: str, test: list[Example],
     }
     for i, member_scores in enumerate(scores["per_prompt"]):
         values[f"test_prompt_{i}"] = member_scores["score"]
+    if has_zero_shot:
+        summary["zero_shot"]["test"] = zero_shot
+        values["dev_zero_shot"] = summary["zero_shot"]["dev"]["score"]
+        values["test_zero_shot"] = zero_shot["score"]
     labels = spec.label_words
     matrix = confusion_matrix(labels, [e.target for e in test], scores["predictions"])
     neighbours = [nearest_tokens(lm, prompt, k=nearest_k) for prompt in prompts]

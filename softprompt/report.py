@@ -204,7 +204,7 @@ REPORT_CSS = (
     "th,td{border:1px solid #ccc;padding:3px 9px;text-align:right}"
     "th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
     "td.text,th.text{text-align:left}tr.aggregate td{font-weight:bold;background:#fafafa}"
-    "td.hit{background:#e3f1e3}"
+    "td.hit{background:#e3f1e3}tr.baseline td{font-style:italic;color:#555}"
     ".headline{font-size:1.3em}figure{margin:0 0 1.5em}figcaption{color:#555}"
 )
 
@@ -222,7 +222,8 @@ def _table(head: list[str], rows: list[list[str]], row_class: list[str] | None =
 
 
 def _score_rows(summary: dict) -> tuple[list[list[str]], list[str]]:
-    """Rows of the scores table (each prompt, then the aggregates) and their CSS classes."""
+    """Rows of the scores table (each prompt, then the aggregates, then the template alone when
+    the summary has its scores) and their CSS classes."""
     esc = html.escape
     selected = summary["selected"]["member"]
     rows, classes = [], []
@@ -239,6 +240,14 @@ def _score_rows(summary: dict) -> tuple[list[list[str]], list[str]]:
             dev, test = dev["score"], test["score"]
         rows.append([label, "", "", f"{dev:.4f}", f"{test:.4f}"])
         classes.append("aggregate")
+    # The floor every prompt should clear: the frozen LM with the template and no soft prompt.
+    # Summaries written before it was scored have no such row.
+    zero_shot = summary.get("zero_shot") or {}
+    if zero_shot:
+        cells = [f"{zero_shot[split]['score']:.4f}" if split in zero_shot else "-"
+                 for split in ("dev", "test")]
+        rows.append(["template alone (zero-shot)", "", "", *cells])
+        classes.append("baseline")
     return rows, classes
 
 
@@ -268,10 +277,11 @@ def evaluation_html(summary: dict, base_model: str, labels: list[str],
                     confusion: list[list[int]], neighbours: list[list[list[tuple[str, float]]]],
                     n_test: int, tie_break: str, curves: list[list[dict]] | None = None) -> str:
     """The evaluation report of an ensemble (softprompt.evaluation), one self-contained HTML page
-    (inline CSS and SVG, nothing fetched): per-prompt and ensemble dev/test scores, the
-    ensemble's confusion matrix on test, each prompt's learning curve (`curves[i]`, the records
-    of member i's metrics.jsonl; None leaves the section out) and each prompt's nearest
-    vocabulary tokens (`neighbours[i][position]` = [(token, cosine), ...])."""
+    (inline CSS and SVG, nothing fetched): per-prompt and ensemble dev/test scores (and the
+    template alone's, zero-shot, when the summary has them), the ensemble's confusion matrix
+    on test, each prompt's learning curve (`curves[i]`, the records of member i's metrics.jsonl;
+    None leaves the section out) and each prompt's nearest vocabulary tokens
+    (`neighbours[i][position]` = [(token, cosine), ...])."""
     esc = html.escape
     members = summary["members"]
     rows, classes = _score_rows(summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from softprompt.ensemble import ensemble_evaluate
 from softprompt.evaluation import (
@@ -13,7 +14,7 @@ from softprompt.evaluation import (
     ensemble_on_test,
     member_curve,
 )
-from softprompt.scoring import encode_examples
+from softprompt.scoring import encode_examples, evaluate
 from softprompt.task_data import load_task
 from softprompt.tasks import load_spec
 from softprompt.training.config import TrainConfig
@@ -70,6 +71,44 @@ def test_dev_then_test_scores_match_one_ensemble_pass(two_runs, tiny_causal, tmp
     # Each member's learning curve, drawn from the metrics.jsonl copied into the ensemble.
     assert "<h2>Learning curves</h2>" in result.html and result.html.count("<svg ") == 2
     assert "prompt 1 (sampled_vocab, seed 1)" in result.html and "no data" not in result.html
+
+
+def test_the_template_alone_is_scored_on_the_same_examples(two_runs, tiny_causal, tmp_path):
+    """Dev and test both score the frozen LM with no prompt ([0, E]), as softprompt.scoring
+    evaluates it, and the report shows it beside the prompts."""
+    spec, data = two_runs["spec"], two_runs["data"]
+    summary = ensemble_on_dev(spec, tiny_causal, two_runs["runs"], data["dev"], str(tmp_path),
+                              max_input_tokens=64, batch_size=8)
+    empty = torch.zeros(0, tiny_causal.dim)
+
+    def alone(split: str) -> dict:
+        encoded = encode_examples(tiny_causal, data[split], 64)
+        return evaluate(tiny_causal, empty, spec, data[split], encoded, batch_size=8)
+
+    assert summary["zero_shot"] == {"dev": alone("dev")}
+    written = json.loads((tmp_path / "ensemble.json").read_text())
+    assert written["zero_shot"] == {"dev": alone("dev")}
+    result = ensemble_on_test(spec, tiny_causal, str(tmp_path), data["test"], 64, 8, nearest_k=2,
+                              base_model="tiny")
+    assert result.summary["zero_shot"] == {"dev": alone("dev"), "test": alone("test")}
+    assert result.values["dev_zero_shot"] == alone("dev")["score"]
+    assert result.values["test_zero_shot"] == alone("test")["score"]
+    assert "template alone (zero-shot)" in result.html
+
+
+def test_a_summary_without_zero_shot_still_evaluates(two_runs, tiny_causal, tmp_path):
+    """An ensemble.json written before the template alone was scored gives no zero-shot values
+    and no zero-shot row."""
+    spec, data = two_runs["spec"], two_runs["data"]
+    summary = ensemble_on_dev(spec, tiny_causal, two_runs["runs"], data["dev"], str(tmp_path),
+                              max_input_tokens=64, batch_size=8)
+    del summary["zero_shot"]
+    (tmp_path / "ensemble.json").write_text(json.dumps(summary))
+    result = ensemble_on_test(spec, tiny_causal, str(tmp_path), data["test"], 64, 8, nearest_k=2,
+                              base_model="tiny")
+    assert "zero_shot" not in result.summary
+    assert not any("zero_shot" in key for key in result.values)
+    assert "zero-shot" not in result.html and "test_ensemble" in result.values
 
 
 def test_member_curve_reads_the_log_or_gives_nothing(two_runs, tmp_path):

@@ -184,6 +184,19 @@ def test_evaluation_report_is_one_self_contained_page():
     assert _evaluation([_records(), []]) == html  # deterministic
 
 
+def test_evaluation_report_shows_the_template_alone_when_scored():
+    """A summary with the zero-shot scores gets their row after the aggregates; one without it
+    (written before they were scored) has no such row."""
+    summary = _summary()
+    summary["zero_shot"] = {"dev": {"score": 0.5625, "n": 16}, "test": {"score": 0.375, "n": 8}}
+    neighbours = [[[("good", 0.5)]] * 4] * 2
+    html = evaluation_html(summary, "tiny", ["negative", "positive"], [[3, 1], [0, 4]],
+                           neighbours, 8, "lowest index")
+    assert ('<tr class="baseline"><td>template alone (zero-shot)</td><td></td><td></td>'
+            "<td>0.5625</td><td>0.3750</td></tr>" in html)
+    assert "zero-shot" not in _evaluation()
+
+
 def test_evaluation_report_without_curves_leaves_the_section_out():
     html = _evaluation()
     assert "Learning curves" not in html and "<svg" not in html

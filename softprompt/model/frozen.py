@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +42,13 @@ class ModelOptions:
     # Training rows end to end in one sequence instead of padded (see softprompt.model.packing):
     # None = whenever the cost model in `packing.packs_rows` says it saves work.
     pack_rows: bool | None = None
+
+
+class VocabScale(NamedTuple):
+    """The scale of the embedded vocabulary: prompts are judged and trained against it."""
+
+    max_row_norm: float  # the largest row norm
+    entry_rms: float  # the root mean square of all entries (a row's norm over sqrt(E))
 
 
 @dataclass
@@ -163,17 +172,23 @@ class FrozenLM(nn.Module):
         return out[:k]
 
     @functools.cached_property
-    def vocab_max_norm(self) -> float:
-        """The largest row norm of the embedded vocabulary: the scale a prompt's rows are judged
-        against (softprompt.prompt.prompt_norm). Embedded in chunks, so a large vocabulary never
-        needs a second full copy of the matrix."""
-        largest = 0.0
+    def vocab_scale(self) -> VocabScale:
+        """How large the embedded vocabulary's rows and entries are, in one pass. Embedded in
+        chunks, so a large vocabulary never needs a second full copy of the matrix."""
+        largest, squares = 0.0, 0.0
         with torch.no_grad():
             for start in range(0, self.vocab_size, 8192):
                 ids = torch.arange(start, min(start + 8192, self.vocab_size))
                 rows = self.embed(ids).float()  # [chunk, E]
                 largest = max(largest, float(rows.norm(dim=1).max()))
-        return largest
+                squares += float(rows.double().pow(2).sum())
+        return VocabScale(largest, math.sqrt(squares / (self.vocab_size * self.dim)))
+
+    @property
+    def vocab_max_norm(self) -> float:
+        """The largest row norm of the embedded vocabulary: the scale a prompt's rows are judged
+        against (softprompt.prompt.prompt_norm)."""
+        return self.vocab_scale.max_row_norm
 
     @functools.cached_property
     def fingerprint(self) -> str:

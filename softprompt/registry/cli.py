@@ -62,6 +62,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
             f"{norm.get('ratio', 0):.4g} times the vocabulary's; the run diverged, so it is not "
             "pushed"
         )
+    if args.alias:
+        from softprompt.registry.promotion import refuse_below_zero_shot
+
+        refuse_below_zero_shot(lineage["metrics"], Path(args.run_dir) / "result.json", args.alias)
     prompt = load_prompt(Path(args.run_dir) / "prompt.safetensors")
     reg = _open(args)
     m = reg.publish(task, prompt, lineage)

@@ -97,8 +97,8 @@ def lineage_from_run(run_dir: str | Path, dataset_version: str | None = None,
                 f"{run / 'config.json'}: cannot load task spec {config.get('task')!r} "
                 f"for label words ({err})"
             ) from err
-    metric_names = ("dev", "test", "best_step", "steps", "stop_reason", "train_seconds",
-                    "prompt_norm")
+    metric_names = ("dev", "test", "zero_shot", "recipe", "best_step", "steps", "stop_reason",
+                    "train_seconds", "check_seconds", "prompt_norm")
     metrics = {k: result[k] for k in metric_names if k in result}
     return {
         "task": result["task"],

@@ -6,7 +6,9 @@ alias (`production`) moves to it only if its dev score beats the alias's current
 than `min_improvement`, or if the alias points nowhere yet. The move is a compare-and-swap on the
 alias's version, so a concurrent promotion fails this one instead of being overwritten. A prompt
 whose norm exploded (its training result's `prompt_norm`, see softprompt.prompt.prompt_norm) is
-published but never promoted, whatever its score.
+published but never promoted, whatever its score. Nor is a prompt whose dev score is below the
+template alone's (zero-shot: the frozen LM with no soft prompt, scored by softprompt.evaluation
+on the same dev examples), whatever the alias holds: such a prompt is worse than no prompt.
 
 A rollback (`rollback`) moves an alias back to the version it pointed at before its last move,
 and a second rollback goes one further back rather than return to where the first one started:
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from softprompt.registry.errors import AliasConflictError, NotFoundError
+from softprompt.registry.errors import AliasConflictError, InvalidArtifactError, NotFoundError
 from softprompt.registry.lineage import lineage_from_run
 from softprompt.registry.records import AliasState, Manifest
 from softprompt.registry.registry import Registry
@@ -27,54 +29,77 @@ from softprompt.registry.registry import Registry
 
 @dataclass(frozen=True)
 class GateDecision:
-    """Whether the alias moves to the new version, and a sentence saying why."""
+    """Whether the alias moves to the new version, and a sentence saying why.
+
+    `below_zero_shot` is set when the new dev score is below the template alone's, the reason
+    then names that zero-shot score."""
 
     promoted: bool
     reason: str
     previous_version: int | None
     previous_score: float | None
+    below_zero_shot: bool = False
 
 
 def quality_gate(new_score: float, current: Manifest | None, alias: str,
-                 min_improvement: float, prompt_norm: dict | None = None) -> GateDecision:
-    """Promote when the alias has no prompt, or no dev score to beat, or a lower one; never when
-    `prompt_norm` (the training result's record) says the prompt exploded."""
+                 min_improvement: float, prompt_norm: dict | None = None,
+                 zero_shot_score: float | None = None) -> GateDecision:
+    """Promote when the alias has no prompt, or no dev score to beat, or a lower one. Never when
+    `prompt_norm` (the training result's record) says the prompt exploded, nor when `new_score`
+    is below `zero_shot_score` (the template alone's dev score), checked in that order."""
+    kept = None if current is None else current.version
+    kept_score = None if current is None else current.metrics.get("dev", {}).get("score")
     if prompt_norm is not None and prompt_norm.get("exploded", False):
-        kept = None if current is None else current.version
-        score = None if current is None else current.metrics.get("dev", {}).get("score")
         ratio = prompt_norm.get("ratio")
         reason = (f"the new prompt's norm exploded ({ratio:.4g} times the vocabulary's largest "
                   "row); refused")
-        return GateDecision(False, reason, kept, score)
+        return GateDecision(False, reason, kept, kept_score)
+    if zero_shot_score is not None and new_score < zero_shot_score:
+        reason = f"the template alone (zero-shot dev {zero_shot_score:.4f}); refused"
+        return GateDecision(False, reason, kept, kept_score, below_zero_shot=True)
     if current is None:
         return GateDecision(True, f"{alias} had no prompt", None, None)
-    score = current.metrics.get("dev", {}).get("score")
-    if score is None:
-        return GateDecision(True, f"{alias} v{current.version} has no dev score",
-                            current.version, None)
-    reason = f"{alias} v{current.version} dev {score:.4f} + min_improvement {min_improvement}"
-    return GateDecision(new_score > score + min_improvement, reason, current.version, score)
+    if kept_score is None:
+        return GateDecision(True, f"{alias} v{kept} has no dev score", kept, None)
+    reason = f"{alias} v{kept} dev {kept_score:.4f} + min_improvement {min_improvement}"
+    return GateDecision(new_score > kept_score + min_improvement, reason, kept, kept_score)
+
+
+def refuse_below_zero_shot(metrics: dict, where, alias: str) -> None:
+    """Raises InvalidArtifactError when a run's metrics (its result.json, at `where`) show a dev
+    score below the template alone's: an alias never moves to a prompt worse than no prompt."""
+    dev = (metrics.get("dev") or {}).get("score")
+    zero_shot = ((metrics.get("zero_shot") or {}).get("dev") or {}).get("score")
+    if dev is not None and zero_shot is not None and dev < zero_shot:
+        raise InvalidArtifactError(
+            f"{where}: dev score {dev:.4f} is below the template alone's ({zero_shot:.4f}); not "
+            f"pushed to alias {alias!r} (push without --alias to keep it in the registry)"
+        )
 
 
 def register_with_gate(registry: Registry, task: str, prompt, lineage: dict, new_score: float,
-                       alias: str, min_improvement: float) -> dict:
-    """Publishes `prompt` [P, E] with `lineage`, then moves `alias` to it if the gate passes.
+                       alias: str, min_improvement: float,
+                       zero_shot_score: float | None = None) -> dict:
+    """Publishes `prompt` [P, E] with `lineage`, then moves `alias` to it if the gate passes
+    (`zero_shot_score`: the template alone's dev score, the least a promoted prompt reaches).
 
     Returns the registration record: task, version, alias, promoted, decision (a sentence),
-    previous ({"version", "dev_score"} or None), manifest (dict) and manifest_uri."""
+    previous ({"version", "dev_score"} or None), zero_shot_dev, manifest (dict) and
+    manifest_uri."""
     try:
         current = registry.manifest(task, alias)
     except NotFoundError:
         current = None
     manifest = registry.publish(task, prompt, lineage)
     norm = lineage.get("metrics", {}).get("prompt_norm")
-    gate = quality_gate(new_score, current, alias, min_improvement, norm)
+    gate = quality_gate(new_score, current, alias, min_improvement, norm, zero_shot_score)
     if gate.promoted:
         registry.promote(task, alias, manifest.version, expected_version=gate.previous_version)
     kept = gate.previous_version
     decision = (f"promoted {alias} to v{manifest.version}" if gate.promoted else
                 f"kept {alias} at v{kept}" if kept is not None else f"left {alias} unset")
-    decision += f": new v{manifest.version} dev {new_score:.4f} vs {gate.reason}"
+    relation = "is below" if gate.below_zero_shot else "vs"
+    decision += f": new v{manifest.version} dev {new_score:.4f} {relation} {gate.reason}"
     previous = None if current is None else {"version": kept, "dev_score": gate.previous_score}
     return {
         "registry_uri": registry.uri,
@@ -84,6 +109,7 @@ def register_with_gate(registry: Registry, task: str, prompt, lineage: dict, new
         "promoted": gate.promoted,
         "decision": decision,
         "previous": previous,
+        "zero_shot_dev": zero_shot_score,
         # The registry's layout, the same on every backend.
         "manifest_uri": "/".join([registry.uri.rstrip("/"), "prompts", task,
                                   str(manifest.version), "manifest.json"]),
@@ -95,8 +121,9 @@ def register_selected(registry: Registry, summary: dict, ensemble_dir: str, spec
                       dataset_version: str | None, data_source: dict | None,
                       code_version: str | None, alias: str, min_improvement: float) -> dict:
     """Registers the ensemble member that `summary` (softprompt.evaluation) selected by dev
-    score, with the dev/test scores of the evaluation passes and the ensemble's, behind the
-    quality gate. `code_version` None: the source's git commit."""
+    score, with the dev/test scores of the evaluation passes, the ensemble's and the template
+    alone's (when the summary has them), behind the quality gate. `code_version` None: the
+    source's git commit."""
     from softprompt.prompt import load_prompt
 
     selected = summary["selected"]
@@ -110,9 +137,16 @@ def register_selected(registry: Registry, summary: dict, ensemble_dir: str, spec
         ensemble={"n_prompts": len(summary["members"]), "dev": summary["dev"]["ensemble"],
                   "test": summary["test"]["ensemble"]},
     )
+    # Summaries written before zero-shot scoring existed have no "zero_shot"; the gate then
+    # compares with the alias only.
+    zero_shot = summary.get("zero_shot") or {}
+    if zero_shot:
+        lineage["metrics"]["zero_shot"] = {k: zero_shot[k] for k in ("dev", "test")
+                                           if k in zero_shot}
+    zero_shot_score = zero_shot.get("dev", {}).get("score")
     prompt = load_prompt(os.path.join(member_dir, "prompt.safetensors"))
     return register_with_gate(registry, spec.name, prompt, lineage, selected["dev"]["score"],
-                              alias, min_improvement)
+                              alias, min_improvement, zero_shot_score)
 
 
 # ---------------------------------------------------------------------------- rollback

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from softprompt import prompt as prompt_lib
 from softprompt.model import DEFAULT_MODEL
+from softprompt.training import recipe as recipe_lib
 
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
 DTYPES = ("float32", "bfloat16")
@@ -32,35 +33,78 @@ class TrainConfig:
         },
     )
     prompt: prompt_lib.PromptConfig = field(default_factory=prompt_lib.PromptConfig)
+    recipe: str = field(
+        default=recipe_lib.DEFAULT_RECIPE,
+        metadata={
+            "help": "Default optimizer settings: stable (lr relative to the embedding's scale, "
+            "warmup, batch 16, prompt norm capped) or paper (lr 0.3 constant, batch 32).",
+            "choices": recipe_lib.RECIPES,
+        },
+    )
     optimizer: str = field(
         default="adafactor", metadata={"help": "The optimizer.", "choices": OPTIMIZERS}
     )
-    lr: float = field(default=0.3, metadata={"help": "Learning rate (paper: 0.3, constant)."})
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate (default: the recipe's; stable: 0.25 x the embedding's "
+                  "entry RMS, paper: 0.3)."},
+    )
     weight_decay: float = field(default=1e-5, metadata={"help": "Weight decay (paper: 1e-5)."})
     beta2_decay: float = field(
         default=0.8, metadata={"help": "Adafactor second-moment decay exponent (paper: 0.8)."}
     )
-    batch_size: int = field(
-        default=32,
-        metadata={"help": "Examples per optimizer step (paper: 32).", "flag": "--train-batch-size"},
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per optimizer step (default: the recipe's; stable 16, paper 32).",
+            "flag": "--train-batch-size",
+        },
     )
     micro_batch_size: int = field(
         default=8,
         metadata={"help": "Examples per forward; batch_size/micro steps are accumulated."},
+    )
+    length_buckets: str = field(
+        default="auto",
+        metadata={
+            "help": "Group training inputs of similar length into the same step (less padding): "
+            "on, off, or auto (on when the mean training input exceeds "
+            f"{recipe_lib.BUCKET_MIN_MEAN_TOKENS} tokens; steps of short, similar inputs "
+            "made SST-2's checks swing by 10 points).",
+            "choices": ("auto", "on", "off"),
+        },
     )
     max_steps: int = field(default=1000, metadata={"help": "Optimizer steps at most."})
     max_minutes: float | None = field(
         default=None, metadata={"help": "Wall-clock training budget (evaluations included)."}
     )
     eval_every: int = field(
-        default=50, metadata={"help": "Evaluate on dev every K steps (and at the end)."}
+        default=25,
+        metadata={"help": "Check the prompt on the check subset every K steps (and at step 0 "
+                  "and the end)."},
     )
     patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without a new best."}
+        default=None, metadata={"help": "Stop after this many checks without a new best."}
+    )
+    check_examples: int | None = field(
+        default=200,
+        metadata={"help": "Dev examples scored at every check: a fixed seeded subset of the "
+                  "selection set (default 200; 0: the whole selection set)."},
     )
     eval_max_examples: int | None = field(
         default=1000,
-        metadata={"help": "Dev examples used for early stopping (a fixed seeded subset)."},
+        metadata={"help": "The selection set: a fixed seeded dev subset on which the final "
+                  "candidates and the template alone are scored (0: all of dev)."},
+    )
+    final_candidates: int = field(
+        default=3,
+        metadata={"help": "The best K checks are scored on the whole selection set at the end; "
+                  "the best of them is kept."},
+    )
+    test_max_examples: int | None = field(
+        default=2000,
+        metadata={"help": "Examples of the reported split scored at the end, a seeded subset "
+                  "(0: all of them)."},
     )
     eval_batch_size: int = field(
         default=32, metadata={"help": "Examples per scoring forward.", "flag": "--batch-size"}
@@ -98,7 +142,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.prompt, dict):
             self.prompt = prompt_lib.PromptConfig(**self.prompt)
+        if self.recipe not in recipe_lib.RECIPES:
+            raise ValueError(
+                f"unknown recipe {self.recipe!r}; choose one of {', '.join(recipe_lib.RECIPES)}"
+            )
+        if self.batch_size is None:
+            self.batch_size = recipe_lib.default_batch_size(self.recipe)
         check_optimization(self)
+        check_at_least_one(self, ("final_candidates",))
+        for name in ("check_examples", "eval_max_examples", "test_max_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None (all), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -237,7 +291,8 @@ def check_at_least_one(config, names: tuple[str, ...]) -> None:
 
 
 def check_lr(config) -> None:
-    if config.lr <= 0:
+    """A positive learning rate; None leaves it to the recipe (prompt tuning)."""
+    if config.lr is not None and config.lr <= 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
 
 

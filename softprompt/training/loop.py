@@ -7,9 +7,11 @@ and the state to checkpoint; a `Schedule` says how long to train and how often t
 - One optimizer step accumulates the gradients of the step's micro-batches. Each micro-batch's
   loss is divided by the whole step's target-token count, so however a step is split into
   micro-batches and processes, the update is the same.
-- Every `eval_every` steps (and at the end) the dev score is computed; on a new best,
-  `keep_best` saves what the caller wants to keep. After `patience` evaluations without a new
-  best, training stops early; so does a spent step or wall-clock budget (evaluations included).
+- The dev score is computed before the first step (the initial state is a candidate too), every
+  `eval_every` steps and at the end; on a new best, `keep_best` saves what the caller wants to
+  keep. The time evaluations take is counted apart from training time (`eval_seconds`). After
+  `patience` evaluations without a new best, training stops early; so does a spent step or
+  wall-clock budget (evaluations included).
 - After every evaluation a checkpoint (trainable state, optimizer, loop state) is written
   atomically; a later call with the same checkpoint path resumes from it. Data order must be a
   pure function of the step, so a resumed run sees exactly the batches the killed one would have.
@@ -38,6 +40,7 @@ from softprompt import distributed
 from softprompt.fileio import atomic_write
 from softprompt.model import Batch
 from softprompt.scoring import Encoded
+from softprompt.training.batching import BucketedOrder
 from softprompt.training.progress import (
     MetricsLog,
     ProgressLines,
@@ -79,11 +82,20 @@ class Trainable:
     evaluate: Callable[[], dict] | None = None
     # Called with the step on every process when the dev score improves.
     keep_best: Callable[[int], None] = _nothing
+    # Called with the step and the dev metrics after every evaluation (a pool of candidates).
+    after_eval: Callable[[int, dict], None] = _nothing
     # The trainable state a checkpoint holds beside the optimizer, and how to restore it.
     state: Callable[[], dict] = dict
     load_state: Callable[[dict], None] = _nothing
     # Called once when the run starts afresh (not on resume).
     on_start: Callable[[], None] = _nothing
+    # Called with the step number before / after each optimizer step (learning-rate schedule,
+    # constraints on the parameters).
+    before_step: Callable[[int], None] = _nothing
+    after_step: Callable[[int], None] = _nothing
+    # Called after each step (and its evaluation) with the step count and the seconds of
+    # training so far, evaluations excluded; True ends the run (stop reason "stopped").
+    on_step: Callable[[int, float], bool] = lambda _step, _seconds: False
 
 
 @dataclass(frozen=True)
@@ -101,11 +113,12 @@ class LoopResult(NamedTuple):
     """How a run of the loop ended."""
 
     steps: int
-    stop_reason: str  # "max_steps", "time_budget" or "early_stopping"
+    stop_reason: str  # "max_steps", "time_budget", "early_stopping" or "stopped"
     best_score: float  # -inf when the run never evaluated
     best_step: int
     elapsed: float  # wall-clock seconds of training, evaluations included, over all attempts
     losses: list[float]  # each step's loss, since this call began
+    eval_seconds: float = 0.0  # the part of elapsed spent evaluating
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -128,13 +141,18 @@ def encoded_step(
     world: distributed.World,
     step: int,
     by_length: bool = False,
+    order: BucketedOrder | None = None,
 ) -> StepBatches:
     """This process's micro-batches of optimizer step `step` over `encoded`.
 
-    The step's examples are a pure function of seed and step (`batch_indices`), so a resumed run
-    sees the same batches. Each process takes every world-th example; `by_length` groups similar
-    lengths into the same micro-batch (less padding)."""
-    indices = batch_indices(len(encoded.inputs), batch_size, step, seed)
+    The step's examples are a pure function of seed and step (`batch_indices`, or `order`'s
+    length buckets when given), so a resumed run sees the same batches. Each process takes every
+    world-th example; `by_length` groups similar lengths into the same micro-batch (less
+    padding)."""
+    if order is None:
+        indices = batch_indices(len(encoded.inputs), batch_size, step, seed)
+    else:
+        indices = order.step(step)
     tokens = sum(len(encoded.targets[i]) for i in indices)
     mine = list(indices[world.rank :: world.size])
     if by_length:
@@ -189,6 +207,7 @@ class _Loop:
             "best_step": 0,
             "evals_since_best": 0,
             "elapsed": 0.0,
+            "eval_seconds": 0.0,
         }
         self.losses: list[float] = []
         # Losses of the steps since the previous evaluation: its line reports their mean, which
@@ -201,10 +220,13 @@ class _Loop:
         self.started = time.monotonic() - state["elapsed"]
         self.lines = ProgressLines(self.progress, self.writer, schedule.max_steps, state["step"],
                                    max_minutes=schedule.max_minutes, elapsed=state["elapsed"])
+        evaluates = self.trainable.evaluate is not None
+        if evaluates and state["step"] == 0 and not math.isfinite(state["best_score"]):
+            self._evaluate()  # the initial state is a candidate: training may only make it worse
+            self._save()
         stop_reason = self._train()
         self.lines.close()
-        evaluates = self.trainable.evaluate is not None
-        if evaluates and (state["step"] % schedule.eval_every != 0 or state["best_step"] == 0):
+        if evaluates and state["step"] % schedule.eval_every != 0:
             self._evaluate(stop_reason)
             self._save()
         best = (
@@ -227,6 +249,7 @@ class _Loop:
             state["best_step"],
             state["elapsed"],
             self.losses,
+            state.get("eval_seconds", 0.0),
         )
 
     def _resume_or_start(self) -> None:
@@ -258,8 +281,10 @@ class _Loop:
             stop_reason = self._stop_reason()
             if stop_reason is not None:
                 return stop_reason
+            self.trainable.before_step(state["step"])
             loss = self._step()
             self._check_finite(loss)
+            self.trainable.after_step(state["step"])
             state["step"] += 1
             state["elapsed"] = time.monotonic() - self.started
             self.losses.append(loss)
@@ -269,8 +294,10 @@ class _Loop:
             evaluates = self.trainable.evaluate is not None
             if evaluates and state["step"] % schedule.eval_every == 0:
                 self._evaluate()
-                state["elapsed"] = time.monotonic() - self.started
                 self._save()
+            train_seconds = state["elapsed"] - state.get("eval_seconds", 0.0)
+            if self.trainable.on_step(state["step"], train_seconds):
+                return "stopped"
         return "max_steps"
 
     def _step(self) -> float:
@@ -318,7 +345,10 @@ class _Loop:
     def _evaluate(self, stop_reason: str | None = None) -> None:
         """Scores dev, keeps a new best, and reports the evaluation (line and record)."""
         state, step = self.state, self.state["step"]
+        began = time.monotonic()
         scores = self.trainable.evaluate()
+        state["eval_seconds"] = state.get("eval_seconds", 0.0) + time.monotonic() - began
+        self.trainable.after_eval(step, scores)
         improved = scores["score"] > state["best_score"]
         if improved:
             state.update(best_score=scores["score"], best_step=step, evals_since_best=0)
@@ -326,6 +356,7 @@ class _Loop:
         else:
             state["evals_since_best"] += 1
         now = time.monotonic() - self.started  # this evaluation included, like those to come
+        state["elapsed"] = now
         if stop_reason is None:
             eta = eta_seconds(step, self.schedule.max_steps, now, self.schedule.max_minutes)
         else:
@@ -353,6 +384,7 @@ class _Loop:
             step=step,
             split="dev",
             elapsed=round(state["elapsed"], 2),
+            eval_seconds=round(state["eval_seconds"], 2),
             **scores,
             best=improved,
             best_score=state["best_score"] if finite_best else None,

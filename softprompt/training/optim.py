@@ -9,9 +9,13 @@ from __future__ import annotations
 import torch
 
 
-def make_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(
+    config, params: list[torch.nn.Parameter], lr: float | None = None
+) -> torch.optim.Optimizer:
     """The optimizer `config.optimizer` over `params`. Any config with the fields optimizer, lr,
-    weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation)."""
+    weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation); `lr`, when
+    given, replaces config.lr (a prompt-tuning recipe's resolved rate)."""
+    lr = config.lr if lr is None else lr
     if config.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -19,7 +23,7 @@ def make_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Opti
         # is -0.8.
         return Adafactor(
             params,
-            lr=config.lr,
+            lr=lr,
             weight_decay=config.weight_decay,
             decay_rate=-config.beta2_decay,
             scale_parameter=False,
@@ -27,5 +31,5 @@ def make_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Opti
             warmup_init=False,
         )
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=config.weight_decay)

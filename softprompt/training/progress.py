@@ -57,6 +57,9 @@ LINE_EVERY_MIN_S = 10.0
 LINE_EVERY_MAX_S = 60.0
 
 
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+
+
 class ProgressLines:
     """A run's progress bar (optional) and lines, from the one process that writes.
 
@@ -88,7 +91,10 @@ class ProgressLines:
         if options.bar and writer:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=options.desc, unit="step")
+            # tqdm's own remaining time counts toward max_steps only; the postfix shows ours,
+            # which also reads the time budget, so the bar leaves tqdm's out.
+            self.bar = tqdm(total=total, initial=initial, desc=options.desc, unit="step",
+                            bar_format=BAR_FORMAT)
 
     def eta(self) -> tuple[float | None, str]:
         """Seconds left and the budget that ends the run first, as from eta_seconds."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -29,13 +31,17 @@ from softprompt import prompt as prompt_lib
 from softprompt.fileio import atomic_write
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prepared import load_prepared
-from softprompt.scoring import encode_examples, evaluate, lm_loss
+from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
 from softprompt.task_data import load_task, seeded_subset
 from softprompt.tasks import Example, TaskSpec, load_spec
 from softprompt.training import loop
+from softprompt.training import recipe as recipe_lib
+from softprompt.training.batching import BucketedOrder
 from softprompt.training.config import TrainConfig, check_world_split
 from softprompt.training.optim import make_optimizer
-from softprompt.training.progress import MetricsLog, ProgressOptions
+from softprompt.training.progress import MetricsLog, ProgressOptions, format_duration
+from softprompt.training.progress import log as progress_log
+from softprompt.training.selection import Candidates, Choice, choose
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -48,11 +54,14 @@ def train(
     lm: FrozenLM | None = None,
     spec: TaskSpec | None = None,
     progress: bool = True,
+    on_step: Callable[[int, float], bool] | None = None,
 ) -> dict:
     """Trains one prompt; returns the result dict (also written to run_dir/result.json).
 
-    Every evaluation reports one line and the end of training one more, above the tqdm bar when
-    `progress`, else through the logger of softprompt.training.progress at INFO."""
+    Every check reports one line and the end of training one more, above the tqdm bar when
+    `progress`, else through the logger of softprompt.training.progress at INFO. `on_step`
+    (step, training seconds without evaluations) is called after every step; True stops the
+    run. While it trains, run_dir/prompt.safetensors holds the best prompt on the checks."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = spec or load_spec(config.task)
@@ -69,36 +78,46 @@ def train(
     torch.manual_seed(config.seed)
     _record_config(config, run_dir, writer)
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=writer)
+    recipe = recipe_lib.resolve(config.recipe, config.lr, lm.vocab_scale.entry_rms)
 
     train_enc = encode_examples(lm, data["train"], config.max_input_tokens)
-    # A fixed seeded subset, so every evaluation of a run scores the same dev examples.
-    dev_examples = seeded_subset(data["dev"], config.eval_max_examples, config.seed)
-    dev_enc = encode_examples(lm, dev_examples, config.max_input_tokens)
+    # Fixed seeded subsets, so every check of a run scores the same dev examples; the check set
+    # is the first part of the selection set.
+    selection = _Scored(lm, spec, seeded_subset(data["dev"], config.eval_max_examples,
+                                                config.seed), config)
+    checks = selection.head(config.check_examples)
     prompt = torch.nn.Parameter(_initial_prompt(config, lm, spec))
-
+    optimizer = make_optimizer(config, [prompt], lr=recipe.lr)
+    candidates = Candidates(config.final_candidates)
+    order = _bucketed_order(config, train_enc)
     start = {
         "train_examples": len(data["train"]),
-        "dev_examples": len(dev_examples),
+        "dev_examples": len(selection.examples),
+        "check_examples": len(checks.examples),
         "truncated_train_inputs": train_enc.truncated,
-        "truncated_dev_inputs": dev_enc.truncated,
+        "truncated_dev_inputs": selection.encoded.truncated,
         "skipped_rows": len(stats.get("skipped_rows", [])),
         "seed": config.seed,
+        "recipe": recipe.to_dict(),
+        "length_buckets": order is not None,
     }
     trainable = loop.Trainable(
         params=[prompt],
-        optimizer=make_optimizer(config, [prompt]),
+        optimizer=optimizer,
         batches=partial(
             loop.encoded_step, train_enc, config.batch_size, config.micro_batch_size, config.seed,
-            world, by_length=True
+            world, by_length=True, order=order,
         ),
         loss=lambda batch, tokens: lm_loss(lm, prompt, batch, normalizer=tokens),
-        evaluate=lambda: evaluate(
-            lm, prompt.detach(), spec, dev_examples, dev_enc, batch_size=config.eval_batch_size
-        ),
+        evaluate=lambda: checks.score(prompt.detach()),
+        after_eval=lambda step, scores: candidates.offer(step, scores["score"], prompt),
         keep_best=partial(_save_best, prompt, run_dir / BEST_PROMPT, spec.name, writer),
-        state=lambda: {"prompt": prompt.detach().clone()},
-        load_state=partial(_restore_prompt, prompt),
+        state=lambda: {"prompt": prompt.detach().clone(), "candidates": candidates.state()},
+        load_state=partial(_restore, prompt, candidates),
         on_start=partial(_log_start, metrics, start, stats.get("skipped_rows", [])),
+        before_step=partial(recipe_lib.set_lr, optimizer, recipe),
+        after_step=partial(_keep_norm, prompt, recipe, lm),
+        on_step=on_step or (lambda _step, _seconds: False),
     )
     schedule = loop.Schedule(
         max_steps=config.max_steps,
@@ -106,18 +125,67 @@ def train(
         max_minutes=config.max_minutes,
         patience=config.patience,
     )
-    note = "scoring the best prompt on test" if "test" in data else ""
-    shown = ProgressOptions(
-        bar=progress, desc=f"train {spec.name}", metric=spec.metric, final_note=note
-    )
+    shown = ProgressOptions(bar=progress, desc=f"train {spec.name}", metric=spec.metric)
     outcome = loop.train_loop(trainable, schedule, metrics, run_dir / CHECKPOINT, shown)
+    choice = choose_prompt(candidates, selection, lm, spec.name)
+    if writer:
+        _save_best(choice.prompt, run_dir / BEST_PROMPT, spec.name, True, choice.step)
     distributed.barrier()  # the writer's prompt file is complete before anyone reads it
-    result = _result(config, lm, spec, data, outcome, len(dev_examples), run_dir)
+    result = _result(config, lm, spec, data, outcome, choice, recipe, run_dir)
     if writer:
         atomic_write(run_dir / "result.json", json.dumps(result, indent=2).encode())
     done = {k: v for k, v in result.items() if k in ("best_step", "steps", "stop_reason")}
     metrics.write(event="done", **done)
     return result
+
+
+def _bucketed_order(config: TrainConfig, train_enc: Encoded) -> BucketedOrder | None:
+    """Length buckets for the training steps, when config.length_buckets asks for them."""
+    lengths = [len(x) for x in train_enc.inputs]
+    if not recipe_lib.use_length_buckets(config.length_buckets, lengths):
+        return None
+    return BucketedOrder(lengths, config.batch_size, config.seed)
+
+
+class _Scored:
+    """Dev examples encoded once, scored by rank classification, with the seconds it took."""
+
+    def __init__(self, lm: FrozenLM, spec: TaskSpec, examples: list[Example],
+                 config: TrainConfig, encoded=None) -> None:
+        self.lm, self.spec, self.examples, self.config = lm, spec, examples, config
+        self.encoded = encoded or encode_examples(lm, examples, config.max_input_tokens)
+
+    def head(self, n: int | None) -> _Scored:
+        """The first n examples (all when None): a seeded subset of a seeded subset."""
+        if n is None or n >= len(self.examples):
+            return self
+        return _Scored(self.lm, self.spec, self.examples[:n], self.config)
+
+    def score(self, prompt: torch.Tensor) -> dict:
+        return evaluate(self.lm, prompt, self.spec, self.examples, self.encoded,
+                        batch_size=self.config.eval_batch_size)
+
+
+def choose_prompt(candidates: Candidates, selection: _Scored, lm: FrozenLM, task: str) -> Choice:
+    """The run's prompt: the best candidate on the selection set, with a line saying what was
+    scored and how long it took."""
+    progress_log.info(
+        "choosing among %d candidate prompts (and the template alone) on %d dev examples",
+        len(candidates.kept), len(selection.examples),
+    )
+    choice = choose(candidates, selection.score, torch.zeros(0, lm.dim, device=lm.device))
+    progress_log.info(
+        "chose the prompt of step %d: dev %.4f (template alone %.4f), in %s",
+        choice.step, choice.metrics["score"], choice.zero_shot["score"],
+        format_duration(choice.seconds),
+    )
+    if choice.metrics["score"] < choice.zero_shot["score"]:
+        log.warning(
+            "task %s: the chosen prompt scores %.4f on dev, below the template alone (%.4f); "
+            "the quality gate will not promote it",
+            task, choice.metrics["score"], choice.zero_shot["score"],
+        )
+    return choice
 
 
 def _load_data(config: TrainConfig, spec: TaskSpec, stats: dict) -> dict[str, list[Example]]:
@@ -163,9 +231,17 @@ def _save_best(prompt: torch.nn.Parameter, path: Path, task: str, writer: bool, 
         prompt_lib.save_prompt(prompt.detach(), path, {"task": task, "step": str(step)})
 
 
-def _restore_prompt(prompt: torch.nn.Parameter, saved: dict) -> None:
+def _restore(prompt: torch.nn.Parameter, candidates: Candidates, saved: dict) -> None:
     with torch.no_grad():
         prompt.copy_(saved["prompt"])
+    candidates.load_state(saved["candidates"])
+
+
+def _keep_norm(prompt: torch.nn.Parameter, recipe: recipe_lib.Recipe, lm: FrozenLM,
+               _step: int) -> None:
+    """Keeps the prompt's rows within the recipe's cap, after each update."""
+    if recipe.norm_cap is not None:
+        recipe_lib.cap_row_norms(prompt, recipe.norm_cap * lm.vocab_max_norm)
 
 
 def _result(
@@ -174,19 +250,26 @@ def _result(
     spec: TaskSpec,
     data: dict[str, list[Example]],
     outcome: loop.LoopResult,
-    dev_n: int,
+    choice: Choice,
+    recipe: recipe_lib.Recipe,
     run_dir: Path,
 ) -> dict:
-    """The run's best dev score, and the best prompt's test metrics."""
+    """The run's chosen prompt: its dev score, the template alone's, and its test metrics."""
     result = {
         "task": spec.name,
         "model": lm.name,
         "model_fingerprint": lm.fingerprint,
-        "best_step": outcome.best_step,
+        "recipe": recipe.to_dict(),
+        "best_step": choice.step,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
-        "train_seconds": round(outcome.elapsed, 1),
-        "dev": {"score": outcome.best_score, "n": dev_n},
+        # Wall-clock seconds in the loop, and the part of them spent on checks.
+        "train_seconds": round(outcome.elapsed - outcome.eval_seconds, 1),
+        "check_seconds": round(outcome.eval_seconds, 1),
+        "selection_seconds": round(choice.seconds, 1),
+        "dev": _summary(choice.metrics),
+        "zero_shot": {"dev": _summary(choice.zero_shot)},
+        "candidates": choice.candidates,
     }
     best = prompt_lib.load_prompt(run_dir / BEST_PROMPT).to(lm.device)
     norm = prompt_lib.prompt_norm(best, lm.vocab_max_norm)
@@ -198,9 +281,27 @@ def _result(
             spec.name, norm.max_row_norm, norm.ratio,
         )
     if "test" in data:
-        test_enc = encode_examples(lm, data["test"], config.max_input_tokens)
-        result["test"] = evaluate(
-            lm, best, spec, data["test"], test_enc, batch_size=config.eval_batch_size
-        )
-        result["test"]["truncated_inputs"] = test_enc.truncated
+        result["test"] = _score_test(config, lm, spec, data["test"], best)
     return result
+
+
+def _summary(metrics: dict) -> dict:
+    """The metrics without per-example lists."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, list)}
+
+
+def _score_test(config: TrainConfig, lm: FrozenLM, spec: TaskSpec, test: list[Example],
+                prompt: torch.Tensor) -> dict:
+    """The chosen prompt's metrics on the reported split, or on a seeded subset of at most
+    config.test_max_examples of it, with a line before and after."""
+    examples = seeded_subset(test, config.test_max_examples, config.seed)
+    progress_log.info("scoring the chosen prompt on %d of %d test examples", len(examples),
+                      len(test))
+    began = time.monotonic()
+    encoded = encode_examples(lm, examples, config.max_input_tokens)
+    metrics = evaluate(lm, prompt, spec, examples, encoded, batch_size=config.eval_batch_size)
+    seconds = time.monotonic() - began
+    progress_log.info("test %s %.4f on %d examples, in %s", spec.metric, metrics["score"],
+                      len(examples), format_duration(seconds))
+    return {**metrics, "n": len(examples), "of": len(test), "seed": config.seed,
+            "truncated_inputs": encoded.truncated, "seconds": round(seconds, 1)}

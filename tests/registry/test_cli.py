@@ -101,6 +101,22 @@ def test_push_refuses_a_prompt_whose_norm_exploded(run_dir, tmp_path, capsys):
     assert open_registry(reg).list_tasks() == []
 
 
+def test_push_to_an_alias_refuses_a_prompt_below_the_template_alone(run_dir, tmp_path, capsys):
+    """A run whose chosen prompt scores below zero-shot on dev is not pushed to an alias (nothing
+    published); without --alias it is kept in the registry."""
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["zero_shot"]["dev"]["n"] == result["dev"]["n"]
+    result["zero_shot"]["dev"]["score"] = result["dev"]["score"] + 0.01
+    (run_dir / "result.json").write_text(json.dumps(result))
+    reg = tmp_path / "reg"
+    code, _, err = cli(capsys, "push", "--registry", reg, "--run-dir", run_dir, "--alias", "prod")
+    assert code == 2 and "is below the template alone's" in err and "'prod'" in err
+    assert open_registry(reg).list_tasks() == []
+    code, out, _ = cli(capsys, "push", "--registry", reg, "--run-dir", run_dir)
+    assert code == 0
+    assert json.loads(out)["manifest"]["metrics"]["zero_shot"] == result["zero_shot"]
+
+
 @pytest.mark.s3
 def test_cli_s3_registry_from_environment(run_dir, s3_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from softprompt.prompt import save_prompt
 from softprompt.registry import AliasConflictError, NotFoundError, open_registry
-from softprompt.registry.promotion import alias_path, quality_gate, register_with_gate, rollback
+from softprompt.registry.promotion import (
+    alias_path,
+    quality_gate,
+    register_selected,
+    register_with_gate,
+    rollback,
+)
 
 FINGERPRINT = "sha256:" + "0" * 64
 
@@ -83,6 +93,94 @@ def test_an_exploded_prompt_is_published_but_never_promoted(tmp_path):
     again = register_with_gate(reg, "toy", torch.randn(4, 8), first, 0.99, "production", 0.0)
     assert again["promoted"] is False and again["previous"] == {"version": 2, "dev_score": 0.6}
     assert reg.manifest("toy", "production").version == 2
+
+
+def test_the_gate_refuses_a_prompt_below_the_template_alone():
+    """A new dev score below the zero-shot one is refused whether or not the alias points
+    anywhere, and whatever the alias's own score. An equal score passes on to the usual checks."""
+    below = quality_gate(0.5010, None, "production", 0.0, zero_shot_score=0.61)
+    assert below.promoted is False and below.below_zero_shot is True
+    assert below.reason == "the template alone (zero-shot dev 0.6100); refused"
+    assert (below.previous_version, below.previous_score) == (None, None)
+
+    current = SimpleNamespace(version=3, metrics={"dev": {"score": 0.2}})
+    beats_alias = quality_gate(0.5, current, "production", 0.0, zero_shot_score=0.61)
+    assert beats_alias.promoted is False and "zero-shot dev 0.6100" in beats_alias.reason
+    assert (beats_alias.previous_version, beats_alias.previous_score) == (3, 0.2)
+
+    assert quality_gate(0.61, None, "production", 0.0, zero_shot_score=0.61).promoted is True
+    equal = quality_gate(0.61, current, "production", 0.0, zero_shot_score=0.61)
+    assert equal.promoted is True
+    assert equal.reason == "production v3 dev 0.2000 + min_improvement 0.0"
+    assert quality_gate(0.7, current, "production", 0.0, zero_shot_score=0.61).promoted is True
+    # The exploded norm is checked first.
+    norm = {"ratio": 1e6, "exploded": True}
+    exploded = quality_gate(0.5, None, "production", 0.0, norm, zero_shot_score=0.61)
+    assert exploded.promoted is False and "norm exploded" in exploded.reason
+
+
+def test_the_registration_names_the_zero_shot_score_it_was_refused_on(tmp_path):
+    reg = open_registry(tmp_path / "registry")
+    first = register_with_gate(reg, "toy", torch.randn(4, 8), lineage(0.501), 0.501, "production",
+                               0.0, zero_shot_score=0.61)
+    assert (first["version"], first["promoted"], first["zero_shot_dev"]) == (1, False, 0.61)
+    assert first["decision"] == ("left production unset: new v1 dev 0.5010 is below the template "
+                                 "alone (zero-shot dev 0.6100); refused")
+    assert reg.aliases("toy") == {}
+    good = register_with_gate(reg, "toy", torch.randn(4, 8), lineage(0.4), 0.4, "production", 0.0,
+                              zero_shot_score=0.4)
+    assert good["promoted"] is True and good["decision"].endswith("vs production had no prompt")
+    worse = register_with_gate(reg, "toy", torch.randn(4, 8), lineage(0.5), 0.5, "production",
+                               0.0, zero_shot_score=0.55)
+    assert worse["promoted"] is False and worse["previous"] == {"version": 2, "dev_score": 0.4}
+    assert worse["decision"] == ("kept production at v2: new v3 dev 0.5000 is below the template "
+                                 "alone (zero-shot dev 0.5500); refused")
+    assert reg.manifest("toy", "production").version == 2
+    no_floor = register_with_gate(reg, "toy", torch.randn(4, 8), lineage(0.5), 0.5, "production",
+                                  0.0)
+    assert no_floor["promoted"] is True and no_floor["zero_shot_dev"] is None
+
+
+def _ensemble_dir(root, dev: float, zero_shot: dict | None) -> tuple[str, dict]:
+    """An ensemble folder with one member (a run's config, result and prompt [4, 8]) and the
+    summary softprompt.evaluation writes for it, with or without the template alone's scores."""
+    member = root / "members" / "0"
+    member.mkdir(parents=True)
+    (member / "config.json").write_text(json.dumps(
+        {"task": "toy", "model": "m", "seed": 0, "prompt": {"length": 4, "init": "class_label"}}))
+    (member / "result.json").write_text(json.dumps(
+        {"task": "toy", "model": "m", "model_fingerprint": FINGERPRINT, "dev": {"score": dev}}))
+    save_prompt(torch.randn(4, 8), member / "prompt.safetensors")
+    scores = {"dev": {"score": dev, "n": 16}, "test": {"score": dev, "n": 8}}
+    summary = {"members": [{"index": 0, "dir": "members/0", **scores}], "best_member": 0,
+               "dev": {"ensemble": scores["dev"]}, "test": {"ensemble": scores["test"]},
+               "selected": {"member": 0, **scores}}
+    if zero_shot is not None:
+        summary["zero_shot"] = zero_shot
+    return str(root), summary
+
+
+SPEC = SimpleNamespace(name="toy", label_words=["negative", "positive"], metric="accuracy",
+                       template="Review: {sentence}\nSentiment:", digest="")
+
+
+def test_register_selected_gates_on_the_summary_zero_shot_and_records_it(tmp_path):
+    """The template alone's dev/test metrics join the manifest's metrics, and its dev score is
+    the floor of the gate. A summary without them registers as before."""
+    reg = open_registry(tmp_path / "registry")
+    zero_shot = {"dev": {"accuracy": 0.75, "score": 0.75, "n": 16},
+                 "test": {"accuracy": 0.5, "score": 0.5, "n": 8}}
+    folder, summary = _ensemble_dir(tmp_path / "worse", 0.625, zero_shot)
+    out = register_selected(reg, summary, folder, SPEC, "d.dir", None, "c0de", "production", 0.0)
+    assert (out["version"], out["promoted"], out["zero_shot_dev"]) == (1, False, 0.75)
+    assert "below the template alone (zero-shot dev 0.7500)" in out["decision"]
+    assert reg.manifest("toy", 1).metrics["zero_shot"] == zero_shot
+    assert out["manifest"]["metrics"]["zero_shot"] == zero_shot
+
+    folder, summary = _ensemble_dir(tmp_path / "old", 0.625, None)
+    old = register_selected(reg, summary, folder, SPEC, "d.dir", None, "c0de", "production", 0.0)
+    assert (old["version"], old["promoted"], old["zero_shot_dev"]) == (2, True, None)
+    assert "zero_shot" not in reg.manifest("toy", 2).metrics
 
 
 def test_alias_path_cuts_out_the_loops_of_the_history():

@@ -117,15 +117,26 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_patience_stops_after_evaluations_without_a_new_best(tmp_path):
-    toy = Toy(scores=[0.5, 0.7, 0.6, 0.7, 0.9])
+    toy = Toy(scores=[0.4, 0.5, 0.7, 0.6, 0.7, 0.9])
     log = MetricsLog(tmp_path / "m.jsonl")
     schedule = Schedule(max_steps=10, eval_every=1, patience=2)
     outcome = train_loop(toy.trainable(), schedule, log)
-    # Step 2 is the last best; steps 3 and 4 bring none (a tie is no improvement): stop.
+    # Step 0 (the initial state) is evaluated first. Step 2 is the last best; steps 3 and 4
+    # bring none (a tie is no improvement): stop.
     assert (outcome.steps, outcome.stop_reason, outcome.best_step) == (4, "early_stopping", 2)
-    assert outcome.best_score == 0.7 and toy.best_steps == [1, 2]
+    assert outcome.best_score == 0.7 and toy.best_steps == [0, 1, 2]
     evals = _records(tmp_path / "m.jsonl", "eval")
-    assert [r["best"] for r in evals] == [True, True, False, False]  # no evaluation after step 4
+    assert [r["step"] for r in evals] == [0, 1, 2, 3, 4]  # no evaluation after step 4
+    assert [r["best"] for r in evals] == [True, True, True, False, False]
+
+
+def test_the_initial_state_is_a_candidate(tmp_path):
+    """Training that only makes the score worse keeps the untrained state (step 0)."""
+    toy = Toy(scores=[0.9, 0.5, 0.6])
+    outcome = train_loop(toy.trainable(), Schedule(max_steps=4, eval_every=2),
+                         MetricsLog(tmp_path / "m.jsonl"))
+    assert (outcome.best_step, outcome.best_score, toy.best_steps) == (0, 0.9, [0])
+    assert outcome.eval_seconds > 0 and outcome.eval_seconds <= outcome.elapsed
 
 
 def test_a_spent_time_budget_stops_before_the_first_step(tmp_path):
@@ -175,7 +186,7 @@ def test_a_diverged_run_fails_and_keeps_nothing_from_then_on(tmp_path, poison):
     with pytest.raises(TrainingDiverged, match="step 3"):
         train_loop(toy.trainable(), Schedule(max_steps=6, eval_every=2),
                    MetricsLog(tmp_path / "m.jsonl"), tmp_path / "c.pt")
-    assert toy.best_steps == [2]
+    assert toy.best_steps == [0, 2]
     assert torch.load(tmp_path / "c.pt")["state"]["step"] == 2
     assert torch.isfinite(torch.load(tmp_path / "c.pt")["w"]).all()
     assert [r["step"] for r in _records(tmp_path / "m.jsonl", "diverged")] == [3]

@@ -48,13 +48,14 @@ def test_each_task_scores_its_own_seeded_dev_subset(tiny_causal, toy_task, tmp_p
 
     dev = load_task(load_spec(toy_task["spec_path"]), toy_task["data_dir"])["dev"]
     subset = [e.input for e in seeded_subset(dev, 12, config.seed)]
-    # Two evaluations on dev (steps 1 and 2), then each task's test split once.
+    # Three evaluations on dev (the initial weights, steps 1 and 2), then each task's test split
+    # once.
     for name in ("toy", "toy2"):
         dev_scored = [inputs for task, inputs in scored if task == name and len(inputs) == 12]
-        assert dev_scored == [[f"{name}: {x}" for x in subset]] * 2
+        assert dev_scored == [[f"{name}: {x}" for x in subset]] * 3
     records = [json.loads(x) for x in (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval"]
-    assert [set(r["per_task"]) for r in evals] == [{"toy", "toy2"}] * 2
+    assert [set(r["per_task"]) for r in evals] == [{"toy", "toy2"}] * 3
     for r in evals:
         assert r["score"] == sum(r["per_task"].values()) / 2
     best = max(evals, key=lambda r: r["score"])

@@ -15,7 +15,7 @@ def _params():
 
 
 def test_adafactor_takes_the_papers_settings():
-    optimizer = make_optimizer(TrainConfig(), _params())
+    optimizer = make_optimizer(TrainConfig(recipe="paper", lr=0.3), _params())
     assert isinstance(optimizer, Adafactor)
     settings = optimizer.defaults
     assert settings["lr"] == 0.3 and settings["weight_decay"] == 1e-5
@@ -23,6 +23,11 @@ def test_adafactor_takes_the_papers_settings():
     assert settings["decay_rate"] == -0.8
     assert not settings["scale_parameter"] and not settings["relative_step"]
     assert not settings["warmup_init"]
+
+
+def test_a_resolved_lr_replaces_the_configs():
+    optimizer = make_optimizer(TrainConfig(), _params(), lr=0.0325)
+    assert optimizer.defaults["lr"] == 0.0325
 
 
 @pytest.mark.parametrize("name, kind", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])

@@ -176,19 +176,23 @@ def _eval_lines(caplog) -> list[str]:
 
 def test_each_evaluation_logs_one_line(tiny_causal, toy_task, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=PROGRESS_LOGGER)
-    # Evaluations at steps 2 and 4 in the loop and at 5 after it (5 is not a multiple of 2).
+    # Checks of the initial prompt (step 0), at steps 2 and 4 in the loop and at 5 after it (5
+    # is not a multiple of 2).
     config = _config(toy_task, max_steps=5, eval_every=2, max_minutes=60)
     train(config, tmp_path / "run", lm=tiny_causal, progress=False)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["event"] == "step"]
     evals = [r for r in records if r["event"] == "eval"]
     lines = _eval_lines(caplog)
-    assert [r["step"] for r in evals] == [2, 4, 5] and len(lines) == 3
+    assert [r["step"] for r in evals] == [0, 2, 4, 5] and len(lines) == 4
+    assert lines.pop(0).startswith("step 0/5 | train loss n/a (no steps since the last ")
+    evals.pop(0)
+    best = records[[r["event"] for r in records].index("eval")]["score"]
+    best_at = 0
     pattern = re.compile(
         r"step (\d+)/5 \| train loss (\S+) \(mean of (\d) steps?\) \| dev accuracy (\S+) \| "
         r"best (\S+) @ step (\d+) \| elapsed \d+s \| ETA (\S+) \((.+)\)"
     )
-    best = -1.0
     for line, record, (first, last) in zip(lines, evals, [(0, 2), (2, 4), (4, 5)], strict=True):
         match = pattern.fullmatch(line)
         assert match, line
@@ -211,7 +215,7 @@ def test_each_evaluation_logs_one_line(tiny_causal, toy_task, tmp_path, caplog):
     stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training")]
     assert len(stopped) == 1 and re.fullmatch(
         rf"training stopped at step 5/5 \(max_steps\); best dev accuracy {best:.4f} @ step "
-        rf"{best_at}; elapsed \d+s; scoring the best prompt on test",
+        rf"{best_at}; elapsed \d+s",
         stopped[0],
     ), stopped
 
@@ -227,7 +231,7 @@ def test_with_a_progress_bar_the_line_goes_above_it(
     captured = capsys.readouterr()
     # tqdm clears the bar with a carriage return, writes the line, then redraws the bar below it.
     lines = re.split(r"[\r\n]", captured.err)
-    expected = r"step 2/2 \| train loss .* \| ETA 0s \(step budget\)"
+    expected = r"step (0/2 \| .* \| ETA \? \(no estimate\)|2/2 \| .* \| ETA 0s \(step budget\))"
     assert [x for x in lines if x.startswith("step ")] == [
         x for x in lines if re.fullmatch(expected, x)
     ] != []
@@ -255,7 +259,9 @@ def test_cli_train_logs_progress_without_verbose(
     finally:
         package.setLevel(saved[0])
         root.setLevel(saved[1])
-    assert len(_eval_lines(caplog)) == 1 and _eval_lines(caplog)[0].startswith("step 2/2 | ")
+    lines = _eval_lines(caplog)
+    assert len(lines) == 2
+    assert lines[0].startswith("step 0/2 | ") and lines[1].startswith("step 2/2")
     assert json.loads(capsys.readouterr().out)["steps"] == 2
 
 
@@ -264,7 +270,9 @@ def test_a_diverged_run_fails_without_a_result(tiny_causal, toy_task, tmp_path):
     TrainingDiverged and writes no result.json; any best prompt on disk is finite."""
     from softprompt.training.loop import TrainingDiverged
 
-    config = _config(toy_task, optimizer="sgd", lr=1e30, max_steps=6, eval_every=1)
+    # The paper's recipe: the stable one's norm cap would pull the prompt back.
+    config = _config(toy_task, recipe="paper", optimizer="sgd", lr=1e30, max_steps=6,
+                     eval_every=1)
     with pytest.raises(TrainingDiverged, match="diverged at step"):
         train(config, tmp_path / "run", lm=tiny_causal, progress=False)
     assert not (tmp_path / "run" / "result.json").exists()
@@ -296,17 +304,75 @@ def test_a_kill_while_config_json_is_rewritten_leaves_a_resumable_run(
     assert train(config, run_dir, lm=tiny_causal, progress=False)["steps"] == 4
 
 
-def test_an_exploded_prompt_is_flagged_in_the_result(tiny_causal, toy_task, tmp_path):
-    """AdamW at lr 1e6 keeps the loss finite on the tiny model but blows the prompt's entries far
-    past the vocabulary's scale; the result says so (a normal run is not flagged)."""
+def test_an_exploded_prompt_is_flagged_in_the_result(tiny_causal, toy_task, tmp_path,
+                                                     monkeypatch):
+    """AdamW at lr 1e6 under the paper's recipe (no norm cap) keeps the loss finite on the tiny
+    model but blows the prompt's entries far past the vocabulary's scale; the result says so (a
+    normal run is not flagged). Scoring here prefers larger prompts, so the exploded one is
+    chosen over the initial one."""
+    import softprompt.training.prompt_tuning as prompt_tuning
+
+    real = prompt_tuning.evaluate
+
+    def by_norm(lm, prompt, spec, examples, encoded, batch_size):
+        metrics = real(lm, prompt, spec, examples, encoded, batch_size=batch_size)
+        return metrics | {"score": float(prompt.norm()) if prompt.numel() else 0.0}
+
     sane = train(_config(toy_task, max_steps=2, eval_every=2), tmp_path / "sane", lm=tiny_causal,
                  progress=False)
     assert sane["prompt_norm"]["exploded"] is False
     assert sane["prompt_norm"]["vocab_max_row_norm"] == pytest.approx(tiny_causal.vocab_max_norm,
                                                                       rel=1e-3)
-    config = _config(toy_task, optimizer="adamw", lr=1e6, max_steps=2, eval_every=1)
+    monkeypatch.setattr(prompt_tuning, "evaluate", by_norm)
+    config = _config(toy_task, recipe="paper", optimizer="adamw", lr=1e6, max_steps=2,
+                     eval_every=1)
     result = train(config, tmp_path / "run", lm=tiny_causal, progress=False)
     written = json.loads((tmp_path / "run" / "result.json").read_text())
     assert written["prompt_norm"] == result["prompt_norm"]
     assert result["prompt_norm"]["exploded"] is True
     assert result["prompt_norm"]["ratio"] > 1000
+
+
+def test_the_result_records_the_choice_the_template_alone_and_the_recipe(
+    tiny_causal, toy_task, tmp_path
+):
+    """Checks score 8 dev examples; the 3 best checks (the initial prompt among the candidates)
+    are scored on the 24-example selection set next to the template alone; the test split is a
+    seeded subset of 20 of its 32 examples."""
+    from softprompt.scoring import encode_examples, evaluate
+    from softprompt.task_data import load_task, seeded_subset
+
+    config = _config(toy_task, max_steps=6, eval_every=2, check_examples=8,
+                     eval_max_examples=24, final_candidates=3, test_max_examples=20)
+    result = train(config, tmp_path / "run", lm=tiny_causal, progress=False)
+    assert result["dev"]["n"] == 24 and result["zero_shot"]["dev"]["n"] == 24
+    assert len(result["candidates"]) == 3
+    chosen = max(result["candidates"], key=lambda c: c["selection_score"])
+    assert result["best_step"] == chosen["step"]
+    assert result["dev"]["score"] == chosen["selection_score"]
+    spec = load_spec(toy_task["spec_path"])
+    data = load_task(spec, toy_task["data_dir"])
+    selection = seeded_subset(data["dev"], 24, config.seed)
+    alone = evaluate(tiny_causal, torch.zeros(0, tiny_causal.dim), spec, selection,
+                     encode_examples(tiny_causal, selection, config.max_input_tokens))
+    assert result["zero_shot"]["dev"]["score"] == pytest.approx(alone["score"])
+    assert (result["test"]["n"], result["test"]["of"]) == (20, 32)
+    assert result["recipe"]["name"] == "stable" and result["recipe"]["lr"] == 0.3
+    assert result["train_seconds"] >= 0 and result["check_seconds"] > 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    checks = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in checks] == [0, 2, 4, 6] and {r["n"] for r in checks} == {8}
+    (start,) = [r for r in records if r["event"] == "start"]
+    assert start["check_examples"] == 8 and start["length_buckets"] is False
+
+
+def test_the_bar_shows_the_time_budgets_eta_not_the_step_budgets(
+    tiny_causal, toy_task, tmp_path, capsys
+):
+    """With --max-minutes the bar's ETA is the time budget's, and tqdm's own remaining time
+    (counted toward max_steps, hours away) is not shown."""
+    config = _config(toy_task, max_steps=100000, eval_every=1000, max_minutes=0.02)
+    train(config, tmp_path / "run", lm=tiny_causal, progress=True)
+    bar = capsys.readouterr().err
+    assert "(time budget)" in bar and "step budget" not in bar
+    assert not re.search(r"\d+:\d+<\d+:\d+", bar)  # tqdm's elapsed<remaining

@@ -1,0 +1,158 @@
+"""bench.time_to_accuracy: every arm trains in its own process for a few seconds on the tiny model
+and toy task, and the results files hold every arm and mark. No accuracy assertions beyond
+sanity, as the runs are seconds long."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import time_to_accuracy
+from bench.tta_arms import Marks, peft_label_scores
+from softprompt.model import load_frozen_lm
+from softprompt.scoring import label_scores
+
+
+def _args(argv):
+    return time_to_accuracy.parse_args(argv)
+
+
+def test_plan_defaults_to_two_seeds_of_ours_and_one_of_each_peft_arm():
+    args = _args([])
+    assert time_to_accuracy.plan(args) == [
+        ("ours", 0),
+        ("ours", 1),
+        ("peft-paper", 0),
+        ("peft-recipe", 0),
+    ]
+    assert args.marks == [120.0, 300.0, 600.0, 1200.0]
+    assert time_to_accuracy.plan(_args(["--arms", "peft-recipe", "--seeds", "3,4"])) == [
+        ("peft-recipe", 3),
+        ("peft-recipe", 4),
+    ]
+    with pytest.raises(SystemExit):
+        _args(["--marks", "300,120"])
+    with pytest.raises(SystemExit):
+        _args(["--arms", "ours,lora"])
+
+
+def test_cpu_slots_are_disjoint():
+    assert time_to_accuracy.cpu_slots(1) == [None]
+    slots = time_to_accuracy.cpu_slots(2)
+    assert len(slots) == 2 and all(slots)
+    if len(set().union(*map(set, slots))) >= 2:
+        assert not set(slots[0]) & set(slots[1])
+
+
+def test_marks_snapshot_each_mark_once():
+    taken = iter(range(100))
+    marks = Marks([1.0, 2.0, 3.0], lambda: torch.tensor(next(taken)))
+    assert not marks.passed(5, 0.5)
+    assert not marks.passed(9, 2.5)  # two marks passed within one step
+    assert marks.passed(12, 3.1)
+    assert [(s.mark, s.steps) for s in marks.snapshots] == [(1.0, 9), (2.0, 9), (3.0, 12)]
+
+
+def test_peft_scorer_agrees_with_ours_where_the_layouts_are_equal(tiny_causal_dir):
+    """The tiny model's tokenizer adds no BOS, so PEFT's [P; X] is our [lead; P; X]: both rank
+    classifiers give the same label scores for the same prompt."""
+    pytest.importorskip("peft")
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    lm = load_frozen_lm(str(tiny_causal_dir))
+    assert lm.lead_ids == []
+    prompt = 0.1 * torch.randn(4, lm.dim, generator=torch.Generator().manual_seed(0))
+    model = get_peft_model(
+        lm.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
+    )
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.copy_(prompt)
+    inputs = [lm.tokenize(t) for t in ("the movie was great", "awful plot", "a boring story film")]
+    words = ["negative", "positive"]
+    ours = label_scores(lm, prompt, inputs, words)
+    theirs = peft_label_scores(lm, model, inputs, words, batch_size=4)
+    assert theirs.shape == (3, 2)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def _run(tiny_causal_dir, toy_task, out, *extra):
+    return time_to_accuracy.main(
+        [
+            "--model",
+            str(tiny_causal_dir),
+            "--task",
+            str(toy_task["spec_path"]),
+            "--data-dir",
+            str(toy_task["data_dir"]),
+            "--prompt-length",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def _check_record(out, arms, marks):
+    record = json.loads((out / "time_to_accuracy.json").read_text())
+    results = record["results"]
+    assert [(r["arm"], r["seed"]) for r in results["arms"]] == arms
+    assert results["marks"] == [0.0, *marks]
+    for r in results["arms"]:
+        assert [m["mark"] for m in r["marks"]] == [0.0, *marks]
+        steps = [m["steps"] for m in r["marks"]]
+        assert steps[0] == 0 and steps == sorted(steps) and steps[-1] > 0
+        assert all(0.0 <= m["score"] <= 1.0 for m in r["marks"])
+        assert r["threads"] >= 1 and r["cores"]
+        assert r["started"] <= r["trained"] <= r["ended"] <= r["finished"]
+        assert set(r["load_avg_1m"]) == {"before", "after"}
+    assert 0.0 <= results["zero_shot"] <= 1.0
+    assert record["targets"]
+    assert all(isinstance(t["met"], bool) for t in record["targets"])
+    assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| arm |" in (out / "time_to_accuracy.md").read_text()
+    return record
+
+
+def test_all_arms_one_at_a_time(tiny_causal_dir, toy_task, tmp_path):
+    pytest.importorskip("peft")
+    _run(tiny_causal_dir, toy_task, tmp_path, "--marks", "1,2", "--jobs", "1")
+    record = _check_record(
+        tmp_path,
+        [("ours", 0), ("ours", 1), ("peft-paper", 0), ("peft-recipe", 0)],
+        [1.0, 2.0],
+    )
+    names = [t["name"] for t in record["targets"]]
+    assert any("every PEFT arm" in n for n in names) and any("drop" in n for n in names)
+    assert not any("1200 s" in n for n in names)  # not SST-2
+    # Seed 0's arms start from the same prompt and are scored alike: equal scores at mark 0.
+    initial = {r["arm"]: r["marks"][0]["score"] for r in record["results"]["arms"] if not r["seed"]}
+    assert len(set(initial.values())) == 1
+    ours = record["results"]["arms"][0]
+    assert ours["checks"] and ours["scorer"] == "softprompt.scoring.evaluate"
+
+
+def test_two_jobs_each_pinned(tiny_causal_dir, toy_task, tmp_path):
+    pytest.importorskip("peft")
+    _run(
+        tiny_causal_dir,
+        toy_task,
+        tmp_path,
+        "--arms",
+        "ours,peft-recipe",
+        "--seeds",
+        "0",
+        "--marks",
+        "1",
+        "--jobs",
+        "2",
+    )
+    record = _check_record(tmp_path, [("ours", 0), ("peft-recipe", 0)], [1.0])
+    arms = record["results"]["arms"]
+    expected = time_to_accuracy.cpu_slots(2)
+    assert [a["cores"] for a in arms] == expected
+    assert [a["threads"] for a in arms] == [len(c) for c in expected]

@@ -1,0 +1,41 @@
+"""Choosing a run's prompt: the best checks are kept as candidates and the best of them on the
+selection set wins, next to the template alone's score."""
+
+import torch
+
+from softprompt.training.selection import Candidates, choose
+
+
+def test_candidates_keep_the_k_best_checks_earliest_first_on_ties():
+    pool = Candidates(2)
+    for step, score in [(0, 0.5), (10, 0.7), (20, 0.6), (30, 0.7)]:
+        pool.offer(step, score, torch.full((1, 2), float(step)))
+    assert [(c.step, c.check_score) for c in pool.kept] == [(10, 0.7), (30, 0.7)]
+    restored = Candidates(2)
+    restored.load_state(pool.state())
+    assert [(c.step, c.check_score) for c in restored.kept] == [(10, 0.7), (30, 0.7)]
+    assert torch.equal(restored.kept[1].prompt, torch.full((1, 2), 30.0))
+
+
+def test_a_kept_candidate_is_a_copy():
+    pool = Candidates(1)
+    prompt = torch.zeros(1, 2)
+    pool.offer(0, 0.5, prompt)
+    prompt.add_(1.0)  # training goes on in place
+    assert torch.equal(pool.kept[0].prompt, torch.zeros(1, 2))
+
+
+def test_choose_scores_every_candidate_and_the_template_alone():
+    pool = Candidates(3)
+    for step, check in [(5, 0.9), (10, 0.8), (15, 0.7)]:
+        pool.offer(step, check, torch.full((1, 2), float(step)))
+    # On the selection set the second-best check is the best prompt.
+    selection = {5.0: 0.6, 10.0: 0.75, 15.0: 0.7}
+
+    def score(prompt):
+        return {"score": 0.65 if prompt.numel() == 0 else selection[float(prompt[0, 0])]}
+
+    choice = choose(pool, score, torch.zeros(0, 2))
+    assert choice.step == 10 and choice.metrics == {"score": 0.75}
+    assert choice.zero_shot == {"score": 0.65}
+    assert [c["selection_score"] for c in choice.candidates] == [0.6, 0.75, 0.7]
