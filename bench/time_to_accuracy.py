@@ -129,11 +129,15 @@ def run_child(args) -> None:
 
 # -------------------------------------------------------------------- the arms (parent)
 def plan(args) -> list[tuple[str, int]]:
-    """(arm, seed) of every child, ours first."""
-    runs = []
+    """(arm, seed) of every child, ours and the others alternating, so that with --jobs 2 each
+    of ours runs beside a PEFT arm, under the same load."""
+    ours, others = [], []
     for arm in args.arm_list:
         default = [0, 1] if arm == "ours" else [0]
-        runs += [(arm, seed) for seed in args.seed_list or default]
+        (ours if arm == "ours" else others).extend((arm, s) for s in args.seed_list or default)
+    runs = []
+    while ours or others:
+        runs += [queue.pop(0) for queue in (ours, others) if queue]
     return runs
 
 

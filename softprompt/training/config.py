@@ -92,7 +92,7 @@ class TrainConfig:
                   "selection set (default 200; 0: the whole selection set)."},
     )
     eval_max_examples: int | None = field(
-        default=1000,
+        default=500,
         metadata={"help": "The selection set: a fixed seeded dev subset on which the final "
                   "candidates and the template alone are scored (0: all of dev)."},
     )

@@ -89,6 +89,9 @@ def train(
     prompt = torch.nn.Parameter(_initial_prompt(config, lm, spec))
     optimizer = make_optimizer(config, [prompt], lr=recipe.lr)
     candidates = Candidates(config.final_candidates)
+    # What checks score and a run keeps: the recipe's moving average of the prompt, or the
+    # prompt itself (the same tensor) when the recipe averages nothing.
+    checked = prompt.detach() if recipe.average_decay is None else prompt.detach().clone()
     order = _bucketed_order(config, train_enc)
     start = {
         "train_examples": len(data["train"]),
@@ -109,14 +112,15 @@ def train(
             world, by_length=True, order=order,
         ),
         loss=lambda batch, tokens: lm_loss(lm, prompt, batch, normalizer=tokens),
-        evaluate=lambda: checks.score(prompt.detach()),
-        after_eval=lambda step, scores: candidates.offer(step, scores["score"], prompt),
-        keep_best=partial(_save_best, prompt, run_dir / BEST_PROMPT, spec.name, writer),
-        state=lambda: {"prompt": prompt.detach().clone(), "candidates": candidates.state()},
-        load_state=partial(_restore, prompt, candidates),
+        evaluate=lambda: checks.score(checked),
+        after_eval=lambda step, scores: candidates.offer(step, scores["score"], checked),
+        keep_best=partial(_save_best, checked, run_dir / BEST_PROMPT, spec.name, writer),
+        state=lambda: {"prompt": prompt.detach().clone(), "average": checked.clone(),
+                       "candidates": candidates.state()},
+        load_state=partial(_restore, prompt, checked, candidates),
         on_start=partial(_log_start, metrics, start, stats.get("skipped_rows", [])),
         before_step=partial(recipe_lib.set_lr, optimizer, recipe),
-        after_step=partial(_keep_norm, prompt, recipe, lm),
+        after_step=partial(_after_step, prompt, checked, recipe, lm),
         on_step=on_step or (lambda _step, _seconds: False),
     )
     schedule = loop.Schedule(
@@ -231,17 +235,21 @@ def _save_best(prompt: torch.nn.Parameter, path: Path, task: str, writer: bool, 
         prompt_lib.save_prompt(prompt.detach(), path, {"task": task, "step": str(step)})
 
 
-def _restore(prompt: torch.nn.Parameter, candidates: Candidates, saved: dict) -> None:
+def _restore(prompt: torch.nn.Parameter, checked: torch.Tensor, candidates: Candidates,
+             saved: dict) -> None:
     with torch.no_grad():
         prompt.copy_(saved["prompt"])
+        checked.copy_(saved["average"])
     candidates.load_state(saved["candidates"])
 
 
-def _keep_norm(prompt: torch.nn.Parameter, recipe: recipe_lib.Recipe, lm: FrozenLM,
-               _step: int) -> None:
-    """Keeps the prompt's rows within the recipe's cap, after each update."""
+def _after_step(prompt: torch.nn.Parameter, checked: torch.Tensor, recipe: recipe_lib.Recipe,
+                lm: FrozenLM, _step: int) -> None:
+    """Keeps the prompt's rows within the recipe's cap, and updates its moving average."""
     if recipe.norm_cap is not None:
         recipe_lib.cap_row_norms(prompt, recipe.norm_cap * lm.vocab_max_norm)
+    if recipe.average_decay is not None:
+        recipe_lib.update_average(checked, prompt, recipe.average_decay)
 
 
 def _result(

@@ -14,7 +14,10 @@ It warms up linearly over the first WARMUP_STEPS steps (the first updates, taken
 uninformed second-moment estimate, are the largest), trains at batch 16 (twice the updates per
 minute of batch 32, at the same cost per example), and keeps every prompt row's norm at most
 NORM_CAP times the vocabulary's largest row norm, so the prompt stays where the model's inputs
-live. results/README.md has the curves this was chosen by. The paper's recipe stays one flag
+live. Checks score, and the run keeps, an exponential moving average of the prompt (decay
+AVERAGE_DECAY per step): single batch-16 steps move the prompt enough to swing the dev score by
+several points from one check to the next, and the average smooths that out at no cost.
+results/README.md has the curves this was chosen by. The paper's recipe stays one flag
 away (`--recipe paper`); a run's result.json and its registry manifest record the recipe.
 """
 
@@ -31,6 +34,7 @@ DEFAULT_RECIPE = "stable"
 LR_SCALE = 0.25
 WARMUP_STEPS = 10
 NORM_CAP = 2.0
+AVERAGE_DECAY = 0.9
 STABLE_BATCH = 16
 PAPER_LR = 0.3
 # length_buckets "auto" turns bucketing on above this mean training input length (tokens).
@@ -46,6 +50,9 @@ class Recipe:
     lr: float  # the absolute learning rate the optimizer steps with after warmup
     warmup_steps: int  # linear warmup from lr / warmup_steps; 0: constant from the start
     norm_cap: float | None  # prompt rows kept at most this x the vocabulary's largest row norm
+    # Checks score (and a run keeps) an exponential moving average of the prompt with this
+    # decay per step, not the last step's prompt; None: the prompt itself.
+    average_decay: float | None
     lr_rule: str  # how lr was chosen, in words, for the result and the manifest
 
     def to_dict(self) -> dict:
@@ -66,7 +73,7 @@ def resolve(recipe: str, lr: float | None, entry_rms: float) -> Recipe:
     if recipe == "paper":
         chosen = PAPER_LR if lr is None else lr
         rule = "paper: constant 0.3" if lr is None else "given (--lr)"
-        return Recipe("paper", chosen, 0, None, rule)
+        return Recipe("paper", chosen, 0, None, None, rule)
     if not entry_rms > 0:
         raise ValueError(f"the embedding's entry RMS must be > 0 to scale lr, got {entry_rms}")
     if lr is None:
@@ -74,7 +81,7 @@ def resolve(recipe: str, lr: float | None, entry_rms: float) -> Recipe:
         rule = f"{LR_SCALE} x embedding entry RMS {entry_rms:.4g}"
     else:
         chosen, rule = lr, "given (--lr)"
-    return Recipe("stable", chosen, WARMUP_STEPS, NORM_CAP, rule)
+    return Recipe("stable", chosen, WARMUP_STEPS, NORM_CAP, AVERAGE_DECAY, rule)
 
 
 def warmup_factor(recipe: Recipe, step: int) -> float:
@@ -89,6 +96,12 @@ def set_lr(optimizer: torch.optim.Optimizer, recipe: Recipe, step: int) -> None:
     run continues the warmup exactly where the killed one was."""
     for group in optimizer.param_groups:
         group["lr"] = recipe.lr * warmup_factor(recipe, step)
+
+
+def update_average(average: torch.Tensor, prompt: torch.Tensor, decay: float) -> None:
+    """average <- decay x average + (1 - decay) x prompt, in place (both [P, E])."""
+    with torch.no_grad():
+        average.mul_(decay).add_(prompt.detach(), alpha=1.0 - decay)
 
 
 def cap_row_norms(prompt: torch.Tensor, max_norm: float) -> None:

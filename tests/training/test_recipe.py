@@ -65,7 +65,7 @@ def test_the_paper_recipe_and_an_explicit_lr():
 
 
 def test_warmup_is_linear_and_a_pure_function_of_the_step():
-    recipe = recipe_lib.Recipe("stable", 0.1, 4, 2.0, "test")
+    recipe = recipe_lib.Recipe("stable", 0.1, 4, 2.0, None, "test")
     factors = [recipe_lib.warmup_factor(recipe, step) for step in range(6)]
     assert factors == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     prompt = torch.nn.Parameter(torch.zeros(2, 3))
@@ -87,3 +87,14 @@ def test_length_buckets_auto_only_for_long_inputs():
     assert recipe_lib.use_length_buckets("auto", long)
     assert recipe_lib.use_length_buckets("on", short)
     assert not recipe_lib.use_length_buckets("off", long)
+
+
+def test_the_moving_average_follows_the_prompt():
+    average, prompt = torch.zeros(2, 3), torch.ones(2, 3)
+    recipe_lib.update_average(average, prompt, 0.9)
+    assert torch.allclose(average, torch.full((2, 3), 0.1))
+    for _ in range(100):
+        recipe_lib.update_average(average, prompt, 0.9)
+    assert torch.allclose(average, prompt, atol=1e-4)
+    assert recipe_lib.resolve("stable", None, 0.1).average_decay == recipe_lib.AVERAGE_DECAY
+    assert recipe_lib.resolve("paper", None, 0.1).average_decay is None
