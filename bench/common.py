@@ -314,6 +314,8 @@ class Report:
         self.notes: list[str] = []
         self.results: dict = {}
         self.env: dict = {}
+        # How the numbers were taken, for the Run section; None: the interleaved default.
+        self.method: str | None = None
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
         self.tables.append(
@@ -376,6 +378,10 @@ class Report:
             parts += ["### Targets", "", markdown_table(*self._target_rows()), ""]
         if self.notes:
             parts += ["### Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        default_method = (
+            f"under `nice -n 19`, median of {self.args.reps} interleaved repetitions; ranges "
+            "are min-max"
+        )
         machine = (
             env["gpu"]
             if "gpu" in env
@@ -384,8 +390,7 @@ class Report:
         parts += [
             "### Run",
             "",
-            f"- command: `{record['command']}` (under `nice -n 19`, median of {self.args.reps} "
-            "interleaved repetitions; ranges are min-max)",
+            f"- command: `{record['command']}` ({self.method or default_method})",
             f"- machine: {machine}; {env['platform']}",
             f"- versions: python {env['python']}, torch {env['torch']}, transformers "
             f"{env['transformers']}, peft {env['peft']}; softprompt "

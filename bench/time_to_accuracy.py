@@ -384,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     spec = load_spec(args.task)
     report = Report(NAME, "Time to accuracy: softprompt vs PEFT prompt tuning", args, argv)
+    report.method = f"at nice {os.nice(0)}; one run per arm and seed, CPUs in the Arms table"
     with tempfile.TemporaryDirectory() as work:
         records = run_children(args, Path(work))
     write_report(report, args, spec, records)

@@ -196,7 +196,8 @@ def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequ
          categorical=axis == "init")
     notes = [f"{td.split} split, {len(td.report)} examples; {len(seeds)} seeds {list(seeds)}; "
              "spread = sample standard deviation",
-             f"{_budget(base)}, lr {base.lr}, {base.optimizer}; "
+             f"{_budget(base)}, {base.recipe} recipe, lr {base.lr or 'by the recipe'}, "
+             f"{base.optimizer}; "
              f"steps run per value and seed: {steps}"]
     payload = {"axis": axis, "task": td.spec.name, "model": lm.name, "fixed": fixed,
                "seeds": list(seeds), "scores": per_value, "steps": steps, "split": td.split,

@@ -5,5 +5,7 @@
 - lm_adaptation: `lm_adapt`, continued prefix-LM training of a T5 checkpoint (section 3.1).
 
 Each says what trains and what scores it; config.py holds their configs, optim.py the
-optimizers, progress.py the metrics log and progress lines.
+optimizers, recipe.py prompt tuning's default settings (lr relative to the embedding's scale,
+warmup, norm cap, moving average), selection.py how a run chooses its prompt, batching.py length
+buckets, progress.py the metrics log and progress lines.
 """

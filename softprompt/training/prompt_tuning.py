@@ -131,11 +131,11 @@ def train(
     )
     shown = ProgressOptions(bar=progress, desc=f"train {spec.name}", metric=spec.metric)
     outcome = loop.train_loop(trainable, schedule, metrics, run_dir / CHECKPOINT, shown)
-    choice = choose_prompt(candidates, selection, lm, spec.name)
+    choice = choose_prompt(candidates, selection, checks, lm, spec.name)
     if writer:
         _save_best(choice.prompt, run_dir / BEST_PROMPT, spec.name, True, choice.step)
     distributed.barrier()  # the writer's prompt file is complete before anyone reads it
-    result = _result(config, lm, spec, data, outcome, choice, recipe, run_dir)
+    result = _result(config, lm, spec, data, outcome, choice, recipe, run_dir, selection)
     if writer:
         atomic_write(run_dir / "result.json", json.dumps(result, indent=2).encode())
     done = {k: v for k, v in result.items() if k in ("best_step", "steps", "stop_reason")}
@@ -158,6 +158,13 @@ class _Scored:
                  config: TrainConfig, encoded=None) -> None:
         self.lm, self.spec, self.examples, self.config = lm, spec, examples, config
         self.encoded = encoded or encode_examples(lm, examples, config.max_input_tokens)
+        self.seconds, self.scored = 0.0, 0  # time spent scoring, and examples scored
+
+    def about(self, examples: int) -> str:
+        """How long scoring `examples` more will take at the rate measured so far."""
+        if not self.scored:
+            return ""
+        return f" (about {format_duration(examples * self.seconds / self.scored)})"
 
     def head(self, n: int | None) -> _Scored:
         """The first n examples (all when None): a seeded subset of a seeded subset."""
@@ -166,16 +173,22 @@ class _Scored:
         return _Scored(self.lm, self.spec, self.examples[:n], self.config)
 
     def score(self, prompt: torch.Tensor) -> dict:
-        return evaluate(self.lm, prompt, self.spec, self.examples, self.encoded,
-                        batch_size=self.config.eval_batch_size)
+        began = time.monotonic()
+        metrics = evaluate(self.lm, prompt, self.spec, self.examples, self.encoded,
+                           batch_size=self.config.eval_batch_size)
+        self.seconds += time.monotonic() - began
+        self.scored += len(self.examples)
+        return metrics
 
 
-def choose_prompt(candidates: Candidates, selection: _Scored, lm: FrozenLM, task: str) -> Choice:
-    """The run's prompt: the best candidate on the selection set, with a line saying what was
-    scored and how long it took."""
+def choose_prompt(candidates: Candidates, selection: _Scored, checks: _Scored, lm: FrozenLM,
+                  task: str) -> Choice:
+    """The run's prompt: the best candidate on the selection set, with a line saying what will
+    be scored and how long it should take (at the checks' rate), and one with the outcome."""
     progress_log.info(
-        "choosing among %d candidate prompts (and the template alone) on %d dev examples",
+        "choosing among %d candidate prompts (and the template alone) on %d dev examples%s",
         len(candidates.kept), len(selection.examples),
+        checks.about((len(candidates.kept) + 1) * len(selection.examples)),
     )
     choice = choose(candidates, selection.score, torch.zeros(0, lm.dim, device=lm.device))
     progress_log.info(
@@ -261,6 +274,7 @@ def _result(
     choice: Choice,
     recipe: recipe_lib.Recipe,
     run_dir: Path,
+    selection: _Scored,
 ) -> dict:
     """The run's chosen prompt: its dev score, the template alone's, and its test metrics."""
     result = {
@@ -289,7 +303,7 @@ def _result(
             spec.name, norm.max_row_norm, norm.ratio,
         )
     if "test" in data:
-        result["test"] = _score_test(config, lm, spec, data["test"], best)
+        result["test"] = _score_test(config, lm, spec, data["test"], best, selection)
     return result
 
 
@@ -299,12 +313,13 @@ def _summary(metrics: dict) -> dict:
 
 
 def _score_test(config: TrainConfig, lm: FrozenLM, spec: TaskSpec, test: list[Example],
-                prompt: torch.Tensor) -> dict:
+                prompt: torch.Tensor, measured: _Scored) -> dict:
     """The chosen prompt's metrics on the reported split, or on a seeded subset of at most
-    config.test_max_examples of it, with a line before and after."""
+    config.test_max_examples of it, with a line before (its expected time at the rate
+    `measured` scored at) and after."""
     examples = seeded_subset(test, config.test_max_examples, config.seed)
-    progress_log.info("scoring the chosen prompt on %d of %d test examples", len(examples),
-                      len(test))
+    progress_log.info("scoring the chosen prompt on %d of %d test examples%s", len(examples),
+                      len(test), measured.about(len(examples)))
     began = time.monotonic()
     encoded = encode_examples(lm, examples, config.max_input_tokens)
     metrics = evaluate(lm, prompt, spec, examples, encoded, batch_size=config.eval_batch_size)
