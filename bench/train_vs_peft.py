@@ -41,6 +41,7 @@ from softprompt.scoring import encode_examples, lm_loss
 from softprompt.training.config import TrainConfig
 from softprompt.training.loop import batch_indices
 from softprompt.training.optim import make_optimizer
+from softprompt.training.recipe import PAPER_LR
 
 TARGET_SPEEDUP = 1.5
 
@@ -72,7 +73,9 @@ class Trainers:
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
         self.lm = lm
-        self.config = TrainConfig(prompt=PromptConfig(length=prompt_length))
+        self.config = TrainConfig(
+            prompt=PromptConfig(length=prompt_length), recipe="paper", lr=PAPER_LR
+        )
         self.init = random_uniform(prompt_length, lm.dim, torch.Generator().manual_seed(seed))
         self.prompt = torch.nn.Parameter(self.init.clone().to(lm.device))
         self.peft_model = get_peft_model(

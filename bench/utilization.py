@@ -36,6 +36,7 @@ from softprompt.prompt import PromptConfig, random_uniform
 from softprompt.scoring import lm_loss
 from softprompt.training.config import TrainConfig
 from softprompt.training.optim import make_optimizer
+from softprompt.training.recipe import PAPER_LR
 
 TARGET_UTILIZATION = 0.75
 
@@ -118,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     prompt = torch.nn.Parameter(
         random_uniform(P, lm.dim, torch.Generator().manual_seed(args.seed)).to(lm.device)
     )
-    opt = make_optimizer(TrainConfig(prompt=PromptConfig(length=P)), [prompt])
+    config = TrainConfig(prompt=PromptConfig(length=P), recipe="paper", lr=PAPER_LR)
+    opt = make_optimizer(config, [prompt])
     train_batch = Batch(*fixed_batch(lm, args.batch_size, args.input_tokens, words, args.seed))
     infer_inputs, _ = fixed_batch(
         lm, args.infer_batch_size, args.input_tokens, words, args.seed + 1

@@ -124,7 +124,7 @@ def test_all_arms_one_at_a_time(tiny_causal_dir, toy_task, tmp_path):
     _run(tiny_causal_dir, toy_task, tmp_path, "--marks", "1,2", "--jobs", "1")
     record = _check_record(
         tmp_path,
-        [("ours", 0), ("ours", 1), ("peft-paper", 0), ("peft-recipe", 0)],
+        [("ours", 0), ("peft-paper", 0), ("ours", 1), ("peft-recipe", 0)],
         [1.0, 2.0],
     )
     names = [t["name"] for t in record["targets"]]

@@ -27,6 +27,7 @@ TRAIN_FLAGS = {
     "--vocab-top-k": ("10", "prompt.vocab_top_k"),
     "--init-text": ("hello", "prompt.init_text"),
     "--init-file": ("p.safetensors", "prompt.init_file"),
+    "--recipe": ("paper", "recipe"),
     "--optimizer": ("adamw", "optimizer"),
     "--lr": ("0.1", "lr"),
     "--weight-decay": ("0.01", "weight_decay"),
@@ -38,6 +39,10 @@ TRAIN_FLAGS = {
     "--eval-every": ("5", "eval_every"),
     "--patience": ("2", "patience"),
     "--eval-max-examples": ("10", "eval_max_examples"),
+    "--check-examples": ("5", "check_examples"),
+    "--final-candidates": ("2", "final_candidates"),
+    "--test-max-examples": ("30", "test_max_examples"),
+    "--length-buckets": ("on", "length_buckets"),
     "--seed": ("1", "seed"),
     "--target-prefix": ("<extra_id_0> ", "target_prefix"),
     "--prepared-dir": ("p", "prepared_dir"),
@@ -109,7 +114,7 @@ def test_train_config_file_then_typed_flags(tmp_path):
             [],
             r"run\.yaml:2: unknown TrainConfig field 'max_stepz'; did you mean 'max_steps'\?",
         ),
-        ("task: toy\nlr: fast\n", [], r"run\.yaml:2: lr must be float, got 'fast' \(str\)"),
+        ("task: toy\nlr: fast\n", [], r"run\.yaml:2: lr must be float or null, got 'fast' \(str\)"),
         ("lr: 0.1\n", [], "train needs a task: --task, or `task:` in the --config file"),
         ("task: toy\n", ["--prompt-length", "0"], "run.yaml: prompt length must be >= 1, got 0"),
     ],
@@ -232,7 +237,9 @@ def test_lm_adapt_flags_build_its_config():
 
 def test_a_diverged_training_run_exits_with_an_error(tiny_causal_dir, toy_task, tmp_path, capsys):
     """The command line reports divergence as an error (exit 2), not as a finished run."""
-    config = _toy_run(toy_task, tiny_causal_dir, eval_every=1, optimizer="sgd", lr=1e30)
+    # The paper's recipe: the stable one's norm cap would pull the prompt back.
+    config = _toy_run(toy_task, tiny_causal_dir, eval_every=1, optimizer="sgd", lr=1e30,
+                      recipe="paper")
     path = _write(tmp_path, "run.yaml", config)
     argv = ["train", "--config", path, "--run-dir", str(tmp_path / "run"), "--no-progress"]
     assert main(argv) == 2

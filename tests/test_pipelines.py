@@ -101,10 +101,12 @@ def test_prompt_tuning_parameter_defaults(compiled):
     params = spec["root"]["inputDefinitions"]["parameters"]
     defaults = {name: p.get("defaultValue") for name, p in params.items()}
     assert defaults["task"] == "sst2" and defaults["base_model"] == "smollm2-135m"
-    assert defaults["lr"] == 0.3 and defaults["optimizer"] == "adafactor"
+    # lr 0 travels as None: the recipe's rule decides it.
+    assert defaults["lr"] == 0.0 and defaults["optimizer"] == "adafactor"
+    assert defaults["recipe"] == "stable"
     assert defaults["prompt_length"] == 20
-    assert defaults["max_steps"] == 1000 and defaults["batch_size"] == 32
-    assert defaults["eval_every"] == 50 and defaults["patience"] == 0  # 0: no early stopping
+    assert defaults["max_steps"] == 1000 and defaults["batch_size"] == 16
+    assert defaults["eval_every"] == 25 and defaults["patience"] == 0  # 0: no early stopping
     assert defaults["registry_uri"].startswith("s3://") and defaults["alias"] == "production"
     assert defaults["checkpoint_root"].startswith(CHECKPOINT_MOUNT)
     assert [c["seed"] for c in defaults["prompt_configs"]] == [0, 1, 2]
@@ -213,7 +215,8 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
         train_prompt.python_func(
             task="toy", spec=spec, train_dev=train_dev, base_model=str(tiny_causal_dir),
             prompt_config={"seed": 1.0, "init": "class_label"}, prompt_length=4,
-            optimizer="adafactor", lr=0.3, batch_size=8, micro_batch_size=4, max_steps=6,
+            recipe="stable", optimizer="adafactor", lr=0.3, batch_size=8, micro_batch_size=4,
+            max_steps=6,
             max_minutes=0.0, eval_every=2, patience=0, eval_max_examples=0, eval_batch_size=16,
             max_input_tokens=64, checkpoint_root="", run_key="job", run=run, metrics=metrics,
             curve=HTML(uri=str(tmp_path / "curve")))
@@ -239,7 +242,7 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
     assert '"event": "resume", "step": 2' in log
     assert json.loads((tmp_path / "metrics").read_text())["best_step"] == run.metadata["best_step"]
     # The learning curve: dev scores in the run's metadata, and a plot the Kubeflow UI shows.
-    assert [step for step, _ in run.metadata["dev_curve"]] == [2, 4, 6]
+    assert [step for step, _ in run.metadata["dev_curve"]] == [0, 2, 4, 6]
     assert "<svg" in (tmp_path / "curve").read_text()
 
 
@@ -436,8 +439,11 @@ def test_log_option_shows_live_progress_and_keeps_the_summary(tiny_causal_dir, t
         assert len(ended) == 1 and ended[0].endswith(" (ran)"), (step, events)
     for label in ("train-prompt", "train-prompt#2"):
         evals = [e for e in events if e.startswith(f"{label}: step ") and " | dev " in e]
-        assert [e.split(" | ")[0] for e in evals] == [f"{label}: step 2/4", f"{label}: step 4/4"]
-        assert all(" | loss " in e and " | dev accuracy " in e and " | ETA " in e for e in evals)
+        assert [e.split(" | ")[0] for e in evals] == [
+            f"{label}: step 0/4", f"{label}: step 2/4", f"{label}: step 4/4"
+        ]
+        assert all(" | dev accuracy " in e and " | ETA " in e for e in evals)
+        assert all(" | loss " in e for e in evals[1:])  # step 0 has no training loss yet
         assert f"{label}: training stopped at step 4/4 (max_steps)" in "\n".join(events)
     text = log.read_text()
     # The full log: kfp.local's lines and the steps' own output, as they were printed.

@@ -119,7 +119,7 @@ def test_every_surface_defaults_to_the_dataclass(surfaces):
     assert {"model", "prompt.length", "lr", "eval_every", "patience", "max_minutes"} <= set(
         pipeline
     )
-    assert pipeline["eval_every"] == 50 and pipeline["patience"] is None
+    assert pipeline["eval_every"] == 25 and pipeline["patience"] is None
     assert {"steps", "lr", "batch_size", "max_tokens", "seed"} <= set(
         surfaces["lm_adaptation pipeline"][1]
     )
@@ -153,7 +153,7 @@ def test_a_changed_dataclass_default_is_reported_where_it_was_copied(surfaces, m
     with) is reported once the dataclass default moves away from it."""
     field = next(f for f in fields(TrainConfig) if f.name == "eval_every")
     monkeypatch.setattr(field, "default", 100)
-    expected = "eval_every defaults to 50, but TrainConfig.eval_every to 100"
+    expected = "eval_every defaults to 25, but TrainConfig.eval_every to 100"
     assert f"prompt_tuning pipeline: {expected}" in _drift(surfaces)
     assert f"softprompt train: {expected}" in _drift(surfaces)
 
@@ -183,10 +183,10 @@ def test_flags_read_back_what_was_typed():
     parser = argparse.ArgumentParser()
     settings.add_flags(parser, chosen)
     args = parser.parse_args(["--prompt-length", "4"])
-    assert (args.lr, args.prompt_length, args.max_minutes) == (0.3, 4, None)
+    assert (args.lr, args.prompt_length, args.max_minutes) == (None, 4, None)
     assert settings.given(args, chosen) == {"prompt": {"length": 4}}
     assert settings.values(args, chosen) == {
-        "lr": 0.3,
+        "lr": None,
         "prompt": {"length": 4},
         "max_minutes": None,
     }
@@ -234,7 +234,7 @@ def test_config_files_and_sections(tmp_path):
             r"did you mean 'max_steps'\?",
         ),
         ("prompt:\n  lenght: 4\n", r"run.yaml:2: unknown TrainConfig field 'prompt.lenght'"),
-        ("lr: fast\n", r"run.yaml:1: lr must be float, got 'fast' \(str\)"),
+        ("lr: fast\n", r"run.yaml:1: lr must be float or null, got 'fast' \(str\)"),
         ("max_steps: true\n", r"run.yaml:1: max_steps must be int, got True \(bool\)"),
         ("max_steps: 2.5\n", r"run.yaml:1: max_steps must be int, got 2.5 \(float\)"),
         ("patience: [1]\n", r"run.yaml:1: patience must be int or null"),
@@ -259,7 +259,7 @@ def test_numbers_read_as_the_field_wants():
 def test_pipeline_parameters_encode_none_as_zero():
     train = settings.pipeline_defaults(TrainConfig)
     assert (train.max_minutes, train.patience, train.data_dir) == (0.0, 0, "")
-    assert (train.base_model, train.prompt_length, train.eval_every) == (DEFAULT_MODEL, 20, 50)
+    assert (train.base_model, train.prompt_length, train.eval_every) == (DEFAULT_MODEL, 20, 25)
     assert not hasattr(settings.pipeline_defaults(LMAdaptConfig), "base_model")  # required
     params = {
         "task": "toy",

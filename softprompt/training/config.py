@@ -37,7 +37,8 @@ class TrainConfig:
         default=recipe_lib.DEFAULT_RECIPE,
         metadata={
             "help": "Default optimizer settings: stable (lr relative to the embedding's scale, "
-            "warmup, batch 16, prompt norm capped) or paper (lr 0.3 constant, batch 32).",
+            "warmup, prompt norm capped, moving average) or paper (lr 0.3 constant; pair it "
+            "with --train-batch-size 32 for the paper's batch).",
             "choices": recipe_lib.RECIPES,
         },
     )
@@ -53,10 +54,10 @@ class TrainConfig:
     beta2_decay: float = field(
         default=0.8, metadata={"help": "Adafactor second-moment decay exponent (paper: 0.8)."}
     )
-    batch_size: int | None = field(
-        default=None,
+    batch_size: int = field(
+        default=recipe_lib.STABLE_BATCH,
         metadata={
-            "help": "Examples per optimizer step (default: the recipe's; stable 16, paper 32).",
+            "help": "Examples per optimizer step (the stable recipe's 16; the paper's is 32).",
             "flag": "--train-batch-size",
         },
     )
@@ -146,8 +147,6 @@ class TrainConfig:
             raise ValueError(
                 f"unknown recipe {self.recipe!r}; choose one of {', '.join(recipe_lib.RECIPES)}"
             )
-        if self.batch_size is None:
-            self.batch_size = recipe_lib.default_batch_size(self.recipe)
         check_optimization(self)
         check_at_least_one(self, ("final_candidates",))
         for name in ("check_examples", "eval_max_examples", "test_max_examples"):

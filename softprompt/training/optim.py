@@ -16,6 +16,11 @@ def make_optimizer(
     weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation); `lr`, when
     given, replaces config.lr (a prompt-tuning recipe's resolved rate)."""
     lr = config.lr if lr is None else lr
+    if lr is None:
+        raise ValueError(
+            "no learning rate: the config leaves it to its recipe; pass the resolved one "
+            "(softprompt.training.recipe.resolve(...).lr)"
+        )
     if config.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 

@@ -59,11 +59,6 @@ class Recipe:
         return asdict(self)
 
 
-def default_batch_size(recipe: str) -> int:
-    """Examples per optimizer step when the config gives none."""
-    return PAPER_BATCH if recipe == "paper" else STABLE_BATCH
-
-
 def resolve(recipe: str, lr: float | None, entry_rms: float) -> Recipe:
     """The settings of `recipe` on a model whose input-embedding entries have RMS `entry_rms`.
 

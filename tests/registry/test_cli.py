@@ -52,7 +52,8 @@ def test_cli_round_trip_local(run_dir, tiny_causal, tmp_path, monkeypatch, capsy
     assert m["label_words"] == ["negative", "positive"]
     assert m["dataset_version"] == "0123abcd.dir" and m["code_version"]
     assert m["objective"] == "target_nll"
-    assert m["hyperparameters"]["lr"] == 0.3 and m["init"] == "class_label"
+    assert m["hyperparameters"]["recipe"] == "stable" and m["init"] == "class_label"
+    assert m["metrics"]["recipe"]["name"] == "stable" and m["metrics"]["recipe"]["lr"] > 0
     assert m["metrics"]["test"]["n"] == 32
     assert m["template"] == "Review: {sentence}\nSentiment:" and m["metric"] == "accuracy"
     assert out["alias"]["version"] == 1
@@ -114,7 +115,7 @@ def test_push_to_an_alias_refuses_a_prompt_below_the_template_alone(run_dir, tmp
     assert open_registry(reg).list_tasks() == []
     code, out, _ = cli(capsys, "push", "--registry", reg, "--run-dir", run_dir)
     assert code == 0
-    assert json.loads(out)["manifest"]["metrics"]["zero_shot"] == result["zero_shot"]
+    assert out["manifest"]["metrics"]["zero_shot"] == result["zero_shot"]
 
 
 @pytest.mark.s3

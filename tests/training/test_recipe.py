@@ -56,7 +56,7 @@ def test_the_paper_recipe_and_an_explicit_lr():
     assert (paper.lr, paper.warmup_steps, paper.norm_cap) == (0.3, 0, None)
     given = recipe_lib.resolve("stable", 0.05, 0.13)
     assert given.lr == 0.05 and given.lr_rule == "given (--lr)" and given.warmup_steps > 0
-    assert TrainConfig(recipe="paper").batch_size == 32 and TrainConfig().batch_size == 16
+    assert TrainConfig().batch_size == 16
     assert TrainConfig(batch_size=24).batch_size == 24
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         TrainConfig(recipe="fast")
