@@ -155,9 +155,9 @@ class _Scored:
     """Dev examples encoded once, scored by rank classification, with the seconds it took."""
 
     def __init__(self, lm: FrozenLM, spec: TaskSpec, examples: list[Example],
-                 config: TrainConfig, encoded=None) -> None:
+                 config: TrainConfig) -> None:
         self.lm, self.spec, self.examples, self.config = lm, spec, examples, config
-        self.encoded = encoded or encode_examples(lm, examples, config.max_input_tokens)
+        self.encoded = encode_examples(lm, examples, config.max_input_tokens)
         self.seconds, self.scored = 0.0, 0  # time spent scoring, and examples scored
 
     def about(self, examples: int) -> str:
