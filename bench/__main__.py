@@ -12,13 +12,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, fmt, markdown_table
+from bench.common import RESULTS_DIR, fmt, markdown_table, target_cell
 
 BENCHMARKS = (
     "train_vs_peft",
     "utilization",
     "rank_labels",
     "ensemble_batch",
+    "group_step",
     "mixed_tasks",
     "memory",
     "time_to_accuracy",
@@ -49,7 +50,7 @@ def write_summary(out: Path) -> Path:
                     t["name"],
                     t["goal"],
                     f"{fmt(t['measured'])}{t['unit']}",
-                    "yes" if t["met"] else "**no**",
+                    target_cell(t),
                 ]
             )
     text = [

@@ -42,6 +42,12 @@ def base_parser(description: str, reps: int = 5) -> argparse.ArgumentParser:
         default=None,
         help="frozen weights' dtype (default: float32 on CPU, bfloat16 on GPU)",
     )
+    p.add_argument(
+        "--compile",
+        default="off",
+        help="torch.compile mode of the frozen stack: off, default, reduce-overhead (CUDA graphs)"
+        " or max-autotune",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
     p.add_argument(
         "--reps", type=int, default=reps, help="timed repetitions per case (after warmup)"
@@ -76,7 +82,7 @@ def load_lm(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    lm = load_frozen_lm(args.model, device=device, dtype=dtype)
+    lm = load_frozen_lm(args.model, device=device, dtype=dtype, compile=args.compile)
     if lm.is_encoder_decoder:
         raise SystemExit(
             f"{args.model}: the benchmarks cover decoder-only models; this one is encoder-decoder"
@@ -291,6 +297,17 @@ def environment(device: torch.device | str) -> dict:
     return env
 
 
+# A target's status by its `met`: None where the run's device is not the one the goal is for.
+TARGET_STATUS = {True: "met", False: "not met", None: "not measured"}
+
+
+def target_cell(target: dict) -> str:
+    """The "met" cell of a target: yes, **no**, or "not measured (a <device type> goal)"."""
+    if target["met"] is None:
+        return f"not measured (a {target['on']} goal)"
+    return "yes" if target["met"] else "**no**"
+
+
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -323,18 +340,30 @@ class Report:
         )
         print(f"\n{title}\n{markdown_table(columns, rows)}", flush=True)
 
-    def target(self, name: str, goal: str, measured: float, met: bool, unit: str = "") -> None:
-        self.targets.append(
-            {"name": name, "goal": goal, "measured": measured, "unit": unit, "met": bool(met)}
-        )
+    def target(
+        self, name: str, goal: str, measured: float, met: bool, unit: str = "",
+        on: str | None = None,
+    ) -> None:
+        """A goal and what this run measured against it. `on` ("cuda" or "cpu") names the only
+        device type the goal is for: a run on another type reports it "not measured" (met None),
+        as its number says nothing about that goal."""
+        self.targets.append({"name": name, "goal": goal, "measured": measured, "unit": unit,
+                             "met": bool(met), "on": on})
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
     def write(self, device: torch.device | str) -> tuple[Path, Path]:
         self.env = self.env or environment(device)
+        kind = torch.device(device).type
+        for t in self.targets:
+            measured_here = t["on"] in (None, kind)
+            t["met"] = t["met"] if measured_here else None
+            t["status"] = TARGET_STATUS[t["met"]]
         record = {
             "benchmark": self.name,
+            "device": str(device),
+            "device_name": self.env.get("gpu") or self.env["cpu"],
             "title": self.title,
             "command": self.command,
             "config": {k: v for k, v in vars(self.args).items() if k != "out"},
@@ -359,12 +388,7 @@ class Report:
 
     def _target_rows(self) -> tuple[list[str], list[list[str]]]:
         rows = [
-            [
-                t["name"],
-                t["goal"],
-                f"{fmt(t['measured'])}{t['unit']}",
-                "yes" if t["met"] else "**no**",
-            ]
+            [t["name"], t["goal"], f"{fmt(t['measured'])}{t['unit']}", target_cell(t)]
             for t in self.targets
         ]
         return ["target", "goal", "measured", "met"], rows

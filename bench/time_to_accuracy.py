@@ -13,9 +13,15 @@ is the best prompt on its checks so far, which is what the library hands out; fo
 keeps no best, it is the current prompt. After an arm's training, every snapshot (and the
 initial prompt, mark 0) is scored on the task's reported split ("test"). Each arm runs in a
 process of its own; with --jobs J > 1, J of them run at once, each pinned to its own share of
-the CPUs with as many torch threads as cores.
+the CPUs with as many torch threads as cores (on a GPU keep --jobs 1: arms sharing the device
+would slow each other).
+
+With --target SCORE the marks get denser (DENSE_MARKS evenly spaced ones up to the last mark)
+and the report gives each arm's time to reach SCORE on the reported split: the first mark whose
+snapshot scores at least SCORE, or "not reached".
 
     nice -n 19 python -m bench.time_to_accuracy [--marks 120,300,600,1200] [--jobs 1]
+    python -m bench.time_to_accuracy --device cuda --dtype bfloat16 --target 0.90 --marks 30,60,120
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ QUICK_MARKS = "2,4"
 QUICK_REPORT_EXAMPLES = 100
 SST2_GOAL = 0.890  # ours on SST-2 after 1200 s of training, each seed
 MAX_CHECK_DROP = 5.0  # points between consecutive checks of ours
+DENSE_MARKS = 20  # evenly spaced marks up to the last one, added when a target score is given
 
 
 # -------------------------------------------------------------------- command line
@@ -73,8 +80,21 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--cpus", default=None, help="comma list of CPUs to pin the arm to")
     p.add_argument("--work", default=None, help="folder for the arm's run directory")
     p.add_argument("--zero-shot", action="store_true", help="also score the template alone")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="score on the reported split (e.g. 0.90): report each arm's time to reach it, "
+        f"snapshotting at {DENSE_MARKS} evenly spaced marks too",
+    )
     args = p.parse_args(argv)
     args.marks = parse_marks(args.marks or (QUICK_MARKS if args.quick else MARKS))
+    # The marks the tables and targets use; --target adds marks that only time it.
+    args.shown_marks = args.marks
+    if args.target is not None and not args.arm:
+        if not 0.0 < args.target <= 1.0:
+            raise SystemExit(f"--target: expected a score in (0, 1], got {args.target}")
+        args.marks = dense_marks(args.marks, DENSE_MARKS)
     if args.quick and args.report_max_examples is None:
         args.report_max_examples = QUICK_REPORT_EXAMPLES
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -97,6 +117,21 @@ def parse_marks(text: str) -> list[float]:
     if not marks or min(marks) <= 0 or marks != sorted(set(marks)):
         raise SystemExit(f"--marks: expected increasing seconds > 0, got {text!r}")
     return marks
+
+
+def dense_marks(marks: list[float], count: int) -> list[float]:
+    """`marks` and `count` evenly spaced marks up to the last one (rounded to 0.1 s), sorted."""
+    step = marks[-1] / count
+    return sorted(set(marks) | {round(step * k, 1) for k in range(1, count + 1)} - {0.0})
+
+
+def time_to_target(record: dict, target: float) -> dict:
+    """The first mark at which the arm's snapshot scored at least `target`: its seconds and
+    steps, or reached False ("not reached" in the tables)."""
+    hit = next((m for m in record["marks"] if m["score"] >= target), None)
+    if hit is None:
+        return {"reached": False, "seconds": None, "steps": None}
+    return {"reached": True, "seconds": hit["mark"], "steps": hit["steps"]}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -237,8 +272,8 @@ def add_targets(report: Report, args, spec, records: list[dict]) -> None:
     """The targets that apply to the arms and marks that ran."""
     ours = [r for r in records if r["arm"] == "ours"]
     peft_arms = sorted({r["arm"] for r in records if r["arm"] != "ours"})
-    last = args.marks[-1]
-    if ours and spec.name == "sst2" and 1200.0 in args.marks:
+    last = args.shown_marks[-1]
+    if ours and spec.name == "sst2" and 1200.0 in args.shown_marks:
         for r in ours:
             score = score_at(r, 1200.0)
             report.target(
@@ -249,7 +284,7 @@ def add_targets(report: Report, args, spec, records: list[dict]) -> None:
             )
     if ours and peft_arms:
         margins = []
-        for mark in args.marks:
+        for mark in args.shown_marks:
             mine = [score_at(r, mark) for r in ours]
             for arm in peft_arms:
                 theirs = statistics.mean(score_at(r, mark) for r in records if r["arm"] == arm)
@@ -303,8 +338,22 @@ def plot(path: Path, records: list[dict], zero_shot: float | None, metric: str) 
     plt.close(fig)
 
 
+def report_time_to_target(report: Report, args, records: list[dict]) -> dict:
+    """The table and results of each arm's time to reach --target."""
+    reached = {f"{r['arm']} seed {r['seed']}": time_to_target(r, args.target) for r in records}
+    report.table(
+        f"Time to a score of {args.target:g} on the reported split (first mark reaching it)",
+        ["arm", "training seconds", "steps"],
+        [
+            [name, f"{t['seconds']:g}", t["steps"]] if t["reached"] else [name, "not reached", ""]
+            for name, t in reached.items()
+        ],
+    )
+    return reached
+
+
 def write_report(report: Report, args, spec, records: list[dict]) -> None:
-    marks = [0.0, *args.marks]
+    marks = [0.0, *args.shown_marks]
     zero_shot = next((r["zero_shot"] for r in records if r["zero_shot"] is not None), None)
     rows = [
         [r["arm"], r["seed"], *[f"{score_at(r, m):.3f} ({steps_at(r, m)})" for m in marks]]
@@ -351,7 +400,10 @@ def write_report(report: Report, args, spec, records: list[dict]) -> None:
         "zero_shot": zero_shot,
         "report_examples": records[0]["report_examples"],
         "arms": records,
+        "target": args.target,
     }
+    if args.target is not None:
+        report.results["time_to_target"] = report_time_to_target(report, args, records)
     report.note(
         "Training time excludes evaluations: ours checks its prompt every 25 steps "
         "(not counted), PEFT evaluates nothing while it trains. Ours' snapshot is its "
@@ -383,14 +435,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from softprompt.tasks import load_spec
 
     spec = load_spec(args.task)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # The children load the model on this device, so they all train where the report says.
+    args.device = device
     report = Report(NAME, "Time to accuracy: softprompt vs PEFT prompt tuning", args, argv)
     report.method = f"at nice {os.nice(0)}; one run per arm and seed, CPUs in the Arms table"
     with tempfile.TemporaryDirectory() as work:
         records = run_children(args, Path(work))
     write_report(report, args, spec, records)
-    import torch
-
-    report.write(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    report.write(device)
     return report.results
 
 

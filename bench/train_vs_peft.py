@@ -31,6 +31,7 @@ from bench.common import (
     load_lm,
     matmul_peak,
     paired_ratio,
+    parse_ints,
     summary,
     task_examples,
 )
@@ -142,8 +143,12 @@ def measure_shape(
         {
             "ours": ours,
             "peft": peft,
+            # The peak in the frozen weights' dtype: bf16 matmuls on a GPU run far faster
+            # than fp32 ones.
             "matmul_peak": lambda: peaks.append(
-                matmul_peak(args.mm_sizes, device=lm.device)["peak"]
+                matmul_peak(args.mm_sizes, device=lm.device, dtype=lm.embedding.weight.dtype)[
+                    "peak"
+                ]
             ),
         },
         args.reps,
@@ -211,9 +216,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--label-words", default="negative,positive", help="targets of the fixed shape")
+    p.add_argument(
+        "--mm-sizes",
+        default=None,
+        help="square matmul sizes for the peak (default 1024,1536,2048; --quick 256,512; a GPU "
+        "needs 4096 or more to reach its peak)",
+    )
     args = p.parse_args(argv)
     check_args(args)
-    args.mm_sizes = (256, 512) if args.quick else (1024, 1536, 2048)
+    default_sizes = "256,512" if args.quick else "1024,1536,2048"
+    args.mm_sizes = parse_ints(args.mm_sizes or default_sizes, "--mm-sizes")
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     if not shapes or set(shapes) - {"fixed", "task"}:
         raise SystemExit(f"--shapes: choose from fixed, task; got {args.shapes!r}")

@@ -104,8 +104,9 @@ class Marks:
         return not self.pending
 
 
-def train_config(args, seed: int) -> TrainConfig:
-    """Our default recipe; only what the comparison fixes is set."""
+def train_config(args, seed: int, lm: FrozenLM) -> TrainConfig:
+    """Our default recipe; only what the comparison fixes is set. The device and dtype are the
+    loaded model's, so that the run's config.json records where it trained."""
     return TrainConfig(
         task=args.task,
         model=args.model,
@@ -114,15 +115,17 @@ def train_config(args, seed: int) -> TrainConfig:
         data_dir=args.data_dir,
         max_steps=10**9,
         max_minutes=None,
+        device=str(lm.device),
+        dtype=str(lm.model.dtype).removeprefix("torch."),
     )
 
 
 def run_ours(args, lm: FrozenLM, spec: TaskSpec, seed: int, run_dir: Path) -> OursRun:
     """Trains with softprompt until the last mark."""
-    config = train_config(args, seed)
+    config = train_config(args, seed, lm)
     best = run_dir / prompt_tuning.BEST_PROMPT
     marks = Marks(args.marks, lambda: load_prompt(best))
-    initial = Snapshot(0.0, 0.0, 0, prompt_tuning._initial_prompt(config, lm, spec).cpu())
+    initial = Snapshot(0.0, 0.0, 0, prompt_tuning.initial_prompt(config, lm, spec).cpu())
     prompt_tuning.train(config, run_dir, lm=lm, spec=spec, progress=False, on_step=marks.passed)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     checks = [{"step": r["step"], "score": r["score"]} for r in records if r.get("event") == "eval"]
@@ -136,8 +139,8 @@ class PeftArm:
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
         self.lm, self.arm, self.seed, self.batch = lm, arm, seed, PEFT_BATCH[arm]
-        config = train_config(args, seed)
-        self.initial = prompt_tuning._initial_prompt(config, lm, spec).cpu()
+        config = train_config(args, seed, lm)
+        self.initial = prompt_tuning.initial_prompt(config, lm, spec).cpu()
         self.model = get_peft_model(
             lm.model,
             PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.prompt_length),

@@ -32,7 +32,11 @@ prompt-tuning parameters:
   base_model: offline short name (smollm2-135m, gemma3-270m), hub name, or a checkpoint dir,
       e.g. the `model_path` output of the LM-adaptation pipeline (on the checkpoint volume).
   prompt_configs: one prompt per item, trained in parallel: {"seed": int,
-      "init": class_label | sampled_vocab | random_uniform | text, "init_text": str}.
+      "init": class_label | sampled_vocab | random_uniform | text, "init_text": str}. An item
+      with "seeds": [int, ...] instead of "seed" trains those prompts in one batch in one pod
+      (softprompt.training.prompt_group: about one run's cost where launches bound the GPU step).
+  num_gpus: GPUs per prompt; above 1 the train step runs the prompt as a Kubeflow Trainer job
+      (TrainJob, or PyTorchJob on older clusters; components/trainjob.py) over that many GPUs.
   prompt_length: P, prompt vectors per prompt (paper: 100; 20 is cheap and close).
   recipe: stable | paper: the default lr, warmup, batch and norm cap (softprompt.training.recipe).
   optimizer, lr: adafactor | adamw | sgd, and its learning rate (0 = the recipe's).
@@ -72,12 +76,14 @@ lm-adaptation parameters:
       pipelines can load it as base_model ('' = the artifact's own path; one machine).
 """
 
+import functools
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Metrics, Model
 
-from components.cluster import CHECKPOINT_MOUNT, DEFAULT_REGISTRY_URI, ClusterConfig
+from components import trainjob
+from components.cluster import CHECKPOINT_MOUNT, DEFAULT_REGISTRY_URI, PROJECT_IMAGE, ClusterConfig
 from components.steps import (
     ensemble_prompts,
     evaluate,
@@ -136,6 +142,22 @@ def _step(component, params: dict, **inputs) -> dsl.PipelineTask:
     return component(**{n: params[n] for n in names if n in params}, **inputs)
 
 
+@functools.cache
+def _train_step():
+    """train_prompt with components/trainjob.py embedded (importable as `trainjob` in the step),
+    from the project image with nothing installed, as components.steps.component makes it.
+
+    With num_gpus > 1 the step itself launches the prompt's training as a TrainJob and waits
+    for it, because KFP cannot branch to a separate light launcher step here: dsl.If/dsl.Else
+    inside the ParallelFor needs dsl.OneOf to merge the two branches' runs, and dsl.Collected
+    refuses a OneOf ("dsl.OneOf cannot be used inside of dsl.Collected"); the branches wrapped
+    in a sub-pipeline returning the OneOf compile, but kfp.local cannot resolve a sub-pipeline's
+    OneOf artifact ("Expected 1 artifact in ArtifactSelectorSpec"). The step keeps its own GPU
+    while it waits: KFP fixes a step's resources when the pipeline compiles."""
+    return dsl.component(train_prompt.python_func, base_image=PROJECT_IMAGE,
+                         install_kfp_package=False, embedded_artifact_path=trainjob.__file__)
+
+
 def _prompt_tuning_steps(cluster: ClusterConfig, params: dict) -> PromptTuningOutputs:
     """The prompt-tuning steps, wired; `params` are the pipeline's parameters by name."""
     prepare = _step(prepare_data, params, seed=params["data_seed"])
@@ -143,11 +165,13 @@ def _prompt_tuning_steps(cluster: ClusterConfig, params: dict) -> PromptTuningOu
     spec, train_dev = prepare.outputs["spec"], prepare.outputs["train_dev"]
 
     with dsl.ParallelFor(params["prompt_configs"], name="prompts") as prompt_config:
-        train = _step(train_prompt, params, spec=spec, train_dev=train_dev,
+        train = _step(_train_step(), params, spec=spec, train_dev=train_dev,
                       prompt_config=prompt_config, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         train.set_display_name("train prompt")
         _on_gpu_pool(train, cluster, retries=cluster.train_retries)
         train.set_caching_options(enable_caching=True)
+        # Where a run with num_gpus > 1 sends its training job (components/trainjob.py).
+        train.set_env_variable(trainjob.SETTINGS_ENV, cluster.job_settings().to_json())
 
     ensemble = _step(ensemble_prompts, params, spec=spec, train_dev=train_dev,
                      runs=dsl.Collected(train.outputs["run"]))
@@ -208,6 +232,7 @@ def build_prompt_tuning_pipeline(cluster: ClusterConfig | None = None):
         max_test_examples: int = 0,
         data_seed: int = 0,
         checkpoint_root: str = CHECKPOINT_MOUNT + "/prompt-runs",
+        num_gpus: int = 1,
         registry_uri: str = DEFAULT_REGISTRY_URI,
         alias: str = "production",
         min_improvement: float = 0.0,

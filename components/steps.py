@@ -133,16 +133,23 @@ def train_prompt(
     run: Output[Model],
     metrics: Output[Metrics],
     curve: Output[HTML],
+    num_gpus: int = 1,
 ):
     """Trains one prompt (one item of the ParallelFor: {"seed", "init", "init_text"}), logging
     one line per evaluation, and publishes its learning curve (HTML plot, and the dev scores in
     the run's metadata).
 
-    The run directory is where a retry looks for `checkpoint.pt`: with `checkpoint_root` set (a
-    volume that outlives the pod) it is `checkpoint_root/run_key/<init>-seed<seed>`, copied into
-    the output artifact at the end; else it is the output artifact's path itself, which a retry
-    on one machine (kfp.local: same run, same path) sees again. Either way train() resumes from
-    the last checkpoint instead of starting over."""
+    An item with "seeds": [0, 1, 2] instead of "seed" trains one prompt per seed, all in one
+    batch in this one pod (softprompt.training.prompt_group: on a launch-bound GPU N prompts
+    cost about one run). The `run` artifact then holds the member runs in seed<S>/ (its metadata
+    "members" lists their dirs, names and scores), which ensemble_prompts takes as it takes
+    single runs. The curve then shows the members' mean check score.
+
+    The run directory is where a retry looks for its checkpoint: with `checkpoint_root` set (a
+    volume that outlives the pod) it is `checkpoint_root/run_key/<init>-seed<seed>` (a group:
+    `<init>-seeds<s0>-<s1>...`), copied into the output artifact at the end; else it is the
+    output artifact's path itself, which a retry on one machine (kfp.local: same run, same path)
+    sees again. Either way training resumes from the last checkpoint instead of starting over."""
     params = dict(locals())  # the parameters as passed; the config reads those named after fields
     import json
     import logging
@@ -154,30 +161,69 @@ def train_prompt(
     from softprompt.report import learning_curve_html, read_metrics_log
     from softprompt.settings import config_from_pipeline
     from softprompt.training.config import TrainConfig
+    from softprompt.training.prompt_group import GROUP_DIR, train_group
     from softprompt.training.prompt_tuning import train
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prompt = prompt_config_from_item(prompt_config, prompt_length)
-    seed = int(prompt_config.get("seed", 0))  # JSON numbers arrive as floats
+    item = {k: v for k, v in prompt_config.items() if k != "seeds"}
+    if "seeds" in prompt_config and "seed" in item:
+        raise ValueError(f"prompt_configs item {prompt_config}: give seed or seeds, not both")
+    prompt = prompt_config_from_item(item, prompt_length)
+    # JSON numbers arrive as floats. A group's members go in seed<S>/; a single run is the root.
+    seeds = [int(s) for s in prompt_config.get("seeds", [item.get("seed", 0)])]
+    group = "seeds" in prompt_config
     # 0 reads as None for the optional fields (max_minutes, patience, eval_max_examples).
-    config = config_from_pipeline(TrainConfig, params, prompt=prompt, seed=seed,
-                                  prepared_dir=train_dev.path)
-    name = f"{prompt.init}-seed{seed}"
+    configs = [config_from_pipeline(TrainConfig, params, prompt=prompt, seed=seed,
+                                    prepared_dir=train_dev.path) for seed in seeds]
+    name = f"{prompt.init}-seed{'s' * group}{'-'.join(map(str, seeds))}"
     run_dir = os.path.join(checkpoint_root, run_key, name) if checkpoint_root else run.path
-    resumed = os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
-    result = train(config, run_dir, progress=False, spec=read_spec(task, spec.path))
+    dirs = [f"seed{seed}" for seed in seeds] if group else [""]
+    task_spec = read_spec(task, spec.path)
+    if num_gpus > 1:  # torchrun on num_gpus GPUs, as a job of the cluster (components/trainjob.py)
+        from trainjob import train_on_cluster  # embedded in this step by components.pipelines
+
+        if group:
+            raise ValueError(f"prompt_configs item {prompt_config}: a group trains in one "
+                             "process; run it with num_gpus=1")
+        resumed = os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
+        results = [train_on_cluster(configs[0], run_dir, spec.path, num_gpus)]
+    elif group:
+        resumed = os.path.isfile(os.path.join(run_dir, dirs[0], GROUP_DIR, "checkpoint.pt"))
+        results = train_group(configs, [os.path.join(run_dir, d) for d in dirs], progress=False,
+                              spec=task_spec)
+    else:
+        resumed = os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
+        results = [train(configs[0], run_dir, progress=False, spec=task_spec)]
     if run_dir != run.path:
         shutil.copytree(run_dir, run.path, dirs_exist_ok=True)
-    records = read_metrics_log(os.path.join(run.path, "metrics.jsonl"))
+    members = []
+    for seed, member_dir, result in zip(seeds, dirs, results, strict=True):
+        records = read_metrics_log(os.path.join(run.path, member_dir, "metrics.jsonl"))
+        members.append({"dir": member_dir, "name": f"{prompt.init}-seed{seed}", "seed": seed,
+                        "best_step": result["best_step"], "steps": result["steps"],
+                        "dev_score": result["dev"]["score"],
+                        "dev_curve": [[r["step"], r["score"]] for r in records
+                                      if r.get("event") == "eval"]})
+    shown = os.path.join(dirs[0], GROUP_DIR) if group else ""
+    records = read_metrics_log(os.path.join(run.path, shown, "metrics.jsonl"))
+    title = f"{task}: prompts {name} (mean check score)" if group else f"{task}: prompt {name}"
     with open(curve.path, "w", encoding="utf-8") as f:
-        f.write(learning_curve_html(records, f"{task}: prompt {name}"))
-    dev_curve = [[r["step"], r["score"]] for r in records if r.get("event") == "eval"]
-    run.metadata.update(name=name, seed=seed, init=prompt.init, base_model=base_model,
-                        resumed=resumed, best_step=result["best_step"], steps=result["steps"],
-                        dev_score=result["dev"]["score"], dev_curve=dev_curve)
-    values = {"dev_score": result["dev"]["score"], "best_step": result["best_step"],
-              "train_seconds": result["train_seconds"]}
+        f.write(learning_curve_html(records, title))
+    scores = [m["dev_score"] for m in members]
+    run.metadata.update(name=name, init=prompt.init, base_model=base_model, resumed=resumed,
+                        steps=results[0]["steps"], dev_score=sum(scores) / len(scores))
+    if group:
+        run.metadata.update(seeds=seeds, members=members)
+        values = {f"dev_score_seed{m['seed']}": m["dev_score"] for m in members}
+        values.update({f"best_step_seed{m['seed']}": m["best_step"] for m in members},
+                      dev_score=run.metadata["dev_score"],
+                      train_seconds=results[0]["group"]["train_seconds_shared"])
+    else:
+        run.metadata.update(seed=seeds[0], best_step=members[0]["best_step"],
+                            dev_curve=members[0]["dev_curve"])
+        values = {"dev_score": scores[0], "best_step": members[0]["best_step"],
+                  "train_seconds": results[0]["train_seconds"]}
     for key, value in values.items():
         metrics.log_metric(key, value)
     with open(metrics.path, "w") as f:
@@ -197,15 +243,21 @@ def ensemble_prompts(
     metrics: Output[Metrics],
 ):
     """Collects the N trained prompts into one ensemble and scores it on dev in one pass (each
-    example replicated N times); every member's dev score comes from the same pass."""
+    example replicated N times); every member's dev score comes from the same pass. A run from
+    a grouped train step gives one member per seed."""
     import json
+    import os
 
     from softprompt.data_source import read_spec
     from softprompt.evaluation import ensemble_on_dev
     from softprompt.model import load_frozen_lm
     from softprompt.prepared import load_prepared
 
-    named = [(r.path, r.metadata.get("name", str(i))) for i, r in enumerate(runs)]
+    # A grouped train step's run holds its members' runs (metadata "members"): each is one.
+    named = []
+    for i, r in enumerate(runs):
+        members = r.metadata.get("members") or [{"dir": "", "name": r.metadata.get("name", str(i))}]
+        named.extend((os.path.join(r.path, m["dir"]), m["name"]) for m in members)
     summary = ensemble_on_dev(read_spec(task, spec.path), load_frozen_lm(base_model), named,
                               load_prepared(train_dev.path)["dev"], ensemble.path,
                               max_input_tokens, eval_batch_size)

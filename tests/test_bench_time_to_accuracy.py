@@ -39,6 +39,22 @@ def test_plan_defaults_to_two_seeds_of_ours_and_one_of_each_peft_arm():
         _args(["--arms", "ours,lora"])
 
 
+def test_a_target_adds_dense_marks_and_times_the_first_mark_reaching_it():
+    args = _args(["--marks", "30,60,120", "--target", "0.9"])
+    assert args.shown_marks == [30.0, 60.0, 120.0]  # the tables' and targets' marks
+    # Every 6 s up to 120 s: the given marks are among them.
+    assert args.marks == [6.0 * k for k in range(1, time_to_accuracy.DENSE_MARKS + 1)]
+    with pytest.raises(SystemExit, match="--target"):
+        _args(["--target", "90"])
+    record = {"marks": [{"mark": 0.0, "steps": 0, "score": 0.5},
+                        {"mark": 6.0, "steps": 40, "score": 0.91},
+                        {"mark": 12.0, "steps": 80, "score": 0.95}]}
+    assert time_to_accuracy.time_to_target(record, 0.9) == {
+        "reached": True, "seconds": 6.0, "steps": 40}
+    assert time_to_accuracy.time_to_target(record, 0.96) == {
+        "reached": False, "seconds": None, "steps": None}
+
+
 def test_cpu_slots_are_disjoint():
     assert time_to_accuracy.cpu_slots(1) == [None]
     slots = time_to_accuracy.cpu_slots(2)

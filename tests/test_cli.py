@@ -48,6 +48,7 @@ TRAIN_FLAGS = {
     "--prepared-dir": ("p", "prepared_dir"),
     "--device": ("cpu", "device"),
     "--dtype": ("bfloat16", "dtype"),
+    "--compile": ("default", "compile"),
 }
 
 
@@ -245,6 +246,41 @@ def test_a_diverged_training_run_exits_with_an_error(tiny_causal_dir, toy_task, 
     assert main(argv) == 2
     assert "training diverged at step" in capsys.readouterr().err
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_train_seeds_trains_a_group_into_one_folder_per_seed(tiny_causal_dir, toy_task, tmp_path,
+                                                            capsys):
+    """`train --seeds 0 1`: both prompts in one batch, each member's run in RUN_DIR/seed<S>."""
+    path = _write(tmp_path, "run.yaml", _toy_run(toy_task, tiny_causal_dir, eval_every=2,
+                                                  eval_max_examples=16, test_max_examples=8))
+    argv = ["train", "--config", path, "--run-dir", str(tmp_path / "runs"), "--seeds", "0", "1",
+            "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["group"]["index"] for r in results] == [0, 1]
+    for seed in (0, 1):
+        run_dir = tmp_path / "runs" / f"seed{seed}"
+        assert json.loads((run_dir / "config.json").read_text())["seed"] == seed
+        assert (run_dir / "prompt.safetensors").is_file()
+        assert json.loads((run_dir / "result.json").read_text())["group"]["members"] == 2
+    assert (tmp_path / "runs" / "seed0" / "group" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0", "1", "--seed", "1"], "either --seed"),
+    (["--seeds", "0", "0"], "must not repeat"),
+])
+def test_train_seeds_mistakes_are_named(tmp_path, capsys, flags, message):
+    argv = ["train", "--task", "toy", "--run-dir", str(tmp_path / "r"), *flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_help_says_when_seeds_pay_off(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "launch-bound GPU" in help_text and "N prompts cost about one run" in help_text
 
 
 def _toy_case(toy_task, spec: bytes | dict | None, train: list[bytes] | None) -> dict:

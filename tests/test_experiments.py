@@ -205,3 +205,77 @@ def test_scale_compares_two_models(tiny_causal_dir, tiny_t5_dir, toy_task, tmp_p
     records = json.loads((out / "scale.json").read_text())["results"]
     assert len(records) == 2 and records[0]["parameters"] < records[1]["parameters"]
     assert (out / "scale.png").is_file() and "gap" in (out / "scale.md").read_text()
+
+
+def test_grid_crosses_lengths_and_inits_in_one_table_and_plot(tiny_causal_dir, toy_task, tmp_path):
+    out = tmp_path / "grid"
+    rc = main(
+        [
+            "grid",
+            "--lengths",
+            "1",
+            "3",
+            "--inits",
+            "random_uniform",
+            "class_label",
+            "--seeds",
+            "0",
+            "1",
+            "--task",
+            str(toy_task["spec_path"]),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            *_args(toy_task, tiny_causal_dir, out),
+        ]
+    )
+    assert rc == 0
+    payload = json.loads((out / "grid.json").read_text())
+    # class_label cannot fill one position with two labels: that cell is left out and listed.
+    assert payload["scores"] == {
+        "random_uniform": {"1": payload["scores"]["random_uniform"]["1"],
+                           "3": payload["scores"]["random_uniform"]["3"]},
+        "class_label": {"3": payload["scores"]["class_label"]["3"]},
+    }
+    assert all(len(v) == 2 for cells in payload["scores"].values() for v in cells.values())
+    assert payload["skipped"] == ["class_label at length 1"]
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| class_label | 3 |" in (out / "grid.md").read_text()
+    config = json.loads((out / "runs" / "P3-class_label-seed1" / "config.json").read_text())
+    assert (config["prompt"], config["seed"], config["device"]) == (
+        config["prompt"] | {"length": 3, "init": "class_label"}, 1, "cpu")
+    rc = main(["grid", "--inits", "vocab", *_args(toy_task, tiny_causal_dir, tmp_path / "bad")])
+    assert rc == 2 and not (tmp_path / "bad" / "runs").exists()
+
+
+def test_ensembles_on_several_tasks_make_one_table(tiny_causal_dir, toy_task, two_tasks, tmp_path):
+    out = tmp_path / "ens"
+    rc = main(["ensemble", "--tasks", *two_tasks, "--seeds", "0", "1",
+               *_args(toy_task, tiny_causal_dir, out)])
+    assert rc == 0
+    tasks = json.loads((out / "ensembles.json").read_text())["tasks"]
+    assert list(tasks) == ["toy", "toy2"]
+    for name, result in tasks.items():
+        assert len(result["per_prompt"]) == 2 and result["best"] >= result["average"]
+        assert (out / name / "ensemble.md").is_file()  # each task's own table
+    assert "ensemble (majority vote of 2)" in (out / "ensembles.md").read_text()
+
+
+def test_domain_shift_reports_each_class_share(tiny_causal_dir, toy_task, two_tasks, tmp_path):
+    """The share of each class among the target's predictions and gold labels: a model answering
+    one class to everything shows it, whatever its accuracy."""
+    a, b = two_tasks
+    out = tmp_path / "shift"
+    rc = main(["domain-shift", "--pairs", f"{a}:{b}", "--mt-optimizer", "adamw",
+               *_args(toy_task, tiny_causal_dir, out)])
+    assert rc == 0
+    prompt, model = json.loads((out / "domain_shift.json").read_text())["results"]
+    shares = prompt["target_metrics"]["shares"]
+    assert set(shares) == {"predicted", "gold"}
+    assert shares["gold"] == {"negative": 0.5, "positive": 0.5}  # 12 of the toy test split
+    assert sum(shares["predicted"].values()) == pytest.approx(1.0)
+    assert prompt["in_domain"]["shares"]["gold"] == shares["gold"]
+    # Model tuning keeps no predictions; toy is scored by accuracy alone, so no shares follow.
+    assert model["target_metrics"]["shares"] is None and model["steps"] == 2
+    assert "predicted share (negative / positive)" in (out / "domain_shift.md").read_text()

@@ -1,8 +1,10 @@
 """infra/ checked by every tool that runs offline: nothing of it can start here.
 
 - Kubernetes: each kustomization is rendered (`kubectl kustomize`, or a standalone `kustomize`)
-  and every resource validated with kubernetes-validate --strict against KUBERNETES_VERSION;
-  the base and training resource files are also validated one by one, without a renderer.
+  and every resource validated with kubernetes-validate --strict against KUBERNETES_VERSION, the
+  training jobs (TrainJob, PyTorchJob: custom resources) strictly against the Kubeflow packages'
+  models; the base and training resource files are also validated one by one, without a
+  renderer. The pipeline's service account may manage training jobs in its namespace only.
 - Terraform: every .tf parses (python-hcl2); the bucket and IAM promises are asserted on the
   parsed blocks; `terraform fmt -check` when a terraform binary exists (`terraform validate`
   needs the AWS provider, which cannot be downloaded here).
@@ -32,13 +34,17 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 import yaml
+from kube_api import validate_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
 TF = INFRA / "terraform"
 KUBERNETES_VERSION = "1.33.0"  # the cluster version the manifests target (EKS standard support)
-KUSTOMIZATIONS = ["overlays/staging", "overlays/production", "training"]
+KUSTOMIZATIONS = ["overlays/staging", "overlays/production"]
+# Custom resources of the Kubeflow Trainer and Training Operator: kubernetes-validate has no schema
+# for them, so their kubeflow models check them (tests/kube_api.py).
+TRAINING_KUSTOMIZATIONS = ["training", "training/pytorchjob"]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -107,13 +113,63 @@ def test_rendered_manifests_pass_strict_validation(path, tmp_path):
     assert cli.returncode == 0, cli.stdout + cli.stderr
 
 
+@pytest.mark.parametrize("path", TRAINING_KUSTOMIZATIONS)
+def test_training_jobs_render_and_pass_strict_validation(path):
+    from components.cluster import ClusterConfig
+
+    (job,) = _render(path)
+    validate_strict(job)
+    images = {c["image"] for c in _training_pods(job)[1]}
+    if job["kind"] == "TrainJob":  # kustomizeconfig.yaml points the images: entry at its field
+        images.add(job["spec"]["trainer"]["image"])
+    assert images == {"ghcr.io/softprompt/softprompt:0.1.0"}, images
+    assert job["metadata"]["namespace"] == ClusterConfig().job_settings().namespace
+
+
+def _training_pods(job: dict) -> tuple[list[dict], list[dict]]:
+    """The pod specs (or, for a TrainJob, the pod spec patches) of a training job, and their
+    containers that name an image."""
+    if job["kind"] == "TrainJob":
+        patches = job["spec"]["runtimePatches"]
+        pods = [rj["template"]["spec"]["template"]["spec"] for p in patches
+                for rj in p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]]
+    else:
+        pods = [r["template"]["spec"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+    return pods, [c for pod in pods for c in pod["containers"] if "image" in c]
+
+
 def test_resource_files_pass_strict_validation_without_a_renderer():
-    files = sorted((K8S / "base").glob("*.yaml")) + sorted((K8S / "training").glob("*.yaml"))
+    files = sorted((K8S / "base").glob("*.yaml"))
     files = [f for f in files if f.name != "kustomization.yaml"]
     assert len(files) >= 8
     for f in files:
         for doc in yaml.safe_load_all(f.read_text()):
             _validate_strict(doc, str(f.relative_to(ROOT)))
+    jobs = [K8S / "training" / "trainjob.yaml", K8S / "training" / "pytorchjob" / "pytorchjob.yaml"]
+    for f in jobs:
+        validate_strict(yaml.safe_load(f.read_text()))
+
+
+def test_pipeline_service_account_may_manage_training_jobs_in_its_namespace_only():
+    docs = [d for d in yaml.safe_load_all((K8S / "base" / "pipeline-rbac.yaml").read_text())]
+    role = _by_kind(docs, "Role", "softprompt-training-jobs")
+    binding = _by_kind(docs, "RoleBinding", "softprompt-pipeline-training-jobs")
+    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"]}
+    verbs = {"create", "get", "watch", "delete"}
+    assert grants == {("trainer.kubeflow.org", "trainjobs"): verbs,
+                      ("kubeflow.org", "pytorchjobs"): verbs}
+    assert binding["kind"] == "RoleBinding" and binding["roleRef"]["kind"] == "Role"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    accounts = list(yaml.safe_load_all((K8S / "base" / "serviceaccounts.yaml").read_text()))
+    pipeline = _by_kind(accounts, "ServiceAccount", "softprompt-pipeline")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "softprompt-pipeline",
+                                    "namespace": pipeline["metadata"]["namespace"]}]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "softprompt"
+    # The train step calls the API with this account's token.
+    assert pipeline["automountServiceAccountToken"] is True
+    base = _render("overlays/staging")
+    assert _by_kind(base, "RoleBinding", binding["metadata"]["name"])
 
 
 def test_strict_validation_rejects_a_misspelt_field():
@@ -365,10 +421,11 @@ def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
     assert cluster.toleration[2] == "NoSchedule"
 
     base = _render("overlays/production")
-    job = _by_kind(_render("training"), "Job", "softprompt-train-ddp")
+    jobs = [job for path in TRAINING_KUSTOMIZATIONS for job in _render(path)]
+    job_pods = [pod for job in jobs for pod in _training_pods(job)[0]]
     for pod in (
         _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"],
-        job["spec"]["template"]["spec"],
+        *job_pods,
     ):
         assert pod["nodeSelector"] == dict([cluster.node_selector])
         assert {
@@ -390,6 +447,10 @@ def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
     assert _by_kind(base, "PersistentVolumeClaim", cluster.checkpoint_pvc)["spec"][
         "accessModes"
     ] == ["ReadWriteMany"]
+    for pod in job_pods:
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v]
+        assert claims == [cluster.checkpoint_pvc]
 
     args = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"][
         "containers"
@@ -399,7 +460,8 @@ def test_gpu_pool_service_accounts_volume_and_image_agree_everywhere():
     image = _by_kind(base, "Deployment", "softprompt-serve")["spec"]["template"]["spec"][
         "containers"
     ][0]["image"]
-    assert image == job["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert {image} == {jobs[0]["spec"]["trainer"]["image"]} | {
+        c["image"] for job in jobs for c in _training_pods(job)[1]}
     # The compiled pipelines' image, unless SOFTPROMPT_IMAGE overrides it at compile time.
     assert os.environ.get("SOFTPROMPT_IMAGE", image) == PROJECT_IMAGE
 

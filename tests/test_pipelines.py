@@ -246,6 +246,59 @@ def test_train_step_retry_resumes_from_its_checkpoint(tiny_causal_dir, toy_task,
     assert "<svg" in (tmp_path / "curve").read_text()
 
 
+def test_a_seeds_item_trains_its_members_in_one_step_and_ensembles_them(tiny_causal_dir,
+                                                                         toy_task, tmp_path):
+    """An item with "seeds" trains both prompts in one train step, whose run holds the member
+    runs; the ensemble step takes them as it takes single runs (here beside one)."""
+    from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
+
+    from components.steps import ensemble_prompts, prepare_data, train_prompt
+
+    train_dev, spec = Dataset(uri=str(tmp_path / "train_dev")), Artifact(uri=str(tmp_path / "spec"))
+    prepare_data.python_func(
+        task="toy", task_spec=toy_task["spec_path"].read_text(), data_dir=str(toy_task["data_dir"]),
+        data_repo="", data_rev="", data_remote="", data_path="", data_version="",
+        max_train_examples=0, max_dev_examples=16, max_test_examples=0, seed=0,
+        spec=spec, train_dev=train_dev, test_set=Dataset(uri=str(tmp_path / "test")))
+
+    def train_step(item, name):
+        run = Model(uri=str(tmp_path / name))
+        train_prompt.python_func(
+            task="toy", spec=spec, train_dev=train_dev, base_model=str(tiny_causal_dir),
+            prompt_config=item, prompt_length=4, recipe="stable", optimizer="adafactor", lr=0.3,
+            batch_size=8, micro_batch_size=4, max_steps=4, max_minutes=0.0, eval_every=2,
+            patience=0, eval_max_examples=0, eval_batch_size=16, max_input_tokens=64,
+            checkpoint_root=str(tmp_path / "volume"), run_key="job", run=run,
+            metrics=Metrics(uri=str(tmp_path / f"{name}-metrics")),
+            curve=HTML(uri=str(tmp_path / f"{name}-curve")))
+        return run
+
+    group = train_step({"seeds": [0.0, 1.0], "init": "class_label"}, "group")
+    assert group.metadata["name"] == "class_label-seeds0-1" and group.metadata["seeds"] == [0, 1]
+    assert [m["dir"] for m in group.metadata["members"]] == ["seed0", "seed1"]
+    for member in group.metadata["members"]:
+        result = json.loads((tmp_path / "group" / member["dir"] / "result.json").read_text())
+        assert result["group"]["members"] == 2 and result["best_step"] == member["best_step"]
+        assert [step for step, _ in member["dev_curve"]] == [0, 2, 4]
+    assert (tmp_path / "volume" / "job" / "class_label-seeds0-1" / "seed0" / "group").is_dir()
+    values = json.loads((tmp_path / "group-metrics").read_text())
+    assert {"dev_score_seed0", "dev_score_seed1", "train_seconds"} <= set(values)
+    assert "<svg" in (tmp_path / "group-curve").read_text()
+    with pytest.raises(ValueError, match="seed or seeds, not both"):
+        train_step({"seed": 0, "seeds": [1, 2]}, "both")
+
+    lone = train_step({"seed": 2, "init": "sampled_vocab"}, "lone")
+    ensemble = Model(uri=str(tmp_path / "ensemble"))
+    ensemble_prompts.python_func(
+        task="toy", spec=spec, runs=[group, lone], train_dev=train_dev,
+        base_model=str(tiny_causal_dir), max_input_tokens=64, eval_batch_size=16,
+        ensemble=ensemble, metrics=Metrics(uri=str(tmp_path / "ensemble-metrics")))
+    assert ensemble.metadata["n_prompts"] == 3
+    summary = json.loads((tmp_path / "ensemble" / "ensemble.json").read_text())
+    assert [(m["name"], m["seed"]) for m in summary["members"]] == [
+        ("class_label-seed0", 0), ("class_label-seed1", 1), ("sampled_vocab-seed2", 2)]
+
+
 @pytest.mark.pipeline
 def test_local_pipeline_registers_and_caches(tiny_causal_dir, toy_task, tmp_path):
     """The whole prompt-tuning pipeline on kfp.local with a tiny model, then again with caching."""

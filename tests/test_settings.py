@@ -111,7 +111,7 @@ def test_every_surface_defaults_to_the_dataclass(surfaces):
     assert surfaces["softprompt evaluate"][1]["model"] == DEFAULT_MODEL
     assert set(surfaces["softprompt lm-adapt"][1]) == set(settings.defaults(LMAdaptConfig))
     for command in EXPERIMENTS:
-        assert len(surfaces[f"softprompt {command} (built)"][1]) == 15
+        assert len(surfaces[f"softprompt {command} (built)"][1]) == 17
         assert surfaces[f"softprompt {command}"][1] == {}  # every setting defaults to "not given"
     serve = {"model", "max_batch_size", "max_wait_ms", "poll_seconds", "metrics_port"}
     assert serve <= set(surfaces["softprompt serve"][1])

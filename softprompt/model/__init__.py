@@ -9,6 +9,7 @@ Two architectures:
 Modules, read top to bottom:
 - masks: padding and attention masks, pure functions.
 - placement: where the prompt goes (`prefix_prompt_after_bos`, `prefix_prompt`).
+- compiled: the decoder stack under torch.compile, fed static (padded) shapes.
 - stack: the decoder stack with the last MLP and the LM head only where read.
 - prefix_cache: each distinct `[lead; P]` run once, its key/value cache shared.
 - packing: training rows end to end instead of padded, and the cost model that decides.
@@ -18,12 +19,14 @@ Modules, read top to bottom:
 """
 
 from softprompt.model.causal import CausalLM, DecoderPass, PackedChoices
+from softprompt.model.compiled import COMPILE_MODES
 from softprompt.model.frozen import Batch, FrozenLM, ModelOptions
 from softprompt.model.loading import DEFAULT_CACHE, DEFAULT_MODEL, OFFLINE_MODELS, load_frozen_lm
 from softprompt.model.seq2seq import Encoded, Seq2SeqLM
 from softprompt.model.stack import DecoderStack, StackOutput
 
 __all__ = [
+    "COMPILE_MODES",
     "DEFAULT_CACHE",
     "DEFAULT_MODEL",
     "OFFLINE_MODELS",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from softprompt.model.masks import Rows, packed_choices_mask, pad_rows, padding_mask
+from softprompt.model.masks import Rows, packed_choices_mask, pad_rows, padding_mask, to_device
 from softprompt.model.packing import run_packed_rows
 from softprompt.model.placement import TextLayout, expand_prompts, prefix_prompt_after_bos
 from softprompt.model.prefix_cache import distinct_prompts, prefix_cache
@@ -143,13 +143,16 @@ class CausalLM:
                 row_idx.append(i)
                 pos_idx.append(start + k - 1)
                 tgt.append(t)
-        read = (torch.tensor(row_idx, device=lm.device), torch.tensor(pos_idx, device=lm.device))
+        read = (
+            to_device(torch.tensor(row_idx), lm.device),
+            to_device(torch.tensor(pos_idx), lm.device),
+        )
         if prompts.dim() == 2 and lm.packs_rows([len(r) for r in rows], prompts.shape[0]):
             hidden = run_packed_rows(self.stack, lm.embed, self.lead(), prompts, rows, read)
         else:
             hidden = self.run(prompts, rows, read=read).hidden
         logprobs = self.stack.head(hidden[read])
-        targets = torch.tensor(tgt, device=lm.device)[:, None]
+        targets = to_device(torch.tensor(tgt), lm.device)[:, None]
         return logprobs.gather(1, targets).squeeze(1), read[0]
 
     def packs_choices(self, width: int) -> bool:
@@ -180,14 +183,14 @@ class CausalLM:
             first = self.first_token_scores(prefix.last, choices)
             return first + self.repeated_choice_scores(prefix, choices)
         dev = lm.device
-        last_pos = torch.tensor([len(x) - 1 for x in inputs], device=dev)
+        last_pos = to_device(torch.tensor([len(x) - 1 for x in inputs]), dev)
         if not feed:
             last = self.run(prompts, inputs, read=(torch.arange(B, device=dev), last_pos)).last
             return self.first_token_scores(last, choices)
-        owner = torch.tensor([label for label, _ in feed], device=dev)  # [F]
-        offset = torch.tensor([j for _, j in feed], device=dev)  # [F]
-        ids = torch.tensor([choices[label][j] for label, j in feed], device=dev)  # [F]
-        nxt = torch.tensor([choices[label][j + 1] for label, j in feed], device=dev)  # [F]
+        owner = to_device(torch.tensor([label for label, _ in feed]), dev)  # [F]
+        offset = to_device(torch.tensor([j for _, j in feed]), dev)  # [F]
+        ids = to_device(torch.tensor([choices[label][j] for label, j in feed]), dev)  # [F]
+        nxt = to_device(torch.tensor([choices[label][j + 1] for label, j in feed]), dev)  # [F]
         # [F, F] each packed token sees its own choice's earlier tokens
         sees = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
         read = (

@@ -20,6 +20,7 @@ from torch import nn
 
 from softprompt.model import packing
 from softprompt.model.causal import CausalLM
+from softprompt.model.compiled import check_mode
 from softprompt.model.masks import Rows
 from softprompt.model.placement import expand_prompts
 from softprompt.model.seq2seq import Seq2SeqLM
@@ -42,6 +43,12 @@ class ModelOptions:
     # Training rows end to end in one sequence instead of padded (see softprompt.model.packing):
     # None = whenever the cost model in `packing.packs_rows` says it saves work.
     pack_rows: bool | None = None
+    # torch.compile of a decoder-only model's frozen stack: "off", or a mode in
+    # compiled.COMPILE_MODES ("reduce-overhead" and "max-autotune" capture CUDA graphs, so CUDA
+    # only). Compiled passes are padded to static shapes and take no key/value cache, so a
+    # compiled wrapper shares no prompt prefix unless `share_prompt_prefix` asks for it.
+    # Encoder-decoder passes run uncompiled.
+    compile: str = "off"
 
 
 class VocabScale(NamedTuple):
@@ -86,8 +93,12 @@ class FrozenLM(nn.Module):
         bos = tokenizer.bos_token_id
         keeps = self.architecture_type.layout.keeps_bos and bos is not None and probe[:1] == [bos]
         self.lead_ids = [bos] if keeps else []
-        self.decoder_stack = DecoderStack(model)
         self.options = options or ModelOptions()
+        self.plain_stack = DecoderStack(model)
+        # Compiled stacks by (mode, backend), one dict shared by every view of this wrapper, so
+        # each compiles once.
+        self.compiled_stacks: dict[tuple[str, str], DecoderStack] = {}
+        self.decoder_stack = self.stack_for(self.options.compile)
 
     @property
     def architecture(self) -> CausalLM | Seq2SeqLM:
@@ -98,10 +109,31 @@ class FrozenLM(nn.Module):
         return self.architecture_type(self)
 
     def with_options(self, **changes) -> FrozenLM:
-        """The same frozen weights under other options; this wrapper is left as it is."""
+        """The same frozen weights under other options; this wrapper is left as it is. A view
+        keeps this wrapper's decoder stack unless its `compile` mode differs."""
         view = copy.copy(self)
         view.options = replace(self.options, **changes)
+        if view.options.compile != self.options.compile:
+            view.decoder_stack = self.stack_for(view.options.compile)
         return view
+
+    def with_compile(self, mode: str, backend: str = "inductor") -> FrozenLM:
+        """A view whose decoder stack runs through torch.compile in `mode` with `backend`
+        (tests use "aot_eager", which compiles in seconds)."""
+        view = copy.copy(self)
+        view.options = replace(self.options, compile=mode)
+        view.decoder_stack = self.stack_for(mode, backend)
+        return view
+
+    def stack_for(self, mode: str, backend: str = "inductor") -> DecoderStack:
+        """The plain decoder stack ("off"), or the one compiled in `mode` with `backend`,
+        compiled on first use and then shared by every view of this wrapper."""
+        check_mode(mode, self.device)
+        if mode == "off":
+            return self.plain_stack
+        if (mode, backend) not in self.compiled_stacks:
+            self.compiled_stacks[mode, backend] = self.plain_stack.with_compile(mode, backend)
+        return self.compiled_stacks[mode, backend]
 
     @property
     def target_prefix(self) -> str:
@@ -204,10 +236,11 @@ class FrozenLM(nn.Module):
 
     def shares_prefix(self) -> bool:
         """Whether a batch's `[lead; P]` prefixes run once each rather than in every row (see
-        softprompt.model.prefix_cache); by default on CPU only."""
+        softprompt.model.prefix_cache); by default on CPU only, and never when compiled (a
+        compiled pass reads no cache)."""
         if self.share_prompt_prefix is not None:
             return self.share_prompt_prefix
-        return self.device.type == "cpu"
+        return self.device.type == "cpu" and self.options.compile == "off"
 
     def packs_rows(self, lengths: Sequence[int], prompt_length: int) -> bool:
         """Whether training rows of these lengths (after one shared prompt's prefix) run packed

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from softprompt.model.frozen import FrozenLM
+from softprompt.model.frozen import FrozenLM, ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,37 @@ def dequantize_once(gguf: tuple[Path, str], cached: Path):
     return lm, tokenizer
 
 
+def attention_for(model) -> str:
+    """The attention implementation to run `model` with, "sdpa" where the architecture supports
+    it and "eager" elsewhere.
+
+    SDPA (torch's fused scaled_dot_product_attention) picks a flash or memory-efficient kernel
+    where it can. transformers 5.24 hands a 4-D mask (the packed passes' additive masks, see
+    masks) to SDPA unchanged as `attn_mask`, which adds it to the scores exactly as eager
+    attention does, so every pass gives the same results either way (tests compare them). An
+    architecture that soft-caps its attention logits (Gemma 2) needs eager attention, which SDPA
+    has no option for.
+    """
+    capped = getattr(model.config, "attn_logit_softcapping", None)
+    return "sdpa" if getattr(model, "_supports_sdpa", False) and not capped else "eager"
+
+
 def load_frozen_lm(
     model: str = DEFAULT_MODEL,
     cache_dir: str | Path | None = None,
     device: str | None = None,
     dtype: str = "float32",
+    compile: str = "off",
+    attention: str | None = None,
 ) -> FrozenLM:
     """Loads a frozen LM by offline short name (`smollm2-135m`, `gemma3-270m`), local directory,
     GGUF file path, or hub name (hub names need internet the first time).
 
     `device` defaults to CUDA when available, else CPU. `dtype` ("float32", "bfloat16") is the
-    frozen weights' type; prompts stay float32 and are cast on the way in.
+    frozen weights' type; prompts stay float32 and are cast on the way in. `compile` is
+    ModelOptions.compile (torch.compile of the decoder stack). `attention` is the attention
+    implementation ("sdpa", "eager"); by default SDPA where the architecture supports it (see
+    `attention_for`).
 
     GGUF checkpoints are dequantized once and cached as safetensors under `cache_dir`
     (default ~/.cache/softprompt/models, or $SOFTPROMPT_MODEL_CACHE), so later loads take seconds.
@@ -128,5 +148,7 @@ def load_frozen_lm(
         cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(where.source)
         lm = cls.from_pretrained(where.source, dtype=torch.float32)
+    lm.set_attn_implementation(attention or attention_for(lm))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return FrozenLM(lm.to(device=device, dtype=getattr(torch, dtype)), tokenizer, name=model)
+    lm = lm.to(device=device, dtype=getattr(torch, dtype))
+    return FrozenLM(lm, tokenizer, name=model, options=ModelOptions(compile=compile))

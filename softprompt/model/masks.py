@@ -24,6 +24,17 @@ class Padded(NamedTuple):
     lengths: torch.Tensor  # [B] each row's own length
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor moved to `device`. To a CUDA device it goes through pinned (page-locked)
+    memory without blocking, so the host goes on queueing kernels while the copy runs; the copy
+    is ordered before any kernel that reads it on the same stream. Elsewhere it is a plain
+    `.to(device)` (on CPU no copy at all)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def pad_rows(rows: Rows, pad_id: int, device: torch.device | str = "cpu") -> Padded:
     """Right-pads rows of ids to [B, T] (T the longest row); returns them with their [B] lengths."""
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
@@ -31,7 +42,7 @@ def pad_rows(rows: Rows, pad_id: int, device: torch.device | str = "cpu") -> Pad
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-    return Padded(ids.to(device), lengths.to(device))
+    return Padded(to_device(ids, device), to_device(lengths, device))
 
 
 def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:

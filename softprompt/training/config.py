@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
 from softprompt import prompt as prompt_lib
-from softprompt.model import DEFAULT_MODEL
+from softprompt.model import COMPILE_MODES, DEFAULT_MODEL
+from softprompt.model.compiled import CUDA_GRAPH_MODES
 from softprompt.training import recipe as recipe_lib
 
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
@@ -126,6 +129,15 @@ class TrainConfig:
         default="float32",
         metadata={"help": "Frozen weights' dtype (bfloat16 on GPU).", "choices": DTYPES},
     )
+    compile: str = field(
+        default="off",
+        metadata={
+            "help": "torch.compile the frozen decoder stack, its passes padded to static "
+            "shapes: off, or a torch.compile mode (reduce-overhead replays CUDA graphs, the "
+            "GPU's choice; reduce-overhead and max-autotune need CUDA).",
+            "choices": COMPILE_MODES,
+        },
+    )
     prepared_dir: str | None = field(
         default=None,
         metadata={
@@ -148,6 +160,7 @@ class TrainConfig:
                 f"unknown recipe {self.recipe!r}; choose one of {', '.join(recipe_lib.RECIPES)}"
             )
         check_optimization(self)
+        check_compile(self)
         check_at_least_one(self, ("final_candidates",))
         for name in ("check_examples", "eval_max_examples", "test_max_examples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -272,6 +285,23 @@ class LMAdaptConfig:
             )
         check_optimizer_name(self)
         check_lr(self)
+
+
+def check_compile(config: TrainConfig) -> None:
+    """A known compile mode, and CUDA for the modes that capture CUDA graphs.
+
+    With no `device` set the run takes CUDA where this machine has it, so that is what counts."""
+    if config.compile not in COMPILE_MODES:
+        raise ValueError(
+            f"compile must be one of {', '.join(COMPILE_MODES)}, got {config.compile!r}"
+        )
+    if config.compile in CUDA_GRAPH_MODES:
+        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type != "cuda":
+            raise ValueError(
+                f"compile {config.compile!r} captures CUDA graphs and needs a CUDA device, but "
+                f"the run's device is {device.type}; use compile 'default' or 'off'"
+            )
 
 
 def check_optimizer_name(config) -> None:

@@ -1,12 +1,16 @@
 """The optimizers a training config can name (config.OPTIMIZERS).
 
 Adafactor takes the paper's settings (Lester et al. 2021, section 3): a constant learning rate,
-no parameter scaling, no relative step, and the second-moment decay beta2_t = 1 - t^-0.8.
+no parameter scaling, no relative step, and the second-moment decay beta2_t = 1 - t^-0.8. It is
+softprompt.training.adafactor's, which updates 1-D and 2-D parameters exactly as transformers'
+Adafactor does and also trains a stack of [N, P, E] prompts as N independent ones.
 """
 
 from __future__ import annotations
 
 import torch
+
+from softprompt.training.adafactor import Adafactor
 
 
 def make_optimizer(
@@ -22,18 +26,10 @@ def make_optimizer(
             "(softprompt.training.recipe.resolve(...).lr)"
         )
     if config.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
         # decay_rate is the exponent of beta2_t = 1 - t^decay_rate; the paper's "beta2 decay 0.8"
         # is -0.8.
         return Adafactor(
-            params,
-            lr=lr,
-            weight_decay=config.weight_decay,
-            decay_rate=-config.beta2_decay,
-            scale_parameter=False,
-            relative_step=False,
-            warmup_init=False,
+            params, lr=lr, weight_decay=config.weight_decay, decay_rate=-config.beta2_decay
         )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)

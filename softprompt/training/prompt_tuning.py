@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -33,6 +34,7 @@ from softprompt.model import FrozenLM, load_frozen_lm
 from softprompt.prepared import load_prepared
 from softprompt.scoring import Encoded, encode_examples, evaluate, lm_loss
 from softprompt.task_data import load_task, seeded_subset
+from softprompt.task_metrics import compute_metrics
 from softprompt.tasks import Example, TaskSpec, load_spec
 from softprompt.training import loop
 from softprompt.training import recipe as recipe_lib
@@ -67,32 +69,29 @@ def train(
     spec = spec or load_spec(config.task)
     # Load and validate all data before the model: bad input fails in seconds, not after a load.
     stats: dict = {}
-    data = _load_data(config, spec, stats)
-    lm = lm or load_frozen_lm(config.model, device=config.device, dtype=config.dtype)
-    if lm.target_prefix != config.target_prefix:
-        # A view with the prefix: the caller's wrapper is untouched.
-        lm = lm.with_options(target_prefix=config.target_prefix)
+    data = load_data(config, spec, stats)
+    lm = frozen_lm(config, lm)
     world = distributed.world()
     check_world_split(config.batch_size, config.micro_batch_size, world.size)
     writer = world.rank == 0  # one process writes the run directory
     torch.manual_seed(config.seed)
-    _record_config(config, run_dir, writer)
+    record_config(config, run_dir, writer)
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=writer)
     recipe = recipe_lib.resolve(config.recipe, config.lr, lm.vocab_scale.entry_rms)
 
     train_enc = encode_examples(lm, data["train"], config.max_input_tokens)
     # Fixed seeded subsets, so every check of a run scores the same dev examples; the check set
     # is the first part of the selection set.
-    selection = _Scored(lm, spec, seeded_subset(data["dev"], config.eval_max_examples,
+    selection = ScoredSet(lm, spec, seeded_subset(data["dev"], config.eval_max_examples,
                                                 config.seed), config)
     checks = selection.head(config.check_examples)
-    prompt = torch.nn.Parameter(_initial_prompt(config, lm, spec))
+    prompt = torch.nn.Parameter(initial_prompt(config, lm, spec))
     optimizer = make_optimizer(config, [prompt], lr=recipe.lr)
     candidates = Candidates(config.final_candidates)
     # What checks score and a run keeps: the recipe's moving average of the prompt, or the
     # prompt itself (the same tensor) when the recipe averages nothing.
     checked = prompt.detach() if recipe.average_decay is None else prompt.detach().clone()
-    order = _bucketed_order(config, train_enc)
+    order = bucketed_order(config, train_enc)
     start = {
         "train_examples": len(data["train"]),
         "dev_examples": len(selection.examples),
@@ -114,7 +113,7 @@ def train(
         loss=lambda batch, tokens: lm_loss(lm, prompt, batch, normalizer=tokens),
         evaluate=lambda: checks.score(checked),
         after_eval=lambda step, scores: candidates.offer(step, scores["score"], checked),
-        keep_best=partial(_save_best, checked, run_dir / BEST_PROMPT, spec.name, writer),
+        keep_best=partial(save_best, checked, run_dir / BEST_PROMPT, spec.name, writer),
         state=lambda: {"prompt": prompt.detach().clone(), "average": checked.clone(),
                        "candidates": candidates.state()},
         load_state=partial(_restore, prompt, checked, candidates),
@@ -123,19 +122,27 @@ def train(
         after_step=partial(_after_step, prompt, checked, recipe, lm),
         on_step=on_step or (lambda _step, _seconds: False),
     )
-    schedule = loop.Schedule(
-        max_steps=config.max_steps,
-        eval_every=config.eval_every,
-        max_minutes=config.max_minutes,
-        patience=config.patience,
-    )
+    schedule = loop.Schedule(max_steps=config.max_steps, eval_every=config.eval_every,
+                             max_minutes=config.max_minutes, patience=config.patience)
     shown = ProgressOptions(bar=progress, desc=f"train {spec.name}", metric=spec.metric)
     outcome = loop.train_loop(trainable, schedule, metrics, run_dir / CHECKPOINT, shown)
     choice = choose_prompt(candidates, selection, checks, lm, spec.name)
+    return finish_run(config, lm, spec, data, outcome, choice, recipe, run_dir, selection,
+                       metrics, writer)
+
+
+def finish_run(config: TrainConfig, lm: FrozenLM, spec: TaskSpec, data: dict[str, list[Example]],
+                outcome: loop.LoopResult, choice: Choice, recipe: recipe_lib.Recipe, run_dir: Path,
+                selection: ScoredSet, metrics: MetricsLog, writer: bool,
+                group: dict | None = None) -> dict:
+    """Saves the chosen prompt, writes result.json (with `group` added when given, for a member
+    of softprompt.training.prompt_group) and the "done" record, and returns the result."""
     if writer:
-        _save_best(choice.prompt, run_dir / BEST_PROMPT, spec.name, True, choice.step)
+        save_best(choice.prompt, run_dir / BEST_PROMPT, spec.name, True, choice.step)
     distributed.barrier()  # the writer's prompt file is complete before anyone reads it
     result = _result(config, lm, spec, data, outcome, choice, recipe, run_dir, selection)
+    if group is not None:
+        result["group"] = group
     if writer:
         atomic_write(run_dir / "result.json", json.dumps(result, indent=2).encode())
     done = {k: v for k, v in result.items() if k in ("best_step", "steps", "stop_reason")}
@@ -143,7 +150,21 @@ def train(
     return result
 
 
-def _bucketed_order(config: TrainConfig, train_enc: Encoded) -> BucketedOrder | None:
+def frozen_lm(config: TrainConfig, lm: FrozenLM | None) -> FrozenLM:
+    """The caller's model, or the config's loaded, under the config's target prefix."""
+    lm = lm or load_frozen_lm(
+        config.model, device=config.device, dtype=config.dtype, compile=config.compile
+    )
+    if lm.target_prefix != config.target_prefix:
+        # A view with the prefix: the caller's wrapper is untouched.
+        lm = lm.with_options(target_prefix=config.target_prefix)
+    if config.compile != "off" and lm.options.compile != config.compile:
+        # A caller's model runs compiled as the config asks (a view, as above).
+        lm = lm.with_options(compile=config.compile)
+    return lm
+
+
+def bucketed_order(config: TrainConfig, train_enc: Encoded) -> BucketedOrder | None:
     """Length buckets for the training steps, when config.length_buckets asks for them."""
     lengths = [len(x) for x in train_enc.inputs]
     if not recipe_lib.use_length_buckets(config.length_buckets, lengths):
@@ -151,7 +172,7 @@ def _bucketed_order(config: TrainConfig, train_enc: Encoded) -> BucketedOrder | 
     return BucketedOrder(lengths, config.batch_size, config.seed)
 
 
-class _Scored:
+class ScoredSet:
     """Dev examples encoded once, scored by rank classification, with the seconds it took."""
 
     def __init__(self, lm: FrozenLM, spec: TaskSpec, examples: list[Example],
@@ -166,11 +187,11 @@ class _Scored:
             return ""
         return f" (about {format_duration(examples * self.seconds / self.scored)})"
 
-    def head(self, n: int | None) -> _Scored:
+    def head(self, n: int | None) -> ScoredSet:
         """The first n examples (all when None): a seeded subset of a seeded subset."""
         if n is None or n >= len(self.examples):
             return self
-        return _Scored(self.lm, self.spec, self.examples[:n], self.config)
+        return ScoredSet(self.lm, self.spec, self.examples[:n], self.config)
 
     def score(self, prompt: torch.Tensor) -> dict:
         began = time.monotonic()
@@ -181,7 +202,45 @@ class _Scored:
         return metrics
 
 
-def choose_prompt(candidates: Candidates, selection: _Scored, checks: _Scored, lm: FrozenLM,
+class ScoringJob(NamedTuple):
+    """Examples to score after one prompt of a stack (several prompts' dev sets scored in one
+    pass, as softprompt.training.prompt_group scores its members): `prompt` indexes the stack."""
+
+    prompt: int
+    scored: ScoredSet
+
+
+def predict_jobs(
+    lm: FrozenLM, prompts: torch.Tensor, jobs: list[ScoringJob], batch_size: int
+) -> list[list[str]]:
+    """Each job's predicted label words, from one rank-classification pass over all jobs' rows:
+    row i of job j is scored after prompts[jobs[j].prompt] of `prompts` [J, P, E]. Rows of all
+    jobs are batched by length, `batch_size` to a forward."""
+    spec = jobs[0].scored.spec
+    rows = [(j, i) for j, job in enumerate(jobs) for i in range(len(job.scored.examples))]
+    inputs = [jobs[j].scored.encoded.inputs[i] for j, i in rows]
+    owner = torch.tensor([jobs[j].prompt for j, _ in rows], device=prompts.device)
+    choices = [lm.encode_target(w) for w in spec.label_words]
+    winners = torch.empty(len(rows), dtype=torch.long)
+    order = sorted(range(len(rows)), key=lambda r: len(inputs[r]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        # A single prompt goes as [P, E]: the whole batch shares its prefix.
+        batch_prompts = prompts[0] if prompts.shape[0] == 1 else prompts[owner[idx]]
+        scores = lm.score_choices(batch_prompts, [inputs[r] for r in idx], choices)
+        winners[idx] = scores.float().argmax(1).cpu()
+    out: list[list[str]] = [[] for _ in jobs]
+    for (j, _), w in zip(rows, winners.tolist(), strict=True):
+        out[j].append(spec.label_words[w])
+    return out
+
+
+def rank_metrics(spec: TaskSpec, predictions: list[str], examples: list) -> dict:
+    """What `softprompt.scoring.evaluate` returns for these rank predictions."""
+    return compute_metrics(spec, predictions, list(examples)) | {"n": len(examples)}
+
+
+def choose_prompt(candidates: Candidates, selection: ScoredSet, checks: ScoredSet, lm: FrozenLM,
                   task: str) -> Choice:
     """The run's prompt: the best candidate on the selection set, with a line saying what will
     be scored and how long it should take (at the checks' rate), and one with the outcome."""
@@ -205,7 +264,7 @@ def choose_prompt(candidates: Candidates, selection: _Scored, checks: _Scored, l
     return choice
 
 
-def _load_data(config: TrainConfig, spec: TaskSpec, stats: dict) -> dict[str, list[Example]]:
+def load_data(config: TrainConfig, spec: TaskSpec, stats: dict) -> dict[str, list[Example]]:
     """The task's splits (prepared or raw); a train and a dev split are required."""
     if config.prepared_dir:
         data = load_prepared(config.prepared_dir)
@@ -217,7 +276,7 @@ def _load_data(config: TrainConfig, spec: TaskSpec, stats: dict) -> dict[str, li
     return data
 
 
-def _record_config(config: TrainConfig, run_dir: Path, writer: bool) -> None:
+def record_config(config: TrainConfig, run_dir: Path, writer: bool) -> None:
     """Writes config.json, refusing a run directory that holds another config's run."""
     config_path = run_dir / "config.json"
     if config_path.exists() and json.loads(config_path.read_text()) != config.to_dict():
@@ -227,7 +286,7 @@ def _record_config(config: TrainConfig, run_dir: Path, writer: bool) -> None:
         atomic_write(config_path, json.dumps(config.to_dict(), indent=2).encode())
 
 
-def _initial_prompt(config: TrainConfig, lm: FrozenLM, spec: TaskSpec) -> torch.Tensor:
+def initial_prompt(config: TrainConfig, lm: FrozenLM, spec: TaskSpec) -> torch.Tensor:
     """[P, E] float32 on the model's device, initialized as config.prompt says."""
     common = lm.common_token_ids(config.prompt.vocab_top_k)
     prompt = prompt_lib.initialize(
@@ -243,7 +302,7 @@ def _log_start(metrics: MetricsLog, start: dict, skipped_rows: list[str]) -> Non
         log.warning("skipped malformed row: %s", message)
 
 
-def _save_best(prompt: torch.nn.Parameter, path: Path, task: str, writer: bool, step: int) -> None:
+def save_best(prompt: torch.nn.Parameter, path: Path, task: str, writer: bool, step: int) -> None:
     if writer:
         prompt_lib.save_prompt(prompt.detach(), path, {"task": task, "step": str(step)})
 
@@ -274,7 +333,7 @@ def _result(
     choice: Choice,
     recipe: recipe_lib.Recipe,
     run_dir: Path,
-    selection: _Scored,
+    selection: ScoredSet,
 ) -> dict:
     """The run's chosen prompt: its dev score, the template alone's, and its test metrics."""
     result = {
@@ -313,7 +372,7 @@ def _summary(metrics: dict) -> dict:
 
 
 def _score_test(config: TrainConfig, lm: FrozenLM, spec: TaskSpec, test: list[Example],
-                prompt: torch.Tensor, measured: _Scored) -> dict:
+                prompt: torch.Tensor, measured: ScoredSet) -> dict:
     """The chosen prompt's metrics on the reported split, or on a seeded subset of at most
     config.test_max_examples of it, with a line before (its expected time at the rate
     `measured` scored at) and after."""

@@ -1,6 +1,8 @@
 """FrozenLM on both tiny architectures, with frozen weights, gradients into the prompt only, rank
 scores equal to the full-sequence likelihood, generation that does not depend on padding,
-tokenization and the fingerprint."""
+tokenization, the fingerprint, and float32 prompts in front of bfloat16 weights."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,3 +99,30 @@ def test_vocab_max_norm_is_the_largest_embedded_row(tiny_causal):
     tiny model does not scale its embeddings)."""
     weight = tiny_causal.embedding.weight.detach().float()  # [V, E]
     assert tiny_causal.vocab_max_norm == pytest.approx(float(weight.norm(dim=1).max()))
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+def test_bfloat16_weights_keep_the_prompt_and_its_optimizer_float32(
+    tiny_causal, tiny_causal_dir, reviews, optimizer
+):
+    """With bfloat16 frozen weights the prompt, its gradient and the optimizer's state stay
+    float32 (the prompt is cast on the way in), and the loss stays near the float32 model's."""
+    from softprompt.model import load_frozen_lm
+    from softprompt.training.optim import make_optimizer
+
+    half = load_frozen_lm(str(tiny_causal_dir), dtype="bfloat16")
+    assert half.embedding.weight.dtype == torch.bfloat16
+    batch = Batch(reviews(half), [half.encode_target(w) for w in ["positive", "negative", "no"]])
+    init = torch.linspace(-0.3, 0.3, 4 * half.dim).view(4, half.dim)
+    prompt = torch.nn.Parameter(init.clone())
+    config = SimpleNamespace(optimizer=optimizer, lr=0.1, weight_decay=1e-5, beta2_decay=0.8)
+    opt = make_optimizer(config, [prompt])
+    loss = lm_loss(half, prompt, batch)
+    loss.backward()
+    opt.step()
+    assert loss.dtype == prompt.dtype == prompt.grad.dtype == torch.float32
+    state = [v for v in opt.state[prompt].values() if torch.is_tensor(v) and v.is_floating_point()]
+    assert state and all(v.dtype == torch.float32 for v in state)
+    with torch.no_grad():
+        full = lm_loss(tiny_causal, init, batch)
+    assert float(loss.detach()) == pytest.approx(float(full), rel=0.05)

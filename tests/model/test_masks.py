@@ -8,6 +8,7 @@ from softprompt.model.masks import (
     packed_rows_mask,
     pad_rows,
     padding_mask,
+    to_device,
 )
 
 
@@ -57,3 +58,15 @@ def test_packed_rows_mask():
     """Rows of 2 and 1 tokens packed after a 1-position prefix. Keys: prefix, then the pack."""
     mask = packed_rows_mask(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]), 1, torch.float32)
     assert _seen(mask) == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]]
+
+
+def test_host_tensors_reach_cuda_through_pinned_memory(monkeypatch):
+    """On CPU the move is no copy at all; to CUDA a tensor is pinned and copied without blocking
+    (the calls are recorded here, as this machine has no CUDA device)."""
+    ids = torch.arange(4)
+    assert to_device(ids, "cpu") is ids
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: calls.append("pin") or t)
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: calls.append((a, k)) or t)
+    to_device(ids, "cuda")
+    assert calls == ["pin", ((torch.device("cuda"),), {"non_blocking": True})]

@@ -34,6 +34,30 @@ def test_config_validation(toy_task, kw, message):
         _config(toy_task, **kw)
 
 
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"compile": "fast"}, "compile must be one of off, default, reduce-overhead, max-autotune"),
+        ({"compile": "reduce-overhead", "device": "cpu"}, "compile 'reduce-overhead' captures"),
+        ({"compile": "max-autotune", "device": "cpu"}, "compile 'max-autotune' captures"),
+    ],
+)
+def test_compile_validation(toy_task, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _config(toy_task, **kw)
+
+
+def test_cuda_graphs_need_the_device_a_run_takes(toy_task, monkeypatch):
+    """Without a device set a run takes CUDA where the machine has it: CUDA graphs are refused
+    only where it has none, and plain compilation is allowed anywhere."""
+    assert _config(toy_task, compile="default", device="cpu").compile == "default"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA device, but the run's device is cpu"):
+        _config(toy_task, compile="reduce-overhead")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert _config(toy_task, compile="reduce-overhead").compile == "reduce-overhead"
+
+
 @pytest.mark.parametrize("config_class", [TrainConfig, ModelTuningConfig, LMAdaptConfig])
 def test_every_field_has_help_text(config_class):
     """A command line or a form built from the dataclass documents every option."""
