@@ -79,6 +79,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--arm-out", default=None, help="the arm's JSON record (with --arm)")
     p.add_argument("--cpus", default=None, help="comma list of CPUs to pin the arm to")
     p.add_argument("--work", default=None, help="folder for the arm's run directory")
+    p.add_argument("--all-seeds", default=None, help="the seeds of every arm (with --arm)")
     p.add_argument("--zero-shot", action="store_true", help="also score the template alone")
     p.add_argument(
         "--target",
@@ -102,6 +103,11 @@ def parse_args(argv: Sequence[str] | None):
         raise SystemExit(f"--arms: choose from {', '.join(ARMS)}; got {args.arms!r}")
     args.arm_list = arms
     args.seed_list = None if args.seeds is None else parse_seeds(args.seeds)
+    # Without a test split the reported examples are the dev examples no seed selects on.
+    if args.all_seeds is not None:
+        args.all_seeds = parse_seeds(args.all_seeds)
+    else:
+        args.all_seeds = sorted({seed for _, seed in plan(args)})
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     if args.arm and not args.arm_out:
@@ -218,6 +224,7 @@ def child_command(args, arm: str, seed: int, out: Path, work: Path, cpus, zero_s
         ("--device", args.device),
         ("--dtype", args.dtype),
         ("--report-max-examples", args.report_max_examples),
+        ("--all-seeds", ",".join(map(str, args.all_seeds))),
     ):
         cmd += [flag, str(value)] if value is not None else []
     cmd += ["--cpus", ",".join(map(str, cpus))] if cpus else []
@@ -264,6 +271,10 @@ def score_at(record: dict, mark: float) -> float:
     return next(m["score"] for m in record["marks"] if m["mark"] == mark)
 
 
+def accuracy_at(record: dict, mark: float) -> float:
+    return next(m["accuracy"] for m in record["marks"] if m["mark"] == mark)
+
+
 def steps_at(record: dict, mark: float) -> int:
     return next(m["steps"] for m in record["marks"] if m["mark"] == mark)
 
@@ -296,6 +307,15 @@ def add_targets(report: Report, args, spec, records: list[dict]) -> None:
             ">= 0",
             worst,
             worst >= 0,
+        )
+    if ours and spec.name != "sst2":
+        majority = records[0]["majority"]["score"]
+        best = max(score_at(r, last) for r in ours)
+        report.target(
+            f"ours beats the majority class at the {last:g} s mark (best seed)",
+            f"> {majority:.3f}",
+            best,
+            best > majority,
         )
     if ours:
         drops = [
@@ -361,11 +381,28 @@ def write_report(report: Report, args, spec, records: list[dict]) -> None:
     ]
     if zero_shot is not None:
         rows.append(["zero-shot", "", *[f"{zero_shot:.3f}"] * len(marks)])
+    majority = records[0]["majority"]
+    rows.append(
+        [f"majority class ({majority['label']})", "", *[f"{majority['score']:.3f}"] * len(marks)]
+    )
     report.table(
         f"{spec.name}: {spec.metric} on the reported split (steps) after T s of training",
         ["arm", "seed", *[f"{m:g} s" for m in marks]],
         rows,
     )
+    if spec.metric != "accuracy":
+        report.table(
+            f"{spec.name}: accuracy on the reported split after T s of training",
+            ["arm", "seed", *[f"{m:g} s" for m in marks]],
+            [[r["arm"], r["seed"], *[f"{accuracy_at(r, m):.3f}" for m in marks]] for r in records]
+            + [
+                [
+                    f"majority class ({majority['label']})",
+                    "",
+                    *[f"{majority['accuracy']:.3f}"] * len(marks),
+                ]
+            ],
+        )
     report.table(
         "Arms",
         [
@@ -398,12 +435,17 @@ def write_report(report: Report, args, spec, records: list[dict]) -> None:
         "metric": spec.metric,
         "marks": marks,
         "zero_shot": zero_shot,
+        "majority": majority,
+        "report_split": records[0]["report_split"],
         "report_examples": records[0]["report_examples"],
         "arms": records,
         "target": args.target,
     }
     if args.target is not None:
         report.results["time_to_target"] = report_time_to_target(report, args, records)
+    report.note(
+        f"Reported split: {records[0]['report_split']}, {records[0]['report_examples']} examples."
+    )
     report.note(
         "Training time excludes evaluations: ours checks its prompt every 25 steps "
         "(not counted), PEFT evaluates nothing while it trains. Ours' snapshot is its "

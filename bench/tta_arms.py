@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Snapshot:
     steps: int  # optimizer steps done by then
     prompt: torch.Tensor | None = field(default=None, repr=False)  # [P, E], dropped once scored
     score: float | None = None
+    accuracy: float | None = None  # also when the task's metric is F1
 
 
 @dataclass
@@ -68,6 +70,8 @@ class ArmRecord:
     marks: list[dict]
     checks: list[dict]  # ours: the check scores of metrics.jsonl, in order; PEFT: none
     zero_shot: float | None
+    majority: dict  # the training split's most common label, predicted for every example
+    report_split: str  # test, or dev examples outside every selection set
     report_examples: int
     cores: list[int]
     threads: int
@@ -244,19 +248,43 @@ def score_snapshots(
                 peft.table.copy_(snap.prompt.to(peft.table))
             scores = peft_label_scores(lm, peft.model, encoded.inputs, spec.label_words)
             predictions = [spec.label_words[i] for i in scores.argmax(1).tolist()]
-            snap.score = compute_metrics(spec, predictions, examples)["score"]
+            metrics = compute_metrics(spec, predictions, examples)
         else:
-            prompt = snap.prompt.to(lm.device)
-            snap.score = evaluate(lm, prompt, spec, examples, encoded)["score"]
+            metrics = evaluate(lm, snap.prompt.to(lm.device), spec, examples, encoded)
+        snap.score, snap.accuracy = metrics["score"], metrics["accuracy"]
         snap.prompt = None
     return "peft forward" if own_layout else "softprompt.scoring.evaluate"
+
+
+def reported_examples(args, data: dict, selection_size: int | None) -> list[Example]:
+    """The examples every arm is scored on: the test split where the task has one. Without one,
+    the dev examples that no seed's selection set holds (ours chooses its prompts on seeded dev
+    subsets), so that no arm is scored on examples it chose by; `args.all_seeds` are the seeds
+    of every arm in this benchmark run."""
+    if "test" in data:
+        return seeded_subset(data["test"], args.report_max_examples, 0)
+    dev = data["dev"]
+    chosen_by = {id(e) for seed in args.all_seeds for e in seeded_subset(dev, selection_size, seed)}
+    held_out = [e for e in dev if id(e) not in chosen_by]
+    if not held_out:
+        raise SystemExit(
+            f"{args.task}: no test split, and every dev example is in a selection set; "
+            "lower the selection set's size"
+        )
+    return seeded_subset(held_out, args.report_max_examples, 0)
+
+
+def majority_class(spec: TaskSpec, train: list[Example], examples: list[Example]) -> dict:
+    """The metrics of predicting the training split's most common label for every example."""
+    label, _ = Counter(e.target for e in train).most_common(1)[0]
+    return {"label": label, **compute_metrics(spec, [label] * len(examples), examples)}
 
 
 def run_arm(args, lm: FrozenLM, spec: TaskSpec, work: Path) -> ArmRecord:
     """Trains and scores the arm `args.arm` with seed `args.seed`."""
     started, load_before = time.time(), os.getloadavg()[0]
     data = load_task(spec, args.data_dir)
-    examples = seeded_subset(data["test"], args.report_max_examples, 0)
+    examples = reported_examples(args, data, train_config(args, args.seed, lm).eval_max_examples)
     run_dir = work / f"{args.arm}-s{args.seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     peft, checks = None, []
@@ -285,6 +313,8 @@ def run_arm(args, lm: FrozenLM, spec: TaskSpec, work: Path) -> ArmRecord:
         marks=[{k: v for k, v in asdict(s).items() if k != "prompt"} for s in snapshots],
         checks=checks,
         zero_shot=zero_shot,
+        majority=majority_class(spec, data["train"], examples),
+        report_split="test" if "test" in data else "dev, outside every seed's selection set",
         report_examples=len(examples),
         cores=sorted(os.sched_getaffinity(0)),
         threads=torch.get_num_threads(),

@@ -5,7 +5,7 @@ softprompt, its dependencies and the offline model, so nothing is installed at r
 `ClusterConfig` holds what the compiled pipeline asks of Kubernetes; its defaults match the GPU
 node pool, taint and checkpoint volume that infra/ creates. Override them with
 `python -m components.compile --help` flags, never by editing the compiled YAML. A run with
-num_gpus > 1 trains as a Kubeflow Trainer job (components/trainjob.py) built from the same
+num_gpus > 1 trains as a Kubeflow Trainer job (components/trainjob/) built from the same
 settings: `ClusterConfig.job_settings()`.
 """
 

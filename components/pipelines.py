@@ -36,7 +36,7 @@ prompt-tuning parameters:
       with "seeds": [int, ...] instead of "seed" trains those prompts in one batch in one pod
       (softprompt.training.prompt_group: about one run's cost where launches bound the GPU step).
   num_gpus: GPUs per prompt; above 1 the train step runs the prompt as a Kubeflow Trainer job
-      (TrainJob, or PyTorchJob on older clusters; components/trainjob.py) over that many GPUs.
+      (TrainJob, or PyTorchJob on older clusters; components/trainjob/) over that many GPUs.
   prompt_length: P, prompt vectors per prompt (paper: 100; 20 is cheap and close).
   recipe: stable | paper: the default lr, warmup, batch and norm cap (softprompt.training.recipe).
   optimizer, lr: adafactor | adamw | sgd, and its learning rate (0 = the recipe's).
@@ -77,6 +77,9 @@ lm-adaptation parameters:
 """
 
 import functools
+import shutil
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
@@ -144,8 +147,9 @@ def _step(component, params: dict, **inputs) -> dsl.PipelineTask:
 
 @functools.cache
 def _train_step():
-    """train_prompt with components/trainjob.py embedded (importable as `trainjob` in the step),
-    from the project image with nothing installed, as components.steps.component makes it.
+    """train_prompt with the job launcher embedded (components/trainjob's job_spec.py and
+    job_launch.py, importable by their bare names in the step), from the project image with
+    nothing installed, as components.steps.component makes it.
 
     With num_gpus > 1 the step itself launches the prompt's training as a TrainJob and waits
     for it, because KFP cannot branch to a separate light launcher step here: dsl.If/dsl.Else
@@ -154,8 +158,13 @@ def _train_step():
     in a sub-pipeline returning the OneOf compile, but kfp.local cannot resolve a sub-pipeline's
     OneOf artifact ("Expected 1 artifact in ArtifactSelectorSpec"). The step keeps its own GPU
     while it waits: KFP fixes a step's resources when the pipeline compiles."""
-    return dsl.component(train_prompt.python_func, base_image=PROJECT_IMAGE,
-                         install_kfp_package=False, embedded_artifact_path=trainjob.__file__)
+    # The archive is built here, so the folder holds only the modules the step imports (no
+    # __pycache__, no CLI) for as long as it takes.
+    with tempfile.TemporaryDirectory(prefix="softprompt-trainjob-") as folder:
+        for name in trainjob.EMBEDDED:
+            shutil.copyfile(Path(trainjob.__file__).parent / name, Path(folder) / name)
+        return dsl.component(train_prompt.python_func, base_image=PROJECT_IMAGE,
+                             install_kfp_package=False, embedded_artifact_path=folder)
 
 
 def _prompt_tuning_steps(cluster: ClusterConfig, params: dict) -> PromptTuningOutputs:
@@ -170,7 +179,7 @@ def _prompt_tuning_steps(cluster: ClusterConfig, params: dict) -> PromptTuningOu
         train.set_display_name("train prompt")
         _on_gpu_pool(train, cluster, retries=cluster.train_retries)
         train.set_caching_options(enable_caching=True)
-        # Where a run with num_gpus > 1 sends its training job (components/trainjob.py).
+        # Where a run with num_gpus > 1 sends its training job (components/trainjob/).
         train.set_env_variable(trainjob.SETTINGS_ENV, cluster.job_settings().to_json())
 
     ensemble = _step(ensemble_prompts, params, spec=spec, train_dev=train_dev,

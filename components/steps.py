@@ -180,8 +180,8 @@ def train_prompt(
     run_dir = os.path.join(checkpoint_root, run_key, name) if checkpoint_root else run.path
     dirs = [f"seed{seed}" for seed in seeds] if group else [""]
     task_spec = read_spec(task, spec.path)
-    if num_gpus > 1:  # torchrun on num_gpus GPUs, as a job of the cluster (components/trainjob.py)
-        from trainjob import train_on_cluster  # embedded in this step by components.pipelines
+    if num_gpus > 1:  # torchrun on num_gpus GPUs, as a job of the cluster (components/trainjob/)
+        from job_launch import train_on_cluster  # embedded in this step by components.pipelines
 
         if group:
             raise ValueError(f"prompt_configs item {prompt_config}: a group trains in one "

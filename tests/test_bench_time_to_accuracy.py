@@ -5,14 +5,16 @@ sanity, as the runs are seconds long."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from bench import time_to_accuracy
-from bench.tta_arms import Marks, peft_label_scores
+from bench.tta_arms import Marks, peft_label_scores, reported_examples
 from softprompt.model import load_frozen_lm
 from softprompt.scoring import label_scores
+from softprompt.task_data import seeded_subset
 
 
 def _args(argv):
@@ -53,6 +55,21 @@ def test_a_target_adds_dense_marks_and_times_the_first_mark_reaching_it():
         "reached": True, "seconds": 6.0, "steps": 40}
     assert time_to_accuracy.time_to_target(record, 0.96) == {
         "reached": False, "seconds": None, "steps": None}
+
+
+def test_without_a_test_split_the_reported_examples_are_outside_every_selection_set():
+    dev = [object() for _ in range(50)]
+    args = SimpleNamespace(all_seeds=[0, 1], report_max_examples=None, task="t")
+    reported = reported_examples(args, {"dev": dev}, 20)
+    chosen = {id(e) for seed in (0, 1) for e in seeded_subset(dev, 20, seed)}
+    assert reported and not {id(e) for e in reported} & chosen
+    assert len(reported) == 50 - len(chosen)
+    # With a test split that split is reported, capped by --report-max-examples.
+    test = list(range(30))
+    args.report_max_examples = 10
+    assert reported_examples(args, {"dev": dev, "test": test}, 20) == seeded_subset(test, 10, 0)
+    with pytest.raises(SystemExit, match="every dev example"):
+        reported_examples(args, {"dev": dev[:5]}, 20)
 
 
 def test_cpu_slots_are_disjoint():
@@ -146,6 +163,11 @@ def test_all_arms_one_at_a_time(tiny_causal_dir, toy_task, tmp_path):
     names = [t["name"] for t in record["targets"]]
     assert any("every PEFT arm" in n for n in names) and any("drop" in n for n in names)
     assert not any("1200 s" in n for n in names)  # not SST-2
+    # Not SST-2: the benchmark computes the majority class's score and compares ours with it.
+    majority = record["results"]["majority"]
+    assert majority["label"] in ("negative", "positive") and 0.0 <= majority["accuracy"] <= 1.0
+    assert any("majority class" in n for n in names)
+    assert all(0.0 <= m["accuracy"] <= 1.0 for r in record["results"]["arms"] for m in r["marks"])
     # Seed 0's arms start from the same prompt and are scored alike: equal scores at mark 0.
     initial = {r["arm"]: r["marks"][0]["score"] for r in record["results"]["arms"] if not r["seed"]}
     assert len(set(initial.values())) == 1

@@ -1,4 +1,4 @@
-"""Multi-GPU training jobs (components/trainjob.py): the TrainJob and PyTorchJob manifests,
+"""Multi-GPU training jobs (components/trainjob/): the TrainJob and PyTorchJob manifests,
 strictly valid against the Kubeflow packages' models; the committed manifests as their
 rendering; the launcher and the pipeline's train step driving the official `kubernetes` client.
 
@@ -31,6 +31,7 @@ from components.trainjob import (
     manifest,
     placement,
     pytorch_job,
+    render,
     train_job,
     train_on_cluster,
 )
@@ -165,7 +166,7 @@ def test_committed_manifests_are_the_rendering(path, tmp_path, monkeypatch):
     """Each committed manifest is what the command in its header writes (one source)."""
     command = path.read_text().splitlines()[1].removeprefix("#   python -m components.trainjob ")
     monkeypatch.chdir(tmp_path)  # the header's relative --out lands here
-    assert trainjob.main(shlex.split(command)) == 0
+    assert render.main(shlex.split(command)) == 0
     out = tmp_path / path.relative_to(ROOT)
     assert out.read_text() == path.read_text(), f"render {path.name} again: {command}"
     validate_strict(yaml.safe_load(path.read_text()))
@@ -321,14 +322,14 @@ def test_train_on_cluster_stages_inputs_and_the_pods_command_parses(kube, toy_ta
 
 
 def test_train_step_with_num_gpus_launches_a_trainjob(kube, toy_task, tmp_path, monkeypatch):
-    """train_prompt with num_gpus=2, as the compiled step runs it: `trainjob` importable by its
-    bare name (the pipeline embeds the file), the settings in its environment, the client
+    """train_prompt with num_gpus=2, as the compiled step runs it: `job_launch` importable by its
+    bare name (the pipeline embeds its folder), the settings in its environment, the client
     configured from a kubeconfig naming the stand-in."""
     from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
     from components.steps import prepare_data, train_prompt
 
-    monkeypatch.syspath_prepend(str(ROOT / "components"))
+    monkeypatch.syspath_prepend(str(ROOT / "components" / "trainjob"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
@@ -367,7 +368,7 @@ def test_train_step_with_num_gpus_launches_a_trainjob(kube, toy_task, tmp_path, 
 
 # ------------------------------------------------------------------ the pipeline
 def test_pipeline_compiles_with_num_gpus_and_its_train_step_carries_the_launcher(tmp_path):
-    """num_gpus (default 1) reaches the train step, which holds components/trainjob.py and the
+    """num_gpus (default 1) reaches the train step, which holds the job launcher and the
     cluster's job settings. KFP cannot collect a dsl.OneOf of two loop branches, so the train
     step launches the job itself (components/pipelines.py, _train_step) instead of a separate
     step under a condition: no launcher step and no condition exist in the IR."""
@@ -389,6 +390,8 @@ def test_pipeline_compiles_with_num_gpus_and_its_train_step_carries_the_launcher
     source = container["command"][-1]
     archive = source.split("__KFP_EMBEDDED_ARCHIVE_B64 = '", 1)[1].split("'", 1)[0]
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(base64.b64decode(archive)))) as tar:
-        embedded = tar.extractfile("trainjob.py").read()
-    assert embedded == (ROOT / "components" / "trainjob.py").read_bytes()
-    assert "from trainjob import train_on_cluster" in source
+        embedded = {m.name.removeprefix("./"): tar.extractfile(m).read()
+                    for m in tar.getmembers() if m.isfile()}
+    folder = ROOT / "components" / "trainjob"
+    assert embedded == {name: (folder / name).read_bytes() for name in trainjob.EMBEDDED}
+    assert "from job_launch import train_on_cluster" in source

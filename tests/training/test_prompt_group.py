@@ -141,3 +141,22 @@ def test_equal_members_still_get_their_own_gradients(unpacked, toy_task, tmp_pat
         train(config, tmp_path / f"single{n}", lm=unpacked, progress=False)
         last = torch.load(tmp_path / f"single{n}" / "checkpoint.pt", weights_only=True)
         assert torch.allclose(saved["prompt"][n], last["prompt"], atol=1e-4)
+
+
+def test_a_compiled_group_trains_as_the_plain_one(unpacked, toy_task, tmp_path):
+    """A group under --compile: its [N, P, E] prompts go through the compiled decoder stack
+    (the CPU backend aot_eager here; on a GPU, inductor) and end as the plain group's do."""
+    spec = load_spec(toy_task["spec_path"])
+    configs = [_config(toy_task, seed=s, max_steps=4) for s in (0, 1)]
+    compiled = unpacked.with_compile("default", backend="aot_eager")
+    assert not compiled.shares_prefix()  # a compiled wrapper runs whole rows
+    results = {}
+    for name, lm in (("plain", unpacked), ("compiled", compiled)):
+        dirs = [tmp_path / name / f"seed{c.seed}" for c in configs]
+        results[name] = train_group(configs, dirs, lm=lm, spec=spec, progress=False)
+    for n, config in enumerate(configs):
+        plain, fast = (tmp_path / name / f"seed{config.seed}" for name in ("plain", "compiled"))
+        assert torch.allclose(load_prompt(fast / "prompt.safetensors"),
+                              load_prompt(plain / "prompt.safetensors"), atol=1e-4)
+        for key in ("best_step", "steps", "candidates"):
+            assert results["compiled"][n][key] == results["plain"][n][key], key

@@ -1,0 +1,5 @@
+import sys
+
+from components.trainjob.render import main
+
+sys.exit(main())
