@@ -154,7 +154,9 @@ class PeftArm:
             self.table.copy_(self.initial.to(self.table))
         name = "paper" if arm == "peft-paper" else "stable"
         self.recipe = recipe_lib.resolve(name, None, lm.vocab_scale.entry_rms)
-        self.optimizer = make_optimizer(config, [self.table], lr=self.recipe.lr)
+        self.optimizer = make_optimizer(
+            config, [self.table], lr=self.recipe.lr, update_clamp=self.recipe.update_clamp
+        )
         # The paper's recipe has no warmup, so its factor is 1 at every step.
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: recipe_lib.warmup_factor(self.recipe, step)
@@ -164,8 +166,10 @@ class PeftArm:
         warmup = (
             f", linear warmup {self.recipe.warmup_steps} steps" if self.recipe.warmup_steps else ""
         )
+        clamp = self.recipe.update_clamp
+        bound = f", update entries within {clamp:g} x lr" if clamp is not None else ""
         return (
-            f"Adafactor lr {self.recipe.lr:.4g} (weight decay 1e-5, decay 0.8){warmup}, "
+            f"Adafactor lr {self.recipe.lr:.4g} (weight decay 1e-5, decay 0.8){warmup}{bound}, "
             f"batch {self.batch} as "
             f"{self.batch // MICRO_BATCH}x{MICRO_BATCH}, no prompt norm cap"
         )

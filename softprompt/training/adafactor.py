@@ -3,7 +3,9 @@
 It has the paper's settings (Lester et al. 2021, section 3) and no others. The learning rate is
 set from outside (no relative step), parameters are not scaled, the second-moment decay is
 beta2_t = 1 - t^decay_rate (decay_rate -0.8), and updates are clipped to an RMS of at most
-`clip_threshold`. A first moment (`beta1`) is optional. Weight decay is applied as transformers'
+`clip_threshold`. A first moment (`beta1`) is optional. `update_clamp`, off by default and not
+part of the paper's settings, then bounds every entry of the clipped update to +-update_clamp
+(before the learning rate multiplies it). Weight decay is applied as transformers'
 Adafactor applies it, p <- p - weight_decay x lr x p, then p <- p - update.
 
 What differs from transformers' Adafactor is what a parameter of 3 or more dimensions means.
@@ -46,6 +48,7 @@ class Adafactor(torch.optim.Optimizer):
         decay_rate: float = -0.8,
         beta1: float | None = None,
         weight_decay: float = 0.0,
+        update_clamp: float | None = None,
     ) -> None:
         if lr is None or lr < 0:
             raise ValueError(f"Adafactor needs a learning rate >= 0, got {lr}")
@@ -53,6 +56,8 @@ class Adafactor(torch.optim.Optimizer):
             raise ValueError(
                 f"decay_rate must be < 0 (beta2_t = 1 - t^decay_rate), got {decay_rate}"
             )
+        if update_clamp is not None and not update_clamp > 0:
+            raise ValueError(f"update_clamp must be > 0 or None, got {update_clamp}")
         defaults = {
             "lr": lr,
             "eps": tuple(eps),
@@ -60,6 +65,7 @@ class Adafactor(torch.optim.Optimizer):
             "decay_rate": decay_rate,
             "beta1": beta1,
             "weight_decay": weight_decay,
+            "update_clamp": update_clamp,
         }
         super().__init__(params, defaults)
 
@@ -100,6 +106,10 @@ class Adafactor(torch.optim.Optimizer):
             second.mul_(beta2t).add_(squared, alpha=1.0 - beta2t)
             update = second.rsqrt().mul_(grad)
         update.div_((member_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
+        if group.get("update_clamp") is not None:
+            # The RMS clip bounds the update as a whole, not its entries: where the factored
+            # second moment underestimates one entry's, that entry alone can move many times lr.
+            update.clamp_(-group["update_clamp"], group["update_clamp"])
         update.mul_(lr)
         if group["beta1"] is not None:
             first = state["exp_avg"]

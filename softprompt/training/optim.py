@@ -14,11 +14,15 @@ from softprompt.training.adafactor import Adafactor
 
 
 def make_optimizer(
-    config, params: list[torch.nn.Parameter], lr: float | None = None
+    config,
+    params: list[torch.nn.Parameter],
+    lr: float | None = None,
+    update_clamp: float | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer `config.optimizer` over `params`. Any config with the fields optimizer, lr,
     weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation); `lr`, when
-    given, replaces config.lr (a prompt-tuning recipe's resolved rate)."""
+    given, replaces config.lr (a prompt-tuning recipe's resolved rate). `update_clamp` (a recipe's)
+    bounds each entry of Adafactor's normalized update; AdamW and SGD have no such update."""
     lr = config.lr if lr is None else lr
     if lr is None:
         raise ValueError(
@@ -29,7 +33,11 @@ def make_optimizer(
         # decay_rate is the exponent of beta2_t = 1 - t^decay_rate; the paper's "beta2 decay 0.8"
         # is -0.8.
         return Adafactor(
-            params, lr=lr, weight_decay=config.weight_decay, decay_rate=-config.beta2_decay
+            params,
+            lr=lr,
+            weight_decay=config.weight_decay,
+            decay_rate=-config.beta2_decay,
+            update_clamp=update_clamp,
         )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)

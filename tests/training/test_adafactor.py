@@ -121,3 +121,34 @@ def test_bad_settings_are_refused():
         Adafactor(param, lr=-1.0)
     with pytest.raises(ValueError, match="decay_rate"):
         Adafactor(param, lr=0.1, decay_rate=0.8)
+    with pytest.raises(ValueError, match="update_clamp"):
+        Adafactor(param, lr=0.1, update_clamp=0.0)
+
+
+def _one_hot_surge(steps: int = 40):
+    """Small even gradients, then one entry 30 times larger: the factored second moment (a row
+    mean times a column mean) underestimates that entry's, so its update dwarfs the rest."""
+    quiet = [torch.full((16, 64), 1e-3) for _ in range(steps)]
+    surge = torch.full((16, 64), 1e-3)
+    surge[2, 5] = 3e-2
+    return quiet + [surge]
+
+
+def test_the_update_clamp_bounds_each_entry_and_leaves_the_rest():
+    lr, clamp, grads = 0.1, 2.0, _one_hot_surge()
+    free = torch.nn.Parameter(torch.zeros(16, 64))
+    bounded = torch.nn.Parameter(torch.zeros(16, 64))
+    plain = Adafactor([free], lr=lr, decay_rate=-0.8)
+    clamped = Adafactor([bounded], lr=lr, decay_rate=-0.8, update_clamp=clamp)
+    before_free = _run(plain, free, grads[:-1])
+    before_bounded = _run(clamped, bounded, grads[:-1])
+    # Before the surge no entry reaches the bound, so the clamp changes nothing.
+    assert torch.equal(before_free, before_bounded)
+    moved_free = before_free - _run(plain, free, grads[-1:])  # [16, 64]
+    moved_bounded = before_bounded - _run(clamped, bounded, grads[-1:])
+    assert moved_free[2, 5] > 3 * clamp * lr  # unbounded, the one entry jumps
+    assert moved_bounded[2, 5] == pytest.approx(clamp * lr)
+    assert moved_bounded.abs().max() <= clamp * lr + 1e-7
+    others = torch.ones(16, 64, dtype=torch.bool)
+    others[2, 5] = False
+    assert torch.equal(moved_free[others], moved_bounded[others])

@@ -98,3 +98,13 @@ def test_the_moving_average_follows_the_prompt():
     assert torch.allclose(average, prompt, atol=1e-4)
     assert recipe_lib.resolve("stable", None, 0.1).average_decay == recipe_lib.AVERAGE_DECAY
     assert recipe_lib.resolve("paper", None, 0.1).average_decay is None
+
+
+def test_only_the_stable_recipe_bounds_update_entries():
+    stable = recipe_lib.resolve("stable", None, 0.1)
+    paper = recipe_lib.resolve("paper", None, 0.1)
+    assert stable.update_clamp == recipe_lib.UPDATE_CLAMP and paper.update_clamp is None
+    assert stable.to_dict()["update_clamp"] == recipe_lib.UPDATE_CLAMP  # recorded in results
+    prompt = torch.nn.Parameter(torch.zeros(2, 3))
+    made = make_optimizer(TrainConfig(), [prompt], lr=stable.lr, update_clamp=stable.update_clamp)
+    assert made.defaults["update_clamp"] == recipe_lib.UPDATE_CLAMP
