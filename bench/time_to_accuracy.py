@@ -267,16 +267,9 @@ def run_children(args, work: Path) -> list[dict]:
 
 
 # -------------------------------------------------------------------- results
-def score_at(record: dict, mark: float) -> float:
-    return next(m["score"] for m in record["marks"] if m["mark"] == mark)
-
-
-def accuracy_at(record: dict, mark: float) -> float:
-    return next(m["accuracy"] for m in record["marks"] if m["mark"] == mark)
-
-
-def steps_at(record: dict, mark: float) -> int:
-    return next(m["steps"] for m in record["marks"] if m["mark"] == mark)
+def at_mark(record: dict, mark: float, key: str = "score"):
+    """One field (score, accuracy, steps) of an arm's snapshot at `mark` seconds."""
+    return next(m[key] for m in record["marks"] if m["mark"] == mark)
 
 
 def add_targets(report: Report, args, spec, records: list[dict]) -> None:
@@ -286,7 +279,7 @@ def add_targets(report: Report, args, spec, records: list[dict]) -> None:
     last = args.shown_marks[-1]
     if ours and spec.name == "sst2" and 1200.0 in args.shown_marks:
         for r in ours:
-            score = score_at(r, 1200.0)
+            score = at_mark(r, 1200.0)
             report.target(
                 f"ours at the 1200 s mark, seed {r['seed']}",
                 f">= {SST2_GOAL}",
@@ -296,9 +289,9 @@ def add_targets(report: Report, args, spec, records: list[dict]) -> None:
     if ours and peft_arms:
         margins = []
         for mark in args.shown_marks:
-            mine = [score_at(r, mark) for r in ours]
+            mine = [at_mark(r, mark) for r in ours]
             for arm in peft_arms:
-                theirs = statistics.mean(score_at(r, mark) for r in records if r["arm"] == arm)
+                theirs = statistics.mean(at_mark(r, mark) for r in records if r["arm"] == arm)
                 margins += [statistics.mean(mine) - theirs] + [s - theirs for s in mine]
         worst = min(margins)
         report.target(
@@ -310,7 +303,7 @@ def add_targets(report: Report, args, spec, records: list[dict]) -> None:
         )
     if ours and spec.name != "sst2":
         majority = records[0]["majority"]["score"]
-        best = max(score_at(r, last) for r in ours)
+        best = max(at_mark(r, last) for r in ours)
         report.target(
             f"ours beats the majority class at the {last:g} s mark (best seed)",
             f"> {majority:.3f}",
@@ -376,15 +369,17 @@ def write_report(report: Report, args, spec, records: list[dict]) -> None:
     marks = [0.0, *args.shown_marks]
     zero_shot = next((r["zero_shot"] for r in records if r["zero_shot"] is not None), None)
     rows = [
-        [r["arm"], r["seed"], *[f"{score_at(r, m):.3f} ({steps_at(r, m)})" for m in marks]]
+        [r["arm"], r["seed"], *[f"{at_mark(r, m):.3f} ({at_mark(r, m, 'steps')})" for m in marks]]
         for r in records
     ]
     if zero_shot is not None:
         rows.append(["zero-shot", "", *[f"{zero_shot:.3f}"] * len(marks)])
     majority = records[0]["majority"]
-    rows.append(
-        [f"majority class ({majority['label']})", "", *[f"{majority['score']:.3f}"] * len(marks)]
-    )
+
+    def majority_row(key: str) -> list:
+        return [f"majority class ({majority['label']})", "", *[f"{majority[key]:.3f}"] * len(marks)]
+
+    rows.append(majority_row("score"))
     report.table(
         f"{spec.name}: {spec.metric} on the reported split (steps) after T s of training",
         ["arm", "seed", *[f"{m:g} s" for m in marks]],
@@ -394,13 +389,10 @@ def write_report(report: Report, args, spec, records: list[dict]) -> None:
         report.table(
             f"{spec.name}: accuracy on the reported split after T s of training",
             ["arm", "seed", *[f"{m:g} s" for m in marks]],
-            [[r["arm"], r["seed"], *[f"{accuracy_at(r, m):.3f}" for m in marks]] for r in records]
-            + [
-                [
-                    f"majority class ({majority['label']})",
-                    "",
-                    *[f"{majority['accuracy']:.3f}"] * len(marks),
-                ]
+            [
+                *[[r["arm"], r["seed"], *[f"{at_mark(r, m, 'accuracy'):.3f}" for m in marks]]
+                  for r in records],
+                majority_row("accuracy"),
             ],
         )
     report.table(

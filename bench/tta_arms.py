@@ -154,9 +154,7 @@ class PeftArm:
             self.table.copy_(self.initial.to(self.table))
         name = "paper" if arm == "peft-paper" else "stable"
         self.recipe = recipe_lib.resolve(name, None, lm.vocab_scale.entry_rms)
-        self.optimizer = make_optimizer(
-            config, [self.table], lr=self.recipe.lr, update_clamp=self.recipe.update_clamp
-        )
+        self.optimizer = make_optimizer(config, [self.table], self.recipe)
         # The paper's recipe has no warmup, so its factor is 1 at every step.
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: recipe_lib.warmup_factor(self.recipe, step)

@@ -11,23 +11,22 @@ from __future__ import annotations
 import torch
 
 from softprompt.training.adafactor import Adafactor
+from softprompt.training.recipe import Recipe
 
 
 def make_optimizer(
-    config,
-    params: list[torch.nn.Parameter],
-    lr: float | None = None,
-    update_clamp: float | None = None,
+    config, params: list[torch.nn.Parameter], recipe: Recipe | None = None
 ) -> torch.optim.Optimizer:
     """The optimizer `config.optimizer` over `params`. Any config with the fields optimizer, lr,
-    weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation); `lr`, when
-    given, replaces config.lr (a prompt-tuning recipe's resolved rate). `update_clamp` (a recipe's)
-    bounds each entry of Adafactor's normalized update; AdamW and SGD have no such update."""
-    lr = config.lr if lr is None else lr
+    weight_decay and beta2_decay will do (prompt tuning, model tuning, LM adaptation). A prompt-
+    tuning run passes its resolved `recipe`: its lr replaces config.lr, and its update_clamp
+    bounds each entry of Adafactor's normalized update (AdamW and SGD have no such update)."""
+    lr = config.lr if recipe is None else recipe.lr
+    update_clamp = None if recipe is None else recipe.update_clamp
     if lr is None:
         raise ValueError(
             "no learning rate: the config leaves it to its recipe; pass the resolved one "
-            "(softprompt.training.recipe.resolve(...).lr)"
+            "(softprompt.training.recipe.resolve(...))"
         )
     if config.optimizer == "adafactor":
         # decay_rate is the exponent of beta2_t = 1 - t^decay_rate; the paper's "beta2 decay 0.8"

@@ -159,9 +159,7 @@ class _Group:
         self.train_enc, self.world, self.step = train_enc, distributed.world(), 0
         stack = [single.initial_prompt(m.config, lm, spec) for m in members]
         self.prompts = torch.nn.Parameter(torch.stack(stack))
-        self.optimizer = make_optimizer(
-            members[0].config, [self.prompts], lr=recipe.lr, update_clamp=recipe.update_clamp
-        )
+        self.optimizer = make_optimizer(members[0].config, [self.prompts], recipe)
         # What checks score and members keep: each member's moving average, or its prompt.
         detached = self.prompts.detach()
         self.checked = detached if recipe.average_decay is None else detached.clone()

@@ -86,9 +86,7 @@ def train(
                                                 config.seed), config)
     checks = selection.head(config.check_examples)
     prompt = torch.nn.Parameter(initial_prompt(config, lm, spec))
-    optimizer = make_optimizer(
-        config, [prompt], lr=recipe.lr, update_clamp=recipe.update_clamp
-    )
+    optimizer = make_optimizer(config, [prompt], recipe)
     candidates = Candidates(config.final_candidates)
     # What checks score and a run keeps: the recipe's moving average of the prompt, or the
     # prompt itself (the same tensor) when the recipe averages nothing.

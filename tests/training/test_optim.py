@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from softprompt.training import recipe as recipe_lib
 from softprompt.training.adafactor import Adafactor
 from softprompt.training.config import TrainConfig
 from softprompt.training.optim import make_optimizer
@@ -26,7 +27,8 @@ def test_adafactor_takes_the_papers_settings():
 
 
 def test_a_resolved_lr_replaces_the_configs():
-    optimizer = make_optimizer(TrainConfig(), _params(), lr=0.0325)
+    recipe = recipe_lib.resolve("stable", 0.0325, 0.13)
+    optimizer = make_optimizer(TrainConfig(), _params(), recipe)
     assert optimizer.defaults["lr"] == 0.0325
 
 

@@ -41,7 +41,7 @@ def test_the_stable_lr_follows_the_embedding_scale(tiny_causal, factor):
         recipe = recipe_lib.resolve("stable", None, lm.vocab_scale.entry_rms)
         start = torch.randn(3, lm.dim, generator=torch.Generator().manual_seed(0))  # [3, E]
         prompt = torch.nn.Parameter(start * lm.vocab_scale.entry_rms)
-        optimizer = make_optimizer(TrainConfig(), [prompt], lr=recipe.lr)
+        optimizer = make_optimizer(TrainConfig(), [prompt], recipe)
         recipe_lib.set_lr(optimizer, recipe, recipe.warmup_steps)  # past warmup
         before = prompt.detach().clone()
         prompt.grad = torch.randn_like(prompt)
@@ -69,7 +69,7 @@ def test_warmup_is_linear_and_a_pure_function_of_the_step():
     factors = [recipe_lib.warmup_factor(recipe, step) for step in range(6)]
     assert factors == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     prompt = torch.nn.Parameter(torch.zeros(2, 3))
-    optimizer = make_optimizer(TrainConfig(), [prompt], lr=recipe.lr)
+    optimizer = make_optimizer(TrainConfig(), [prompt], recipe)
     recipe_lib.set_lr(optimizer, recipe, 1)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
 
@@ -106,5 +106,5 @@ def test_only_the_stable_recipe_bounds_update_entries():
     assert stable.update_clamp == recipe_lib.UPDATE_CLAMP and paper.update_clamp is None
     assert stable.to_dict()["update_clamp"] == recipe_lib.UPDATE_CLAMP  # recorded in results
     prompt = torch.nn.Parameter(torch.zeros(2, 3))
-    made = make_optimizer(TrainConfig(), [prompt], lr=stable.lr, update_clamp=stable.update_clamp)
+    made = make_optimizer(TrainConfig(), [prompt], stable)
     assert made.defaults["update_clamp"] == recipe_lib.UPDATE_CLAMP
