@@ -102,8 +102,9 @@ class TrainConfig:
     )
     final_candidates: int = field(
         default=3,
-        metadata={"help": "The best K checks are scored on the whole selection set at the end; "
-                  "the best of them is kept."},
+        metadata={"help": "The best K checks are scored, with the mean of their prompts when K "
+                  ">= 2, on the whole selection set at the end; the best is kept (the mean on "
+                  "a tie)."},
     )
     test_max_examples: int | None = field(
         default=2000,

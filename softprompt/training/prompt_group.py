@@ -330,7 +330,8 @@ def choose_prompts(members: list[_Member], lm: FrozenLM, eval_batch_size: int) -
     """Each member's prompt, its best candidate on its selection set. All candidates are scored
     in one pass, and the template alone once, on the union of the selection sets."""
     began = time.monotonic()
-    kept = [(n, c) for n, m in enumerate(members) for c in m.candidates.kept]
+    pools = [m.candidates.final_pool() for m in members]
+    kept = [(n, c) for n, pool in enumerate(pools) for c in pool]
     if not kept:
         raise ValueError("no candidate to choose from: the group never checked its prompts")
     union = list({id(e): e for m in members for e in m.selection.examples}.values())
@@ -351,12 +352,11 @@ def choose_prompts(members: list[_Member], lm: FrozenLM, eval_batch_size: int) -
                  for (m, c), p in zip(kept, predicted, strict=True) if m == n}
         zero = single.rank_metrics(spec, [by_example[id(e)] for e in examples], examples)
         # choose() asks for each candidate's metrics, then for the empty prompt's.
-        choice = choose(member.candidates, lambda p, t=table, z=zero: t.get(id(p), z), empty[0])
+        choice = choose(pools[n], lambda p, t=table, z=zero: t.get(id(p), z), empty[0])
         choices.append(choice._replace(seconds=seconds))
-        scores = (member.config.seed, choice.step, choice.metrics["score"],
+        scores = (member.config.seed, single.chosen_text(choice), choice.metrics["score"],
                   choice.zero_shot["score"])
-        progress_log.info("seed %d: chose the prompt of step %d: dev %.4f (template alone %.4f)",
-                          *scores)
+        progress_log.info("seed %d: chose %s: dev %.4f (template alone %.4f)", *scores)
         if scores[2] < scores[3]:
             log.warning("task %s, seed %d: the chosen prompt scores %.4f on dev, below the "
                         "template alone (%.4f); the quality gate will not promote it",

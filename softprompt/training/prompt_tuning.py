@@ -244,15 +244,16 @@ def choose_prompt(candidates: Candidates, selection: ScoredSet, checks: ScoredSe
                   task: str) -> Choice:
     """The run's prompt: the best candidate on the selection set, with a line saying what will
     be scored and how long it should take (at the checks' rate), and one with the outcome."""
+    pool = candidates.final_pool()
     progress_log.info(
         "choosing among %d candidate prompts (and the template alone) on %d dev examples%s",
-        len(candidates.kept), len(selection.examples),
-        checks.about((len(candidates.kept) + 1) * len(selection.examples)),
+        len(pool), len(selection.examples),
+        checks.about((len(pool) + 1) * len(selection.examples)),
     )
-    choice = choose(candidates, selection.score, torch.zeros(0, lm.dim, device=lm.device))
+    choice = choose(pool, selection.score, torch.zeros(0, lm.dim, device=lm.device))
     progress_log.info(
-        "chose the prompt of step %d: dev %.4f (template alone %.4f), in %s",
-        choice.step, choice.metrics["score"], choice.zero_shot["score"],
+        "chose %s: dev %.4f (template alone %.4f), in %s",
+        chosen_text(choice), choice.metrics["score"], choice.zero_shot["score"],
         format_duration(choice.seconds),
     )
     if choice.metrics["score"] < choice.zero_shot["score"]:
@@ -262,6 +263,14 @@ def choose_prompt(candidates: Candidates, selection: ScoredSet, checks: ScoredSe
             task, choice.metrics["score"], choice.zero_shot["score"],
         )
     return choice
+
+
+def chosen_text(choice: Choice) -> str:
+    """What was chosen, for a log line: "the prompt of step 350" or "the mean of the prompts of
+    steps 300, 350, 425"."""
+    if choice.mean_of:
+        return "the mean of the prompts of steps " + ", ".join(map(str, choice.mean_of))
+    return f"the prompt of step {choice.step}"
 
 
 def load_data(config: TrainConfig, spec: TaskSpec, stats: dict) -> dict[str, list[Example]]:
@@ -342,6 +351,7 @@ def _result(
         "model_fingerprint": lm.fingerprint,
         "recipe": recipe.to_dict(),
         "best_step": choice.step,
+        "best_mean_of_steps": list(choice.mean_of) or None,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
         # Wall-clock seconds in the loop, and the part of them spent on checks.

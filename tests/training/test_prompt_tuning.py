@@ -63,8 +63,9 @@ def test_loss_falls_on_the_toy_task(tiny_causal, toy_task, tmp_path):
 
 
 def test_best_dev_checkpoint_is_kept(tiny_causal, toy_task, tmp_path):
+    # One candidate kept: no mean of candidates to choose instead of the best check.
     train(
-        _config(toy_task, max_steps=6, eval_every=2),
+        _config(toy_task, max_steps=6, eval_every=2, final_candidates=1),
         tmp_path / "run",
         lm=tiny_causal,
         progress=False,
@@ -346,16 +347,24 @@ def test_the_result_records_the_choice_the_template_alone_and_the_recipe(
                      eval_max_examples=24, final_candidates=3, test_max_examples=20)
     result = train(config, tmp_path / "run", lm=tiny_causal, progress=False)
     assert result["dev"]["n"] == 24 and result["zero_shot"]["dev"]["n"] == 24
-    assert len(result["candidates"]) == 3
-    chosen = max(result["candidates"], key=lambda c: c["selection_score"])
+    # The mean of the 3 kept prompts comes first, then the 3 checks' prompts.
+    mean, *kept = result["candidates"]
+    assert len(kept) == 3 and all("mean_of" not in c for c in kept)
+    assert mean["mean_of"] == sorted(c["step"] for c in kept) and mean["check_score"] is None
+    chosen = max(result["candidates"], key=lambda c: c["selection_score"])  # first on a tie
     assert result["best_step"] == chosen["step"]
+    assert result["best_mean_of_steps"] == chosen.get("mean_of")
     assert result["dev"]["score"] == chosen["selection_score"]
     spec = load_spec(toy_task["spec_path"])
     data = load_task(spec, toy_task["data_dir"])
     selection = seeded_subset(data["dev"], 24, config.seed)
-    alone = evaluate(tiny_causal, torch.zeros(0, tiny_causal.dim), spec, selection,
-                     encode_examples(tiny_causal, selection, config.max_input_tokens))
+    encoded = encode_examples(tiny_causal, selection, config.max_input_tokens)
+    alone = evaluate(tiny_causal, torch.zeros(0, tiny_causal.dim), spec, selection, encoded)
     assert result["zero_shot"]["dev"]["score"] == pytest.approx(alone["score"])
+    # The saved prompt is the chosen one: it scores the chosen score on the selection set.
+    saved = load_prompt(tmp_path / "run" / "prompt.safetensors")
+    assert evaluate(tiny_causal, saved, spec, selection, encoded)["score"] == pytest.approx(
+        result["dev"]["score"])
     assert (result["test"]["n"], result["test"]["of"]) == (20, 32)
     assert result["recipe"]["name"] == "stable" and result["recipe"]["lr"] == 0.3
     assert result["train_seconds"] >= 0 and result["check_seconds"] >= 0

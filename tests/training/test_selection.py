@@ -1,6 +1,7 @@
 """Choosing a run's prompt: the best checks are kept as candidates and the best of them on the
 selection set wins, next to the template alone's score."""
 
+import pytest
 import torch
 
 from softprompt.training.selection import Candidates, choose
@@ -35,7 +36,41 @@ def test_choose_scores_every_candidate_and_the_template_alone():
     def score(prompt):
         return {"score": 0.65 if prompt.numel() == 0 else selection[float(prompt[0, 0])]}
 
-    choice = choose(pool, score, torch.zeros(0, 2))
-    assert choice.step == 10 and choice.metrics == {"score": 0.75}
+    choice = choose(pool.kept, score, torch.zeros(0, 2))
+    assert choice.step == 10 and choice.metrics == {"score": 0.75} and choice.mean_of == ()
     assert choice.zero_shot == {"score": 0.65}
     assert [c["selection_score"] for c in choice.candidates] == [0.6, 0.75, 0.7]
+
+
+def test_the_final_pool_puts_the_mean_of_the_kept_prompts_first():
+    pool = Candidates(3)
+    for step, check in [(5, 0.9), (10, 0.8), (15, 0.7)]:
+        pool.offer(step, check, torch.full((1, 2), float(step)))
+    mean, *kept = pool.final_pool()
+    assert kept == pool.kept
+    assert (mean.step, mean.check_score, mean.mean_of) == (15, None, (5, 10, 15))
+    assert torch.equal(mean.prompt, torch.full((1, 2), 10.0))
+    single = Candidates(3)
+    single.offer(0, 0.5, torch.zeros(1, 2))
+    assert single.final_pool() == single.kept  # one prompt: nothing to average
+
+
+@pytest.mark.parametrize(("mean_score", "chosen_step", "mean_of"),
+                         [(0.75, 15, (5, 10, 15)), (0.74, 10, ())])
+def test_the_mean_wins_a_tie_and_loses_to_a_better_candidate(mean_score, chosen_step, mean_of):
+    pool = Candidates(3)
+    for step, check in [(5, 0.9), (10, 0.8), (15, 0.7)]:
+        pool.offer(step, check, torch.full((1, 2), float(step)))
+    # The mean's prompt is all 10.0, as is step 10's: tell them apart by their first column.
+    selection = {5.0: 0.6, 10.0: 0.75, 15.0: 0.7}
+
+    def score(prompt):
+        if prompt.numel() == 0:
+            return {"score": 0.5}
+        is_mean = not any(prompt is c.prompt for c in pool.kept)
+        return {"score": mean_score if is_mean else selection[float(prompt[0, 0])]}
+
+    choice = choose(pool.final_pool(), score, torch.zeros(0, 2))
+    assert (choice.step, choice.mean_of) == (chosen_step, mean_of)
+    assert choice.candidates[0] == {"step": 15, "check_score": None,
+                                    "selection_score": mean_score, "mean_of": [5, 10, 15]}
