@@ -1,0 +1,69 @@
+"""Scores what a finished `softprompt train` run chose from, after the fact: each kept candidate,
+their mean, and the final moving average, on the run's selection set and its reported split.
+
+It reads the run's config.json and checkpoint.pt (the kept candidates travel in the checkpoint),
+so it answers "would another choice have scored better on the reported split?" for runs that
+are already done. Prints a line per prompt and writes JSON to --out.
+
+    .venv/bin/python results/score_candidates.py --out OUT.json RUN_DIR ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from softprompt.task_data import seeded_subset
+from softprompt.tasks import load_spec
+from softprompt.training import prompt_tuning
+from softprompt.training.config import TrainConfig
+
+
+def prompts_of(run: Path) -> dict[str, torch.Tensor]:
+    """The candidates kept in the run's checkpoint, their mean and the final moving average."""
+    saved = torch.load(run / "checkpoint.pt", weights_only=True, map_location="cpu")
+    kept = saved["candidates"]
+    prompts = {
+        f"step {step} (check {score})": prompt
+        for step, score, prompt in zip(kept["steps"], kept["scores"], kept["prompts"], strict=True)
+    }
+    prompts["mean of the candidates"] = torch.stack(kept["prompts"]).mean(0)  # [P, E]
+    prompts["final moving average"] = saved["average"]
+    return prompts
+
+
+def score_run(run: Path, lm) -> tuple[dict, object]:
+    """{prompt name: {"selection": score, "reported": score}} for one run, and the model."""
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    spec = load_spec(config.task)
+    lm = prompt_tuning.frozen_lm(config, lm)
+    data = prompt_tuning.load_data(config, spec, {})
+    dev = seeded_subset(data["dev"], config.eval_max_examples, config.seed)
+    selection = prompt_tuning.ScoredSet(lm, spec, dev, config)
+    reported = prompt_tuning.ScoredSet(lm, spec, data["test"], config)
+    rows = {}
+    for name, prompt in prompts_of(run).items():
+        prompt = prompt.to(lm.device)
+        rows[name] = {"selection": selection.score(prompt)["score"],
+                      "reported": reported.score(prompt)["score"]}
+        print(f"{run}: {name}: selection {rows[name]['selection']:.3f}, "
+              f"reported {rows[name]['reported']:.4f}", flush=True)
+    return rows, lm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories with a checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    args = parser.parse_args()
+    out, lm = {}, None
+    for run in args.runs:
+        out[str(run)], lm = score_run(run, lm)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
