@@ -20,17 +20,18 @@ from softprompt.task_data import seeded_subset
 from softprompt.tasks import load_spec
 from softprompt.training import prompt_tuning
 from softprompt.training.config import TrainConfig
+from softprompt.training.selection import Candidates
 
 
 def prompts_of(run: Path) -> dict[str, torch.Tensor]:
-    """The candidates kept in the run's checkpoint, their mean and the final moving average."""
+    """The candidates kept in the run's checkpoint, their mean (as the final choice forms it)
+    and the final moving average."""
     saved = torch.load(run / "checkpoint.pt", weights_only=True, map_location="cpu")
-    kept = saved["candidates"]
-    prompts = {
-        f"step {step} (check {score})": prompt
-        for step, score, prompt in zip(kept["steps"], kept["scores"], kept["prompts"], strict=True)
-    }
-    prompts["mean of the candidates"] = torch.stack(kept["prompts"]).mean(0)  # [P, E]
+    candidates = Candidates(len(saved["candidates"]["steps"]))
+    candidates.load_state(saved["candidates"])
+    mean, *kept = candidates.final_pool()
+    prompts = {f"step {c.step} (check {c.check_score})": c.prompt for c in kept}
+    prompts["mean of the candidates"] = mean.prompt  # [P, E]
     prompts["final moving average"] = saved["average"]
     return prompts
 

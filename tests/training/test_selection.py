@@ -27,9 +27,7 @@ def test_a_kept_candidate_is_a_copy():
 
 
 def test_choose_scores_every_candidate_and_the_template_alone():
-    pool = Candidates(3)
-    for step, check in [(5, 0.9), (10, 0.8), (15, 0.7)]:
-        pool.offer(step, check, torch.full((1, 2), float(step)))
+    pool = _three_checks()
     # On the selection set the second-best check is the best prompt.
     selection = {5.0: 0.6, 10.0: 0.75, 15.0: 0.7}
 
@@ -42,10 +40,16 @@ def test_choose_scores_every_candidate_and_the_template_alone():
     assert [c["selection_score"] for c in choice.candidates] == [0.6, 0.75, 0.7]
 
 
-def test_the_final_pool_puts_the_mean_of_the_kept_prompts_first():
+def _three_checks() -> Candidates:
+    """Candidates of steps 5, 10 and 15 (checks 0.9, 0.8, 0.7), each prompt filled with its step."""
     pool = Candidates(3)
     for step, check in [(5, 0.9), (10, 0.8), (15, 0.7)]:
         pool.offer(step, check, torch.full((1, 2), float(step)))
+    return pool
+
+
+def test_the_final_pool_puts_the_mean_of_the_kept_prompts_first():
+    pool = _three_checks()
     mean, *kept = pool.final_pool()
     assert kept == pool.kept
     assert (mean.step, mean.check_score, mean.mean_of) == (15, None, (5, 10, 15))
@@ -58,10 +62,8 @@ def test_the_final_pool_puts_the_mean_of_the_kept_prompts_first():
 @pytest.mark.parametrize(("mean_score", "chosen_step", "mean_of"),
                          [(0.75, 15, (5, 10, 15)), (0.74, 10, ())])
 def test_the_mean_wins_a_tie_and_loses_to_a_better_candidate(mean_score, chosen_step, mean_of):
-    pool = Candidates(3)
-    for step, check in [(5, 0.9), (10, 0.8), (15, 0.7)]:
-        pool.offer(step, check, torch.full((1, 2), float(step)))
-    # The mean's prompt is all 10.0, as is step 10's: tell them apart by their first column.
+    pool = _three_checks()
+    # The mean's prompt is all 10.0, as is step 10's: the mean is the prompt no check kept.
     selection = {5.0: 0.6, 10.0: 0.75, 15.0: 0.7}
 
     def score(prompt):
