@@ -166,6 +166,8 @@ class PeftArm:
         )
         clamp = self.recipe.update_clamp
         bound = f", update entries within {clamp:g} x lr" if clamp is not None else ""
+        if self.recipe.beta1 is not None:
+            bound += f", first moment {self.recipe.beta1:g}"
         return (
             f"Adafactor lr {self.recipe.lr:.4g} (weight decay 1e-5, decay 0.8){warmup}{bound}, "
             f"batch {self.batch} as "

@@ -6,6 +6,6 @@
 
 Each says what trains and what scores it; config.py holds their configs, optim.py the
 optimizers, recipe.py prompt tuning's default settings (lr relative to the embedding's scale,
-warmup, norm cap, moving average), selection.py how a run chooses its prompt, batching.py length
-buckets, progress.py the metrics log and progress lines.
+warmup, update bound, first moment, norm cap, moving average), selection.py how a run chooses
+its prompt, batching.py length buckets, progress.py the metrics log and progress lines.
 """

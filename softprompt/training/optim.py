@@ -23,6 +23,7 @@ def make_optimizer(
     bounds each entry of Adafactor's normalized update (AdamW and SGD have no such update)."""
     lr = config.lr if recipe is None else recipe.lr
     update_clamp = None if recipe is None else recipe.update_clamp
+    beta1 = None if recipe is None else recipe.beta1
     if lr is None:
         raise ValueError(
             "no learning rate: the config leaves it to its recipe; pass the resolved one "
@@ -37,6 +38,7 @@ def make_optimizer(
             weight_decay=config.weight_decay,
             decay_rate=-config.beta2_decay,
             update_clamp=update_clamp,
+            beta1=beta1,
         )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)

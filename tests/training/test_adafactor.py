@@ -46,7 +46,7 @@ def test_1d_and_2d_parameters_match_transformers(shape, kw):
     assert not torch.equal(a, start)
 
 
-@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.1}])
+@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.1}, {"beta1": 0.9}])
 def test_each_member_of_a_stack_moves_as_a_lone_prompt(kw):
     """Three [P, E] prompts under transformers' Adafactor, one each, against the stack [3, P, E]
     under one optimizer; the members' gradients differ in scale by 100x, so a clip shared
@@ -152,3 +152,23 @@ def test_the_update_clamp_bounds_each_entry_and_leaves_the_rest():
     others = torch.ones(16, 64, dtype=torch.bool)
     others[2, 5] = False
     assert torch.equal(moved_free[others], moved_bounded[others])
+
+
+
+def _last_step(beta1, grads, lr=0.01):
+    """The change of one entry in the last of `grads`' steps, in units of lr."""
+    param = torch.nn.Parameter(torch.zeros(16, 64))
+    optimizer = Adafactor([param], lr=lr, decay_rate=-0.8, beta1=beta1)
+    before = _run(optimizer, param, grads[:-1])
+    return float((_run(optimizer, param, grads[-1:]) - before)[0, 0]) / lr
+
+
+def test_a_first_moment_keeps_one_odd_batch_from_reversing_the_course():
+    """Without a first moment every normalized step moves each entry by about lr in the direction
+    of its own batch alone, so one odd batch sends the prompt back a full step; with beta1 0.9
+    that batch enters at a tenth of its size and the prompt keeps its course."""
+    steady = [torch.ones(16, 64) for _ in range(20)]  # descent moves every entry down
+    grads = steady + [-torch.ones(16, 64)]  # then one batch that points the other way
+    assert _last_step(None, steady) == pytest.approx(-1.0, rel=1e-3)
+    assert _last_step(None, grads) == pytest.approx(1.0, rel=1e-3)
+    assert -1.0 < _last_step(0.9, grads) < -0.5

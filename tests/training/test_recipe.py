@@ -108,3 +108,11 @@ def test_only_the_stable_recipe_bounds_update_entries():
     prompt = torch.nn.Parameter(torch.zeros(2, 3))
     made = make_optimizer(TrainConfig(), [prompt], stable)
     assert made.defaults["update_clamp"] == recipe_lib.UPDATE_CLAMP
+
+
+def test_only_the_stable_recipe_keeps_a_first_moment():
+    stable = recipe_lib.resolve("stable", None, 0.1)
+    assert stable.beta1 == recipe_lib.BETA1 and recipe_lib.resolve("paper", None, 0.1).beta1 is None
+    assert stable.to_dict()["beta1"] == recipe_lib.BETA1  # recorded in results and manifests
+    prompt = torch.nn.Parameter(torch.zeros(2, 3))
+    assert make_optimizer(TrainConfig(), [prompt], stable).defaults["beta1"] == recipe_lib.BETA1
