@@ -131,7 +131,7 @@ class TrainConfig:
         default="float32",
         metadata={
             "help": "Frozen weights' dtype; the prompt and its optimizer stay float32. bfloat16 "
-            "on GPU, and on CPUs with bf16 matrix units (AMX), where it took 0.6x fp32's "
+            "on GPU, and on CPUs with bf16 matrix units (AMX), where it took 0.68x fp32's "
             "time per SST-2 step (results/README.md).",
             "choices": DTYPES,
         },
