@@ -57,17 +57,22 @@ def test_sdpa_and_eager_attention_agree(request, folder, reviews):
     sdpa, eager = load_frozen_lm(path), load_frozen_lm(path, attention="eager")
     assert sdpa.model.config._attn_implementation == "sdpa"
     assert eager.model.config._attn_implementation == "eager"
-    inputs = reviews(sdpa)
+    _assert_passes_agree(sdpa, eager, reviews(sdpa), rtol=1e-4, atol=1e-4)
+
+
+def _assert_passes_agree(lm, eager, inputs, **tolerance):
+    """Target log-probs and rank scores (whose packed multi-token choices go through a 4-D mask)
+    of `lm` equal `eager`'s, with and without the shared prompt prefix."""
     words = ["positive", "negative", "neutral contradiction"]
-    batch = Batch(inputs, [sdpa.encode_target(w) for w in words])
-    prompt = torch.randn(3, sdpa.dim, generator=torch.Generator().manual_seed(0)) * 0.1
+    batch = Batch(inputs, [lm.encode_target(w) for w in words])
+    prompt = torch.randn(3, lm.dim, generator=torch.Generator().manual_seed(0)) * 0.1
     for share in (False, True):
-        a, b = (lm.with_options(share_prompt_prefix=share) for lm in (sdpa, eager))
+        a, b = (model.with_options(share_prompt_prefix=share) for model in (lm, eager))
         lp, _ = a.target_logprobs(prompt, batch)
         expected, _ = b.target_logprobs(prompt, batch)
-        torch.testing.assert_close(lp, expected, rtol=1e-4, atol=1e-4)
-        scores, expected = (label_scores(lm, prompt, inputs, words) for lm in (a, b))
-        torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(lp, expected, **tolerance)
+        scores, expected = (label_scores(model, prompt, inputs, words) for model in (a, b))
+        torch.testing.assert_close(scores, expected, **tolerance)
 
 
 def test_bf16_on_cpu_computes_attention_in_fp32():
@@ -86,25 +91,15 @@ def test_bf16_on_cpu_computes_attention_in_fp32():
 
 
 def test_bf16_weights_on_cpu_agree_with_eager_attention(tiny_causal_dir, reviews):
-    """A bf16 model on CPU loads with float32 SDPA; its packed passes still get their masks
-    (transformers builds none for an attention name without a mask function), so target log-probs
-    and rank scores equal bf16 eager attention's to bf16 precision."""
+    """A bf16 model on CPU loads with float32 SDPA, and its passes equal bf16 eager attention's
+    to bf16 precision."""
     fast = load_frozen_lm(str(tiny_causal_dir), device="cpu", dtype="bfloat16")
     eager = load_frozen_lm(str(tiny_causal_dir), device="cpu", dtype="bfloat16", attention="eager")
     assert fast.model.config._attn_implementation == SDPA_FP32
-    inputs = reviews(fast)
-    words = ["positive", "negative", "neutral contradiction"]
-    batch = Batch(inputs, [fast.encode_target(w) for w in words])
-    prompt = torch.randn(3, fast.dim, generator=torch.Generator().manual_seed(0)) * 0.1
-    for share in (False, True):
-        a, b = (lm.with_options(share_prompt_prefix=share) for lm in (fast, eager))
-        lp, _ = a.target_logprobs(prompt, batch)
-        expected, _ = b.target_logprobs(prompt, batch)
-        torch.testing.assert_close(lp, expected, rtol=0.02, atol=0.05)
-        scores, expected = (label_scores(lm, prompt, inputs, words) for lm in (a, b))
-        torch.testing.assert_close(scores, expected, rtol=0.02, atol=0.05)
-    # A 2-D padding mask (decoding, sliding-window models) reaches the attention too: a
-    # left-padded row gives the logits it gives alone.
+    _assert_passes_agree(fast, eager, reviews(fast), rtol=0.02, atol=0.05)
+    # A 2-D padding mask (decoding, sliding-window models) reaches the attention too, although
+    # transformers builds no mask for an attention name without a mask function: a left-padded
+    # row gives the logits it gives alone.
     short, long = [5, 9, 13], [7, 8, 11, 12, 14, 6]
     ids = torch.tensor([[fast.pad_id] * 3 + short, long])
     mask = torch.tensor([[0] * 3 + [1] * 3, [1] * 6])
