@@ -134,14 +134,18 @@ def attention_for(model, device: str = "cpu", dtype: str = "float32") -> str:
     if not getattr(model, "_supports_sdpa", False) or capped:
         return "eager"
     if dtype == "bfloat16" and torch.device(device).type == "cpu":
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(SDPA_FP32, sdpa_in_fp32)
-        # transformers builds no mask at all for an attention name without a mask function.
-        AttentionMaskInterface.register(SDPA_FP32, sdpa_mask)
         return SDPA_FP32
     return "sdpa"
+
+
+def register_sdpa_fp32() -> None:
+    """Makes SDPA_FP32 a name transformers' models accept (registering again is harmless)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SDPA_FP32, sdpa_in_fp32)
+    # transformers builds no mask at all for an attention name without a mask function.
+    AttentionMaskInterface.register(SDPA_FP32, sdpa_mask)
 
 
 def load_frozen_lm(
@@ -180,6 +184,9 @@ def load_frozen_lm(
         tokenizer = AutoTokenizer.from_pretrained(where.source)
         lm = cls.from_pretrained(where.source, dtype=torch.float32)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm.set_attn_implementation(attention or attention_for(lm, device, dtype))
+    attention = attention or attention_for(lm, device, dtype)
+    if attention == SDPA_FP32:
+        register_sdpa_fp32()
+    lm.set_attn_implementation(attention)
     lm = lm.to(device=device, dtype=getattr(torch, dtype))
     return FrozenLM(lm, tokenizer, name=model, options=ModelOptions(compile=compile))
