@@ -39,7 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import REPO, Report, base_parser, load_lm
-from bench.tta_arms import ARMS
+from bench.tta_arms import ARMS, check_every
 
 NAME = "time_to_accuracy"
 MARKS = "120,300,600,1200"
@@ -439,9 +439,9 @@ def write_report(report: Report, args, spec, records: list[dict]) -> None:
         f"Reported split: {records[0]['report_split']}, {records[0]['report_examples']} examples."
     )
     report.note(
-        "Training time excludes evaluations: ours checks its prompt every 25 steps "
-        "(not counted), PEFT evaluates nothing while it trains. Ours' snapshot is its "
-        "best prompt on the checks so far; PEFT's is its current prompt."
+        f"Training time excludes evaluations: ours checks its prompt {check_every(args)}; "
+        "that time is not counted. PEFT evaluates nothing while it trains. Ours' snapshot is "
+        "its best prompt on the checks so far; PEFT's is its current prompt."
     )
     report.note(
         "peft-recipe has ours' lr, warmup and batch size but no prompt row-norm cap: "

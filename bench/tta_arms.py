@@ -108,6 +108,12 @@ class Marks:
         return not self.pending
 
 
+# The last mark ends ours' run (on_step), not its budget. The budget is twice the last mark and
+# checks_per_budget twice the default, so that its checks come as often as in a run given the
+# last mark as --max-minutes; it never binds, as checks take well under half of a run.
+BUDGET_OVER_LAST_MARK = 2
+
+
 def train_config(args, seed: int, lm: FrozenLM) -> TrainConfig:
     """Our default recipe; only what the comparison fixes is set. The device and dtype are the
     loaded model's, so that the run's config.json records where it trained."""
@@ -118,10 +124,18 @@ def train_config(args, seed: int, lm: FrozenLM) -> TrainConfig:
         seed=seed,
         data_dir=args.data_dir,
         max_steps=10**9,
-        max_minutes=None,
+        max_minutes=BUDGET_OVER_LAST_MARK * max(args.marks) / 60,
+        checks_per_budget=BUDGET_OVER_LAST_MARK * TrainConfig.checks_per_budget,
         device=str(lm.device),
         dtype=str(lm.model.dtype).removeprefix("torch."),
     )
+
+
+def check_every(args) -> str:
+    """How often ours checks its prompt, for the report."""
+    checks = TrainConfig.checks_per_budget
+    return (f"every {TrainConfig.eval_every} steps or {max(args.marks) / checks:g} s of training "
+            f"(1/{checks} of the last mark, as in a run given it as --max-minutes)")
 
 
 def run_ours(args, lm: FrozenLM, spec: TaskSpec, seed: int, run_dir: Path) -> OursRun:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from bench import time_to_accuracy
-from bench.tta_arms import Marks, peft_label_scores, reported_examples
+from bench.tta_arms import Marks, peft_label_scores, reported_examples, train_config
 from softprompt.model import load_frozen_lm
 from softprompt.scoring import label_scores
 from softprompt.task_data import seeded_subset
+from softprompt.training.config import TrainConfig
 
 
 def _args(argv):
@@ -78,6 +79,14 @@ def test_cpu_slots_are_disjoint():
     assert len(slots) == 2 and all(slots)
     if len(set().union(*map(set, slots))) >= 2:
         assert not set(slots[0]) & set(slots[1])
+
+
+def test_ours_checks_as_often_as_a_run_budgeted_to_the_last_mark():
+    args = _args(["--marks", "120,300,600"])
+    lm = SimpleNamespace(device=torch.device("cpu"), model=SimpleNamespace(dtype=torch.float32))
+    config = train_config(args, 0, lm)
+    assert config.check_every_seconds() == pytest.approx(600 / TrainConfig.checks_per_budget)
+    assert config.max_minutes * 60 >= 2 * 600  # the last mark ends the run, not the budget
 
 
 def test_marks_snapshot_each_mark_once():

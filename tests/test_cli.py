@@ -37,6 +37,7 @@ TRAIN_FLAGS = {
     "--max-steps": ("5", "max_steps"),
     "--max-minutes": ("1.5", "max_minutes"),
     "--eval-every": ("5", "eval_every"),
+    "--checks-per-budget": ("4", "checks_per_budget"),
     "--patience": ("2", "patience"),
     "--eval-max-examples": ("10", "eval_max_examples"),
     "--check-examples": ("5", "check_examples"),

@@ -88,6 +88,13 @@ class TrainConfig:
         metadata={"help": "Check the prompt on the check subset every K steps (and at step 0 "
                   "and the end)."},
     )
+    checks_per_budget: int = field(
+        default=20,
+        metadata={"help": "With --max-minutes: a check also runs once 1/K of the budget has "
+                  "passed in training since the last one (and at least 3x as long as that check "
+                  "took), so that slow steps still get about K checks (0: every --eval-every "
+                  "steps only)."},
+    )
     patience: int | None = field(
         default=None, metadata={"help": "Stop after this many checks without a new best."}
     )
@@ -169,9 +176,17 @@ class TrainConfig:
         check_optimization(self)
         check_compile(self)
         check_at_least_one(self, ("final_candidates",))
+        if self.checks_per_budget < 0:
+            raise ValueError(f"checks_per_budget must be >= 0, got {self.checks_per_budget}")
         for name in ("check_examples", "eval_max_examples", "test_max_examples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None (all), got {getattr(self, name)}")
+
+    def check_every_seconds(self) -> float | None:
+        """Training seconds after which a check is due whatever the step (None: steps only)."""
+        if self.max_minutes is None or self.checks_per_budget == 0:
+            return None
+        return self.max_minutes * 60 / self.checks_per_budget
 
     def to_dict(self) -> dict:
         return asdict(self)

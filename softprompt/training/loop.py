@@ -9,9 +9,11 @@ and the state to checkpoint; a `Schedule` says how long to train and how often t
   micro-batches and processes, the update is the same.
 - The dev score is computed before the first step (the initial state is a candidate too), every
   `eval_every` steps and at the end; on a new best, `keep_best` saves what the caller wants to
-  keep. The time evaluations take is counted apart from training time (`eval_seconds`). After
-  `patience` evaluations without a new best, training stops early; so does a spent step or
-  wall-clock budget (evaluations included).
+  keep. With `eval_every_seconds`, an evaluation also follows once that much training time has
+  passed since the last (`check_due`): a run of slow steps on a time budget would otherwise
+  hand out its initial state for minutes. The time evaluations take is counted apart from
+  training time (`eval_seconds`). After `patience` evaluations without a new best, training
+  stops early; so does a spent step or wall-clock budget (evaluations included).
 - After every evaluation a checkpoint (trainable state, optimizer, loop state) is written
   atomically; a later call with the same checkpoint path resumes from it. Data order must be a
   pure function of the step, so a resumed run sees exactly the batches the killed one would have.
@@ -104,6 +106,9 @@ class Schedule:
 
     max_steps: int
     eval_every: int = 1  # only used when the trainable evaluates
+    # Also evaluate once this many seconds of training (evaluations excluded) have passed since
+    # the last evaluation; None: every eval_every steps only.
+    eval_every_seconds: float | None = None
     max_minutes: float | None = None
     patience: int | None = None  # evaluations without a new best before stopping
     log_every: int = 1  # "step" records carry the mean loss of the last log_every steps
@@ -119,6 +124,21 @@ class LoopResult(NamedTuple):
     elapsed: float  # wall-clock seconds of training, evaluations included, over all attempts
     losses: list[float]  # each step's loss, since this call began
     eval_seconds: float = 0.0  # the part of elapsed spent evaluating
+
+
+# A time-triggered evaluation waits at least this many times as long as the last one took, so
+# evaluations take at most about a quarter of the run whatever they cost.
+EVAL_COST_RATIO = 3.0
+
+
+def check_due(step: int, since_eval: float, last_eval_seconds: float, schedule: Schedule) -> bool:
+    """Whether an evaluation follows optimizer step `step`, `since_eval` seconds of training
+    after the last evaluation, which took `last_eval_seconds`."""
+    if step % schedule.eval_every == 0:
+        return True
+    if schedule.eval_every_seconds is None:
+        return False
+    return since_eval >= max(schedule.eval_every_seconds, EVAL_COST_RATIO * last_eval_seconds)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -226,7 +246,7 @@ class _Loop:
             self._save()
         stop_reason = self._train()
         self.lines.close()
-        if evaluates and state["step"] % schedule.eval_every != 0:
+        if evaluates and not self._evaluated_this_step():
             self._evaluate(stop_reason)
             self._save()
         best = (
@@ -292,13 +312,31 @@ class _Loop:
             self._log_step()
             self.lines.step(loss, state["best_score"])
             evaluates = self.trainable.evaluate is not None
-            if evaluates and state["step"] % schedule.eval_every == 0:
+            train_seconds = state["elapsed"] - state.get("eval_seconds", 0.0)
+            if evaluates and self._check_due(train_seconds):
                 self._evaluate()
                 self._save()
-            train_seconds = state["elapsed"] - state.get("eval_seconds", 0.0)
+                train_seconds = state["elapsed"] - state["eval_seconds"]
             if self.trainable.on_step(state["step"], train_seconds):
                 return "stopped"
         return "max_steps"
+
+    def _check_due(self, train_seconds: float) -> bool:
+        """check_due for the step just taken; every process follows rank 0's clock."""
+        state = self.state
+        since = train_seconds - state.get("eval_train_seconds", 0.0)
+        due = check_due(state["step"], since, state.get("last_eval_seconds", 0.0), self.schedule)
+        if self.world.size > 1 and self.schedule.eval_every_seconds is not None:
+            due = distributed.from_rank0(float(due), self.device) > 0.5
+        return due
+
+    def _evaluated_this_step(self) -> bool:
+        """Whether the last evaluation was at the current step (checkpoints written before the
+        time trigger existed do not say: their evaluations were every eval_every steps)."""
+        state = self.state
+        if "eval_step" in state:
+            return state["eval_step"] == state["step"]
+        return state["step"] % self.schedule.eval_every == 0
 
     def _step(self) -> float:
         """One optimizer step over the step's micro-batches; returns the step's loss."""
@@ -347,7 +385,11 @@ class _Loop:
         state, step = self.state, self.state["step"]
         began = time.monotonic()
         scores = self.trainable.evaluate()
-        state["eval_seconds"] = state.get("eval_seconds", 0.0) + time.monotonic() - began
+        took = time.monotonic() - began
+        state["eval_seconds"] = state.get("eval_seconds", 0.0) + took
+        # What the time trigger measures from: the training time at this evaluation, its cost.
+        state.update(eval_step=step, last_eval_seconds=took,
+                     eval_train_seconds=time.monotonic() - self.started - state["eval_seconds"])
         self.trainable.after_eval(step, scores)
         improved = scores["score"] > state["best_score"]
         if improved:

@@ -304,6 +304,7 @@ def train_group(configs: list[TrainConfig], run_dirs: list[str | Path], lm: Froz
         before_step=group.before_step, after_step=group.after_step,
     )
     schedule = loop.Schedule(max_steps=first.max_steps, eval_every=first.eval_every,
+                             eval_every_seconds=first.check_every_seconds(),
                              max_minutes=first.max_minutes, patience=first.patience)
     shown = ProgressOptions(bar=progress, desc=f"train {spec.name} x{len(members)}",
                             metric=f"{spec.metric} (mean of {len(members)})")

@@ -123,6 +123,7 @@ def train(
         on_step=on_step or (lambda _step, _seconds: False),
     )
     schedule = loop.Schedule(max_steps=config.max_steps, eval_every=config.eval_every,
+                             eval_every_seconds=config.check_every_seconds(),
                              max_minutes=config.max_minutes, patience=config.patience)
     shown = ProgressOptions(bar=progress, desc=f"train {spec.name}", metric=spec.metric)
     outcome = loop.train_loop(trainable, schedule, metrics, run_dir / CHECKPOINT, shown)

@@ -27,11 +27,20 @@ def _config(toy_task, **kw):
     [
         ({"optimizer": "lion"}, "unknown optimizer"),
         ({"batch_size": 6, "micro_batch_size": 4}, "multiple"),
+        ({"checks_per_budget": -1}, "checks_per_budget must be >= 0, got -1"),
     ],
 )
 def test_config_validation(toy_task, kw, message):
     with pytest.raises(ValueError, match=message):
         _config(toy_task, **kw)
+
+
+def test_a_time_budget_spreads_its_checks(toy_task):
+    """A 10-minute budget checks at least every 30 s of training (1/20 of it)."""
+    assert _config(toy_task, max_minutes=10).check_every_seconds() == pytest.approx(30.0)
+    assert _config(toy_task, max_minutes=10, checks_per_budget=5).check_every_seconds() == 120.0
+    assert _config(toy_task).check_every_seconds() is None  # no budget: every K steps only
+    assert _config(toy_task, max_minutes=10, checks_per_budget=0).check_every_seconds() is None
 
 
 @pytest.mark.parametrize(

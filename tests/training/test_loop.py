@@ -8,12 +8,14 @@ import re
 import pytest
 import torch
 
+from softprompt.training import loop
 from softprompt.training.loop import (
     Schedule,
     StepBatches,
     Trainable,
     TrainingDiverged,
     batch_indices,
+    check_due,
     train_loop,
 )
 from softprompt.training.progress import MetricsLog
@@ -146,6 +148,53 @@ def test_a_spent_time_budget_stops_before_the_first_step(tmp_path):
     assert (outcome.steps, outcome.stop_reason, toy.calls) == (0, "time_budget", 0)
     # The final evaluation still scores (and keeps) the untrained state.
     assert toy.best_steps == [0] and len(_records(tmp_path / "m.jsonl", "eval")) == 1
+
+
+def test_a_check_is_due_every_k_steps_and_after_enough_training_time():
+    steps_only = Schedule(max_steps=100, eval_every=25)
+    assert check_due(25, 0.0, 0.0, steps_only) and not check_due(24, 1e6, 0.0, steps_only)
+    timed = Schedule(max_steps=100, eval_every=25, eval_every_seconds=30.0)
+    assert check_due(50, 0.0, 0.0, timed)
+    assert not check_due(3, 29.9, 1.0, timed) and check_due(3, 30.0, 1.0, timed)
+    # A check that took 20 s waits 60 s of training: checks stay under a quarter of the time.
+    assert not check_due(3, 59.0, 20.0, timed) and check_due(3, 60.0, 20.0, timed)
+
+
+class FakeClock:
+    """The loop's clock, advanced by the toy: `step_seconds` per training forward and
+    `eval_seconds` per evaluation."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+@pytest.mark.parametrize(("eval_seconds", "expected"), [
+    (0.0, [0, 3, 6, 9, 10]),  # every 30 s of training: 3 steps of 10 s
+    (20.0, [0, 6, 10]),  # a 20 s check waits 60 s of training
+])
+def test_slow_steps_are_checked_by_training_time(tmp_path, monkeypatch, eval_seconds, expected):
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", clock)
+    toy = Toy()
+    toy_loss, toy_evaluate = toy.loss, toy.evaluate
+
+    def slow_loss(rows, normalizer):
+        clock.now += 10.0
+        return toy_loss(rows, normalizer)
+
+    def slow_evaluate():
+        clock.now += eval_seconds
+        return toy_evaluate()
+
+    toy.loss, toy.evaluate = slow_loss, slow_evaluate
+    schedule = Schedule(max_steps=10, eval_every=25, eval_every_seconds=30.0)
+    outcome = train_loop(toy.trainable(), schedule, MetricsLog(tmp_path / "m.jsonl"))
+    assert [r["step"] for r in _records(tmp_path / "m.jsonl", "eval")] == expected
+    assert outcome.elapsed == pytest.approx(100.0 + eval_seconds * len(expected))
+    assert outcome.eval_seconds == pytest.approx(eval_seconds * len(expected))
 
 
 def test_a_run_without_evaluation_logs_mean_losses(tmp_path, caplog):
