@@ -3,8 +3,9 @@
 Paper defaults (Lester et al. 2021, section 3): Adafactor, lr 0.3, weight decay 1e-5, beta2
 decay 0.8, no parameter scaling, batch 32, and the checkpoint with the best dev metric kept.
 The training itself is the shared loop (softprompt.training.loop): it evaluates every
-`eval_every` steps, writes `checkpoint.pt` (prompt, optimizer, step, best so far) atomically, and
-resumes from it after a kill. This module says what trains (the prompt), what scores it (the
+`eval_every` steps (and, under a time budget, after every `checks_per_budget`-th of it),
+writes `checkpoint.pt` (prompt, optimizer, step, best so far) atomically, and resumes from it
+after a kill. This module says what trains (the prompt), what scores it (the
 task's dev metric), and how a run directory looks.
 
 Run directory layout:
