@@ -124,18 +124,24 @@ def train_config(args, seed: int, lm: FrozenLM) -> TrainConfig:
         seed=seed,
         data_dir=args.data_dir,
         max_steps=10**9,
-        max_minutes=BUDGET_OVER_LAST_MARK * max(args.marks) / 60,
-        checks_per_budget=BUDGET_OVER_LAST_MARK * TrainConfig.checks_per_budget,
         device=str(lm.device),
         dtype=str(lm.model.dtype).removeprefix("torch."),
+        **ours_budget(args),
     )
+
+
+def ours_budget(args) -> dict:
+    """Ours' max_minutes and checks_per_budget (BUDGET_OVER_LAST_MARK says why)."""
+    return {"max_minutes": BUDGET_OVER_LAST_MARK * max(args.marks) / 60,
+            "checks_per_budget": BUDGET_OVER_LAST_MARK * TrainConfig.checks_per_budget}
 
 
 def check_every(args) -> str:
     """How often ours checks its prompt, for the report."""
-    checks = TrainConfig.checks_per_budget
-    return (f"every {TrainConfig.eval_every} steps or {max(args.marks) / checks:g} s of training "
-            f"(1/{checks} of the last mark, as in a run given it as --max-minutes)")
+    config = TrainConfig(task=args.task, **ours_budget(args))
+    return (f"every {config.eval_every} steps or {config.check_every_seconds():g} s of training "
+            f"(1/{TrainConfig.checks_per_budget} of the last mark, as in a run given it as "
+            "--max-minutes)")
 
 
 def run_ours(args, lm: FrozenLM, spec: TaskSpec, seed: int, run_dir: Path) -> OursRun:

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from bench import time_to_accuracy
-from bench.tta_arms import Marks, peft_label_scores, reported_examples, train_config
+from bench.tta_arms import (
+    Marks,
+    check_every,
+    peft_label_scores,
+    reported_examples,
+    train_config,
+)
 from softprompt.model import load_frozen_lm
 from softprompt.scoring import label_scores
 from softprompt.task_data import seeded_subset
@@ -87,6 +93,7 @@ def test_ours_checks_as_often_as_a_run_budgeted_to_the_last_mark():
     config = train_config(args, 0, lm)
     assert config.check_every_seconds() == pytest.approx(600 / TrainConfig.checks_per_budget)
     assert config.max_minutes * 60 >= 2 * 600  # the last mark ends the run, not the budget
+    assert check_every(args).startswith("every 25 steps or 30 s of training")  # the report's
 
 
 def test_marks_snapshot_each_mark_once():

@@ -154,7 +154,6 @@ def test_the_update_clamp_bounds_each_entry_and_leaves_the_rest():
     assert torch.equal(moved_free[others], moved_bounded[others])
 
 
-
 def _last_step(beta1, grads, lr=0.01):
     """The change of one entry in the last of `grads`' steps, in units of lr."""
     param = torch.nn.Parameter(torch.zeros(16, 64))
